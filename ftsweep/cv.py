@@ -1,0 +1,188 @@
+"""K-fold cross-validation of one composed config, tracked as one MLflow parent run.
+
+validate -> data -> folds -> tokenise once -> per fold: model, re-init, optimizer,
+fit, log -> aggregate. Returns the mean CV RMSE (what sweepers optimise).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ftsweep import plots
+from ftsweep.batching import encode, steps_per_epoch
+from ftsweep.config import validate
+from ftsweep.data import ID, TARGET, TEXT, load_frame, resolve_path
+from ftsweep.errors import FtsweepError
+from ftsweep.folds import assign_folds
+from ftsweep.model import architecture_config, build_regressor, load_backbone, load_tokenizer
+from ftsweep.param_groups import build_optimizer
+from ftsweep.progress import Progress
+from ftsweep.reinit import reinit_top_layers
+from ftsweep.schedule import plan_steps
+from ftsweep.tracking import FoldSink, Tracker, config_key, flatten, git_commit
+from ftsweep.trainer import FoldResult, fit_fold, rmse
+
+log = logging.getLogger("ftsweep")
+
+
+@dataclass
+class CvResult:
+    parent_run_id: str
+    folds: dict[int, FoldResult] = field(default_factory=dict)
+    rmse_oof: float = float("nan")
+
+    def mean(self, attr: str = "rmse_best") -> float:
+        return float(np.mean([getattr(r, attr) for r in self.folds.values()]))
+
+    def std(self, attr: str = "rmse_best") -> float:
+        return float(np.std([getattr(r, attr) for r in self.folds.values()]))
+
+
+def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the autocast dtype (None: plain fp32)."""
+    if tcfg.device == "cuda" and not torch.cuda.is_available():
+        raise FtsweepError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu.")
+    device = torch.device("cuda" if tcfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if tcfg.precision == "fp32":
+        return device, None
+    if tcfg.precision == "bf16" or device.type == "cuda":
+        return device, torch.bfloat16
+    return device, None
+
+
+def model_layer_count(model_cfg: DictConfig) -> int | None:
+    """The encoder depth when it is known without a download (for up-front validation)."""
+    if not model_cfg.get("architecture") and model_cfg.source == "hub" and not Path(str(model_cfg.name)).exists():
+        return None
+    try:
+        return int(architecture_config(model_cfg).num_hidden_layers)
+    except (FtsweepError, AttributeError):
+        return None
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    if cfg.get("label"):
+        return str(cfg.label)
+    return " ".join(overrides) if overrides else "default"
+
+
+def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False) -> CvResult:
+    overrides = overrides or []
+    validate(cfg, model_layer_count(cfg.model))
+    if cfg.trainer.get("num_threads"):
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    device, autocast_dtype = resolve_device(cfg.trainer)
+
+    path = resolve_path(cfg.data, cfg.paths.output_root)
+    frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
+    frame["fold"] = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
+    tokenizer = load_tokenizer(cfg.model)
+    encoded = encode(frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
+    log.info("data: %s, %d rows, %d folds; %d text(s) longer than trainer.max_length=%d were truncated",
+             path, len(frame), cfg.cv.n_folds, encoded.n_truncated, cfg.trainer.max_length)
+    base_backbone = load_backbone(cfg.model)
+    targets = frame[TARGET].to_numpy(dtype=np.float64)
+
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    key = config_key(cfg)
+    common_tags = {"ftsweep.config_key": key, "ftsweep.label": run_name(cfg, overrides),
+                   "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
+                   "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
+    parent = tracker.start_run(run_name(cfg, overrides), common_tags)
+    result = CvResult(parent)
+    log.info("MLflow run %s in experiment %r at %s", parent, cfg.tracking.experiment, cfg.tracking.uri)
+    open_runs = [parent]
+    try:
+        tracker.log_params(parent, flatten(cfg))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
+            tracker.log_artifact(parent, Path(tmp) / "config.yaml")
+            tracker.log_artifact(parent, Path(tmp) / "folds.csv")
+        folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
+        for fold in folds:
+            child = tracker.start_run(f"fold {fold}", dict(common_tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
+            open_runs.append(child)
+            tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
+            result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
+                                           autocast_dtype, tracker, child, use_bar)
+            tracker.finish(child, "FINISHED")
+            open_runs.remove(child)
+        result.rmse_oof = _log_summary(cfg, tracker, parent, frame, result)
+        tracker.finish(parent, "FINISHED")
+        open_runs.remove(parent)
+    except KeyboardInterrupt:
+        for run_id in reversed(open_runs):
+            tracker.finish(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        for run_id in reversed(open_runs):
+            tracker.finish(run_id, "FAILED", reason)
+        raise
+    return result
+
+
+def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, child, use_bar):
+    seed = int(cfg.trainer.seed) + fold
+    torch.manual_seed(seed)
+    train_rows = np.flatnonzero(frame["fold"].to_numpy() != fold)
+    val_rows = np.flatnonzero(frame["fold"].to_numpy() == fold)
+    model = build_regressor(copy.deepcopy(base_backbone), cfg.head)
+    reinit_top_layers(model, int(cfg.reinit.n), bool(cfg.reinit.pooler))
+    if cfg.head.init_bias_to_target_mean:
+        torch.nn.init.constant_(model.regressor.bias, float(targets[train_rows].mean()))
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.optimizer, device)
+    plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(cfg.trainer.batch_size)))
+    sink = FoldSink(tracker, child)
+    progress = Progress(fold, plan.total_steps, use_bar)
+    try:
+        res = fit_fold(model, optimizer, plan, cfg, encoded, train_rows, val_rows, targets, device, autocast_dtype,
+                       seed, sink, progress)
+    finally:
+        progress.close()
+        sink.flush()  # whatever was measured before a failure stays logged
+    values = {"rmse_best": res.rmse_best, "rmse_last": res.rmse_last, "best_step": res.best_step,
+              "steps": res.steps, "evaluations": res.evaluations, "fold_seconds": res.seconds}
+    if res.rmse_swa is not None:
+        values["rmse_swa"] = res.rmse_swa
+    tracker.log_values(child, values)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plots.lr_curves(sink.lr_history(), Path(tmp) / f"lr_curves_fold{fold}.png",
+                              title=f"{run_name(cfg, [])}: learning rate per layer, fold {fold}")
+        tracker.log_artifact(child, png)
+    res.val_rows = val_rows
+    log.info("fold %d: rmse best %.4f  last %.4f  (%d steps, %.1fs)", fold, res.rmse_best, res.rmse_last,
+             res.steps, res.seconds)
+    return res
+
+
+def _log_summary(cfg, tracker: Tracker, parent: str, frame: pd.DataFrame, result: CvResult) -> float:
+    oof = frame[[ID, "fold", TARGET]].copy()
+    oof["pred_best"] = np.nan
+    oof["pred_last"] = np.nan
+    for res in result.folds.values():
+        oof.loc[res.val_rows, "pred_best"] = res.pred_best
+        oof.loc[res.val_rows, "pred_last"] = res.pred_last
+    scored = oof.dropna(subset=["pred_best"])
+    rmse_oof = rmse(scored["pred_best"].to_numpy(), scored[TARGET].to_numpy())
+    tracker.log_values(parent, {
+        "rmse_mean": result.mean("rmse_best"), "rmse_std": result.std("rmse_best"),
+        "rmse_last_mean": result.mean("rmse_last"), "rmse_last_std": result.std("rmse_last"),
+        "rmse_oof": rmse_oof, "rmse_oof_last": rmse(scored["pred_last"].to_numpy(), scored[TARGET].to_numpy()),
+        "n_folds_run": len(result.folds),
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        scored.to_csv(Path(tmp) / "oof.csv", index=False)
+        tracker.log_artifact(parent, Path(tmp) / "oof.csv")
+    return rmse_oof

@@ -1,0 +1,130 @@
+"""Read a training CSV (CommonLit's schema by default) into a checked frame.
+
+Every check raises DataError with one line naming the file, the problem and
+the fix, so a typo costs seconds instead of a failed fold an hour in.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from ftsweep import demo_data
+from ftsweep.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Canonical column names inside ftsweep, whatever the file calls them.
+ID, TEXT, TARGET = "id", "excerpt", "target"
+
+
+def resolve_path(data_cfg: DictConfig, output_root: str | Path) -> Path:
+    """The CSV to read: the user's file, or the demo file (generated once, then cached)."""
+    if data_cfg.name == "demo" and data_cfg.get("path") is None:
+        return ensure_demo_csv(data_cfg, Path(output_root))
+    return Path(str(data_cfg.path)).expanduser()
+
+
+def ensure_demo_csv(data_cfg: DictConfig, output_root: Path) -> Path:
+    name = f"demo_v1_n{data_cfg.n_rows}_w{data_cfg.words_per_passage}_s{data_cfg.generator_seed}.csv"
+    path = output_root / "data" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame = demo_data.generate(data_cfg.n_rows, data_cfg.words_per_passage, data_cfg.generator_seed)
+        tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")  # parallel jobs: write, then rename
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+        log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
+    return path
+
+
+def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:
+    """Read and check ``path``; return columns id, excerpt, target (canonical names)."""
+    raw = _read_csv(path)
+    columns = {ID: data_cfg.id_column, TEXT: data_cfg.text_column, TARGET: data_cfg.target_column}
+    missing = [name for name in columns.values() if name not in raw.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}. "
+            f"Point data.id_column / data.text_column / data.target_column at the right names."
+        )
+    frame = raw[list(columns.values())].set_axis(list(columns), axis=1)
+    frame[ID] = frame[ID].astype(str)
+    frame[TARGET] = _numeric_targets(frame, path, columns[TARGET])
+    _check_texts(frame, path, columns[TEXT])
+    _check_ids(frame, path, columns[ID])
+    max_rows = data_cfg.get("max_rows")
+    if max_rows is not None and max_rows < len(frame):
+        # A fixed seed: the subset never changes with the training seed.
+        frame = frame.sample(n=int(max_rows), random_state=0).sort_index()
+    _check_size(frame, path, n_folds)
+    return frame.reset_index(drop=True)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: no such file. Give a CSV in CommonLit's format with data.path=/path/to/train.csv")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; data.path must name a CSV file.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; expected a CSV with a header row (id,excerpt,target,...).")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8 CSV.") from None
+    except (pd.errors.ParserError, csv.Error) as exc:
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{path}: not a readable comma-separated file ({first}).") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} has no header row or data; expected a CSV (id,excerpt,target,...).") from None
+    if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
+        raise DataError(f"{path}: one column {frame.columns[0]!r} — the file is not comma-separated; save it as CSV.")
+    if frame.empty:
+        raise DataError(f"{path} has a header but no rows.")
+    return frame
+
+
+def _numeric_targets(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
+    values = pd.to_numeric(frame[TARGET], errors="coerce").astype(float)
+    bad = ~np.isfinite(values.to_numpy())
+    if bad.any():
+        first = frame.index[bad][0]
+        raise DataError(
+            f"{path}: column {column!r} has {int(bad.sum())} missing, non-numeric or infinite value(s) "
+            f"(first: row {first + 2}, id {frame[ID].iloc[first]!r}, value {frame[TARGET].iloc[first]!r}); "
+            f"fix or drop those rows."
+        )
+    if values.nunique() < 2:
+        raise DataError(f"{path}: column {column!r} is constant ({values.iloc[0]}); there is nothing to learn.")
+    return values
+
+
+def _check_texts(frame: pd.DataFrame, path: Path, column: str) -> None:
+    texts = frame[TEXT]
+    empty = texts.isna() | (texts.astype(str).str.strip() == "")
+    if empty.any():
+        first = frame.index[empty][0]
+        raise DataError(
+            f"{path}: column {column!r} has {int(empty.sum())} empty text(s) "
+            f"(first: row {first + 2}, id {frame[ID].iloc[first]!r}); fill or drop them."
+        )
+    frame[TEXT] = texts.astype(str)
+
+
+def _check_ids(frame: pd.DataFrame, path: Path, column: str) -> None:
+    dup = frame[ID].duplicated()
+    if dup.any():
+        raise DataError(
+            f"{path}: column {column!r} has {int(dup.sum())} duplicate id(s) (first: {frame[ID][dup].iloc[0]!r}); "
+            f"ids must be unique."
+        )
+
+
+def _check_size(frame: pd.DataFrame, path: Path, n_folds: int) -> None:
+    if len(frame) < n_folds:
+        raise DataError(f"{path}: {len(frame)} row(s) cannot be split into cv.n_folds={n_folds} folds; use more rows or fewer folds.")

@@ -1,0 +1,117 @@
+"""Per-group learning-rate schedules: warm-up, then linear / cosine / constant, then SWA.
+
+The same object drives training and the dry-run plan (ftsweep.plan), so the
+curves a user inspects before a sweep are the ones the sweep will use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import SWALR
+
+from ftsweep.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    swa_start: int | None  # first optimizer step (0-based) taken at the SWA rate; None: no SWA
+
+
+def plan_steps(cfg: DictConfig, steps_per_epoch: int) -> StepPlan:
+    """Turn epochs / ratios / caps into step counts (validated, one place)."""
+    total = steps_per_epoch * int(cfg.trainer.epochs)
+    if cfg.trainer.get("max_steps") is not None:
+        total = min(total, int(cfg.trainer.max_steps))
+    return StepPlan(steps_per_epoch, total, warmup_steps(cfg.scheduler, total), swa_start(cfg.swa, steps_per_epoch, total))
+
+
+def warmup_steps(sched_cfg: DictConfig, total: int) -> int:
+    steps, ratio = sched_cfg.get("warmup_steps"), sched_cfg.get("warmup_ratio")
+    if steps is not None and ratio is not None:
+        raise ConfigError(
+            f"scheduler.warmup_steps={steps} and scheduler.warmup_ratio={ratio} are both set; keep one (the other null)."
+        )
+    warm = int(steps) if steps is not None else round(float(ratio or 0.0) * total)
+    if warm < 0 or warm >= max(total, 1):
+        raise ConfigError(f"warm-up of {warm} steps does not fit the run's {total} optimizer steps; shorten it.")
+    return warm
+
+
+def swa_start(swa_cfg: DictConfig, steps_per_epoch: int, total: int) -> int | None:
+    if not swa_cfg.enabled:
+        return None
+    if swa_cfg.get("start_fraction") is not None:
+        start = round(float(swa_cfg.start_fraction) * total)
+        where = f"swa.start_fraction={swa_cfg.start_fraction}"
+    else:
+        start = int(swa_cfg.start_epoch) * steps_per_epoch
+        where = f"swa.start_epoch={swa_cfg.start_epoch}"
+    if not 0 < start < total:
+        raise ConfigError(
+            f"{where} starts SWA at step {start}, outside this run's {total} steps; "
+            f"start after the first step and before the last epoch (or train more epochs)."
+        )
+    return start
+
+
+def lr_factor(name: str, warmup: int, total: int):
+    """Multiplier of each group's peak rate at step s (the transformers get_scheduler shapes)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if name == "linear":
+            return max(0.0, 1.0 - progress)
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    if name not in ("linear", "cosine", "constant"):
+        raise ConfigError(f"scheduler.name={name!r} is unknown; use linear, cosine or constant.")
+    return factor
+
+
+class LrSchedule:
+    """Call `step()` after every optimizer step; switches to SWALR at `plan.swa_start`."""
+
+    def __init__(self, optimizer: Optimizer, cfg: DictConfig, plan: StepPlan):
+        self.optimizer, self.swa_cfg, self.plan = optimizer, cfg.swa, plan
+        factor = lr_factor(cfg.scheduler.name, plan.warmup_steps, plan.total_steps)
+        self.main = LambdaLR(optimizer, [factor] * len(optimizer.param_groups))
+        self.swa: SWALR | None = None
+        self.next_step = 0  # the step whose rate the groups now hold
+
+    def swa_active(self, step: int) -> bool:
+        return self.plan.swa_start is not None and step >= self.plan.swa_start
+
+    def step(self) -> None:
+        self.next_step += 1
+        if not self.swa_active(self.next_step):
+            self.main.step()
+        elif self.swa is None:
+            self.main.step()  # the main schedule's rate at the switch is where the anneal starts
+            self.swa = SWALR(
+                self.optimizer,
+                swa_lr=self._swa_rates(),
+                anneal_epochs=int(self.swa_cfg.anneal_steps),
+                anneal_strategy=str(self.swa_cfg.anneal_strategy),
+            )
+        else:
+            self.swa.step()
+
+    def _swa_rates(self) -> float | list[float]:
+        lr, scale = self.swa_cfg.get("lr"), self.swa_cfg.get("lr_scale")
+        if (lr is None) == (scale is None):
+            raise ConfigError("swa=on needs exactly one of swa.lr (one rate for all groups) or swa.lr_scale (per group).")
+        if lr is not None:
+            return float(lr)
+        return [g["initial_lr"] * float(scale) for g in self.optimizer.param_groups]

@@ -1,0 +1,179 @@
+"""MLflow: one parent run per composed config, one nested run per fold.
+
+The only module that talks to MLflow. Metrics are buffered and sent with
+`log_batch` (one call per ~1,000 values, never one call per value); writes to a
+shared SQLite store retry on "database is locked" so parallel jobs lose nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+# Keys that say where output goes, not what was computed: left out of the config key.
+_NOT_IN_KEY = ("paths", "tracking")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
+    """SQLite allows one writer; parallel sweep jobs wait their turn instead of failing."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except MlflowException as exc:
+            transient = "locked" in str(exc) or "busy" in str(exc)
+            if not transient or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as dotted keys, e.g. optimizer.layer_decay -> '0.9'."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            out[prefix] = json.dumps(node) if isinstance(node, list) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def config_key(cfg: DictConfig) -> str:
+    """A stable hash of what a run computes (output locations excluded)."""
+    params = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in _NOT_IN_KEY}
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        # Next to a SQLite store, not in whatever cwd the job has (Hydra sweeps change it).
+        artifacts = (db.parent / "artifacts").as_uri() if db is not None else None
+        self.experiment_id = _retry(lambda: self._experiment(experiment, artifacts))
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:  # another job created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        tags = dict(tags, **{"mlflow.runName": name})
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name))
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS):
+            _retry(lambda chunk=items[i : i + MAX_PARAMS]: self.client.log_batch(run_id, params=chunk))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_TAGS):
+            _retry(lambda chunk=items[i : i + MAX_TAGS]: self.client.log_batch(run_id, tags=chunk))
+
+    def log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), MAX_METRICS):
+            _retry(lambda chunk=metrics[i : i + MAX_METRICS]: self.client.log_batch(run_id, metrics=chunk))
+
+    def log_values(self, run_id: str, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.log_metrics(run_id, [Metric(k, float(v), now, 0) for k, v in values.items()])
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), folder))
+
+    def finish(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """status: FINISHED, FAILED or KILLED; `reason` lands in the tag ftsweep.error."""
+        if reason:
+            _retry(lambda: self.client.set_tag(run_id, "ftsweep.error", reason[:5000]))
+        _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def ui_command(self) -> str:
+        if self.uri.startswith("http"):
+            return f"open {self.uri}"
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+
+class FoldSink:
+    """Buffers a fold's step metrics; `flush()` sends them in batches."""
+
+    def __init__(self, tracker: Tracker, run_id: str, flush_at: int = 5000):
+        self.tracker, self.run_id, self.flush_at = tracker, run_id, flush_at
+        self.buffer: list[Metric] = []
+        self._lr_layers: list[str] = []
+        self._lr_chunks: list[np.ndarray] = []
+
+    def log_steps(self, key: str, values: np.ndarray, first_step: int) -> None:
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
+        self._maybe_flush()
+
+    def log_lr(self, layers: list[str], rates: np.ndarray, first_step: int) -> None:
+        """rates: [steps, layers] -> metrics lr/<layer> at each step."""
+        if rates.size == 0:
+            return
+        self._lr_layers = list(layers)
+        self._lr_chunks.append(rates)
+        now = int(time.time() * 1000)
+        for j, layer in enumerate(layers):
+            self.buffer += [Metric(f"lr/{layer}", float(v), now, first_step + i) for i, v in enumerate(rates[:, j])]
+        self._maybe_flush()
+
+    def lr_history(self) -> tuple[list[str], np.ndarray]:
+        """Layer names and the [steps, layers] rates logged so far (for the LR-curve figure)."""
+        rates = np.concatenate(self._lr_chunks) if self._lr_chunks else np.zeros((0, len(self._lr_layers)))
+        return self._lr_layers, rates
+
+    def _maybe_flush(self) -> None:
+        if len(self.buffer) >= self.flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.tracker.log_metrics(self.run_id, self.buffer)
+            self.buffer = []

@@ -1,0 +1,196 @@
+"""One fold of fine-tuning in plain PyTorch: steps, evaluation cadence, best state, SWA.
+
+Knows nothing of Hydra or MLflow: metrics go to a `sink` (see tracking.FoldSink)
+and progress to a `progress` reporter. Host syncs happen only at flush points
+(evaluations and every FLUSH_EVERY steps), never per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from ftsweep.batching import Encoded, eval_batches, pad_batch, train_batches
+from ftsweep.errors import TrainingError
+from ftsweep.param_groups import group_layers
+from ftsweep.schedule import LrSchedule, StepPlan
+
+FLUSH_EVERY = 25
+
+
+@dataclass
+class FoldResult:
+    rmse_best: float
+    rmse_last: float
+    rmse_swa: float | None
+    pred_best: np.ndarray
+    pred_last: np.ndarray
+    best_step: int
+    steps: int
+    evaluations: int
+    seconds: float
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    val_rows: np.ndarray | None = field(default=None, repr=False)
+
+
+def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    """RMSE over the whole fold (not an average of per-batch RMSEs)."""
+    return float(np.sqrt(np.mean((np.asarray(pred, dtype=np.float64) - target) ** 2)))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, encoded: Encoded, rows: np.ndarray, batch_size: int, multiple: int,
+            device: torch.device, autocast_dtype: torch.dtype | None) -> np.ndarray:
+    """Predictions for `rows` (in their given order), using large length-sorted batches."""
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(rows), dtype=np.float64)
+    position = {row: i for i, row in enumerate(rows)}
+    chunks = []
+    for batch in eval_batches(np.asarray(rows), encoded.lengths, batch_size):
+        ids, mask = pad_batch(encoded, batch, multiple)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+        chunks.append((batch, pred.float()))
+    for batch, pred in chunks:  # one transfer per batch, after all batches are queued
+        out[[position[r] for r in batch]] = pred.cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+class _Evaluator:
+    """Evaluates on the validation rows and keeps the best weights seen."""
+
+    def __init__(self, encoded, val_rows, targets, tcfg, device, autocast_dtype, keep_best_state: bool):
+        self.args = (encoded, val_rows, int(tcfg.eval_batch_size), int(tcfg.pad_to_multiple_of), device, autocast_dtype)
+        self.targets = targets[val_rows]
+        self.keep_best_state = keep_best_state
+        self.best = math.inf
+        self.best_step = -1
+        self.best_pred: np.ndarray | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.count = 0
+
+    def __call__(self, model: nn.Module, step: int) -> tuple[float, np.ndarray]:
+        pred = predict(model, *self.args)
+        score = rmse(pred, self.targets)
+        self.count += 1
+        if score < self.best:
+            self.best, self.best_step, self.best_pred = score, step, pred
+            if self.keep_best_state:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return score, pred
+
+
+def _eval_due(cfg: DictConfig, epoch: int, step_in_epoch: int, global_step: int, last_in_epoch: bool) -> bool:
+    if epoch < int(cfg.eval.start_epoch):
+        return False
+    if cfg.eval.strategy == "frequent":
+        return global_step % int(cfg.eval.every_n_batches) == 0
+    return last_in_epoch
+
+
+def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan, cfg: DictConfig,
+             encoded: Encoded, train_rows: np.ndarray, val_rows: np.ndarray, targets: np.ndarray,
+             device: torch.device, autocast_dtype: torch.dtype | None, seed: int, sink, progress,
+             keep_best_state: bool = False) -> FoldResult:
+    """Train one fold; return best / last (/ SWA) RMSE and validation predictions."""
+    tcfg = cfg.trainer
+    started = time.perf_counter()
+    schedule = LrSchedule(optimizer, cfg, plan)
+    layers = group_layers(optimizer)
+    first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in layers]
+    evaluator = _Evaluator(encoded, val_rows, targets, tcfg, device, autocast_dtype, keep_best_state)
+    y_all = torch.tensor(np.asarray(targets), dtype=torch.float32)
+    swa_model: AveragedModel | None = None
+    rng = np.random.default_rng(seed)
+    losses = torch.zeros(plan.total_steps, device=device)
+    lr_rows: list[list[float]] = []
+    flushed = 0
+    grad_clip = tcfg.get("grad_clip")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def flush(upto: int) -> None:
+        nonlocal flushed, lr_rows
+        if upto <= flushed:
+            return
+        chunk = losses[flushed:upto].cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(chunk))
+        if bad.size:
+            raise TrainingError(
+                f"the training loss became {chunk[bad[0]]} at step {flushed + bad[0]}; lower the learning rate "
+                f"(model.lr), keep trainer.grad_clip on, or try trainer.precision=fp32."
+            )
+        sink.log_steps("train/loss", chunk, flushed)
+        sink.log_lr(layers, np.asarray(lr_rows), flushed)
+        progress.trained(upto, float(chunk.mean()))
+        flushed, lr_rows = upto, []
+
+    def evaluate(step: int) -> np.ndarray:
+        flush(step)
+        target = swa_model.module if swa_model is not None else model
+        score, pred = evaluator(target, step)
+        sink.log_steps("val/rmse", np.array([score]), step)
+        progress.evaluated(step, score, evaluator.best)
+        return pred
+
+    model.train()
+    step = 0
+    last_eval_step, last_pred = -1, None
+    for epoch in range(int(tcfg.epochs)):
+        batches = train_batches(train_rows, encoded.lengths, int(tcfg.batch_size), rng)
+        for i, rows in enumerate(batches):
+            if step >= plan.total_steps:
+                break
+            lr_rows.append([g["lr"] for g in first_group])
+            ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
+            if device.type == "cuda":
+                ids, mask = ids.pin_memory(), mask.pin_memory()
+            y = y_all[rows].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+            loss = nn.functional.mse_loss(pred.float(), y)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses[step] = loss.detach()
+            if schedule.swa_active(step):
+                if swa_model is None:
+                    swa_model = AveragedModel(model)  # first update below makes it a copy of `model`
+                swa_model.update_parameters(model)
+            schedule.step()
+            step += 1
+            last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
+            if _eval_due(cfg, epoch, i + 1, step, last_in_epoch):
+                last_pred, last_eval_step = evaluate(step), step
+            elif step - flushed >= FLUSH_EVERY:
+                flush(step)
+        if step >= plan.total_steps:
+            break
+
+    if last_eval_step != step:
+        last_pred = evaluate(step)  # the final weights are always scored once
+    last = rmse(last_pred, evaluator.targets)
+    if swa_model is not None:
+        model.load_state_dict(swa_model.module.state_dict())  # the fold's model is the average
+    return FoldResult(
+        rmse_best=evaluator.best,
+        rmse_last=last,
+        rmse_swa=last if swa_model is not None else None,
+        pred_best=evaluator.best_pred,
+        pred_last=last_pred,
+        best_step=evaluator.best_step,
+        steps=step,
+        evaluations=evaluator.count,
+        seconds=time.perf_counter() - started,
+        best_state=evaluator.best_state,
+    )
