@@ -124,6 +124,8 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
         chunk = losses[flushed:upto].cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(chunk))
         if bad.size:
+            sink.log_steps("train/loss", chunk[: bad[0]], flushed)  # keep what was measured before it broke
+            sink.log_lr(layers, np.asarray(lr_rows[: bad[0]]), flushed)
             raise TrainingError(
                 f"the training loss became {chunk[bad[0]]} at step {flushed + bad[0]}; lower the learning rate "
                 f"(model.lr), keep trainer.grad_clip on, or try trainer.precision=fp32."

@@ -1,0 +1,84 @@
+"""`python -m ftsweep.plan [overrides]`: the per-layer learning-rate schedule, without training.
+
+Builds the model from its config on the meta device (no weight download, no
+memory), counts the training rows of fold 0, and steps the very schedule object
+the trainer uses. Writes lr_schedule.csv (step,layer,lr) and lr_schedule.png.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from transformers import AutoModel
+
+from ftsweep import plots
+from ftsweep.batching import steps_per_epoch
+from ftsweep.cli import guarded
+from ftsweep.config import validate
+from ftsweep.data import TARGET, load_frame, resolve_path
+from ftsweep.folds import assign_folds
+from ftsweep.model import architecture_config, build_regressor
+from ftsweep.param_groups import build_optimizer, group_layers
+from ftsweep.schedule import LrSchedule, plan_steps
+
+
+def lr_table(cfg: DictConfig, n_train_rows: int) -> pd.DataFrame:
+    """Columns step, layer, lr: the rate each layer's groups use at each optimizer step."""
+    config = architecture_config(cfg.model)
+    validate(cfg, int(config.num_hidden_layers))
+    with torch.device("meta"):
+        model = build_regressor(AutoModel.from_config(config), cfg.head)
+    optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
+    plan = plan_steps(cfg, steps_per_epoch(n_train_rows, int(cfg.trainer.batch_size)))
+    layers = group_layers(optimizer)
+    first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in layers]
+    schedule = LrSchedule(optimizer, cfg, plan)
+    rates = np.empty((plan.total_steps, len(layers)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": no training here
+        for step in range(plan.total_steps):
+            rates[step] = [g["lr"] for g in first_group]
+            schedule.step()
+    return pd.DataFrame({
+        "step": np.repeat(np.arange(plan.total_steps), len(layers)),
+        "layer": np.tile(layers, plan.total_steps),
+        "lr": rates.reshape(-1),
+    })
+
+
+def fold0_train_rows(cfg: DictConfig) -> int:
+    frame = load_frame(cfg.data, resolve_path(cfg.data, cfg.paths.output_root), int(cfg.cv.n_folds))
+    folds = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
+    first = cfg.cv.folds[0] if cfg.cv.get("folds") else 0
+    return int((folds != first).sum())
+
+
+def write_plan(cfg: DictConfig, out_dir: Path) -> tuple[Path, Path]:
+    table = lr_table(cfg, fold0_train_rows(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out_dir / "lr_schedule.csv", out_dir / "lr_schedule.png"
+    table.to_csv(csv_path, index=False, float_format="%.17g")
+    wide = table.pivot(index="step", columns="layer", values="lr")[list(dict.fromkeys(table["layer"]))]
+    title = f"{cfg.get('label') or cfg.optimizer.name} on {cfg.model.name}: learning rate per layer"
+    plots.lr_curves((list(wide.columns), wide.to_numpy()), png_path, title)
+    return csv_path, png_path
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    def job() -> None:
+        csv_path, png_path = write_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+        print(f"lr schedule: {csv_path}\nfigure:      {png_path}")
+
+    guarded(job, None)
+
+
+if __name__ == "__main__":
+    main()
