@@ -110,14 +110,14 @@ def _check_schedule(cfg: DictConfig) -> None:
             _positive(cfg, "swa.lr")
         else:
             _positive(cfg, "swa.lr_scale")
-        if swa.get("start_fraction") is not None:
-            if not 0 < swa.start_fraction < 1:
-                raise ConfigError(f"swa.start_fraction={swa.start_fraction} must be in (0, 1).")
-        elif not isinstance(swa.start_epoch, int) or not 0 <= swa.start_epoch < cfg.trainer.epochs:
-            raise ConfigError(
-                f"swa.start_epoch={swa.start_epoch} must be before the last epoch: 0..{cfg.trainer.epochs - 1} "
-                f"with trainer.epochs={cfg.trainer.epochs} (or train more epochs)."
-            )
+        if swa.get("start_epoch") is not None:
+            if not isinstance(swa.start_epoch, int) or not 0 <= swa.start_epoch < cfg.trainer.epochs:
+                raise ConfigError(
+                    f"swa.start_epoch={swa.start_epoch} must be before the last epoch: 0..{cfg.trainer.epochs - 1} "
+                    f"with trainer.epochs={cfg.trainer.epochs} (or train more epochs, or use swa.start_fraction)."
+                )
+        elif swa.get("start_fraction") is None or not 0 < swa.start_fraction < 1:
+            raise ConfigError(f"swa.start_fraction={swa.get('start_fraction')} must be in (0, 1) when swa.start_epoch is null.")
         if not isinstance(swa.anneal_steps, int) or swa.anneal_steps < 0:
             raise ConfigError(f"swa.anneal_steps={swa.anneal_steps!r} must be an integer >= 0.")
 

@@ -28,10 +28,11 @@ from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
-from ftsweep.tracking import FoldSink, Tracker, config_key, flatten, git_commit
+from ftsweep.tracking import FoldSink, PreviousRun, Tracker, config_key, flatten, git_commit, row_key
 from ftsweep.trainer import FoldResult, fit_fold, rmse
 
 log = logging.getLogger("ftsweep")
+PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resume rebuilds OOF from them)
 
 
 @dataclass
@@ -75,12 +76,26 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     return " ".join(overrides) if overrides else "default"
 
 
-def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False) -> CvResult:
+def folds_to_run(cfg: DictConfig) -> list[int]:
+    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
+
+
+def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False) -> CvResult:
+    """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config
+    (and seed) in this experiment are reused, not rerun; a finished config returns at once."""
     overrides = overrides or []
     validate(cfg, model_layer_count(cfg.model))
     if cfg.trainer.get("num_threads"):
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device, autocast_dtype = resolve_device(cfg.trainer)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    key = config_key(cfg)
+    previous = tracker.find_previous(key) if resume else None
+    done = previous.finished_folds if previous else {}
+    folds = folds_to_run(cfg)
+    if previous and previous.parent_status == "FINISHED" and all(f in done for f in folds):
+        log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", previous.parent_id)
+        return _stored_result(tracker, previous, folds)
 
     path = resolve_path(cfg.data, cfg.paths.output_root)
     frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
@@ -92,32 +107,38 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     base_backbone = load_backbone(cfg.model)
     targets = frame[TARGET].to_numpy(dtype=np.float64)
 
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    key = config_key(cfg)
-    common_tags = {"ftsweep.config_key": key, "ftsweep.label": run_name(cfg, overrides),
-                   "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
-                   "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
-    parent = tracker.start_run(run_name(cfg, overrides), common_tags)
+    tags = {"ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg), "ftsweep.label": run_name(cfg, overrides),
+            "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
+            "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
+    if previous:
+        parent = previous.parent_id
+        tracker.reopen(parent)
+        log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
+    else:
+        parent = tracker.start_run(run_name(cfg, overrides), tags)
+        log.info("MLflow run %s in experiment %r at %s", parent, cfg.tracking.experiment, cfg.tracking.uri)
     result = CvResult(parent)
-    log.info("MLflow run %s in experiment %r at %s", parent, cfg.tracking.experiment, cfg.tracking.uri)
     open_runs = [parent]
     try:
-        tracker.log_params(parent, flatten(cfg))
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-            frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
-            tracker.log_artifact(parent, Path(tmp) / "config.yaml")
-            tracker.log_artifact(parent, Path(tmp) / "folds.csv")
-        folds = list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
+        if not previous:
+            tracker.log_params(parent, flatten(cfg))
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
+                tracker.log_artifact(parent, Path(tmp) / "config.yaml")
+                tracker.log_artifact(parent, Path(tmp) / "folds.csv")
         for fold in folds:
-            child = tracker.start_run(f"fold {fold}", dict(common_tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
+            if fold in done:
+                result.folds[fold] = _stored_fold(tracker, done[fold], frame)
+                continue
+            child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
             open_runs.append(child)
             tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
             result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
                                            autocast_dtype, tracker, child, use_bar)
             tracker.finish(child, "FINISHED")
             open_runs.remove(child)
-        result.rmse_oof = _log_summary(cfg, tracker, parent, frame, result)
+        result.rmse_oof = _log_summary(tracker, parent, frame, result)
         tracker.finish(parent, "FINISHED")
         open_runs.remove(parent)
     except KeyboardInterrupt:
@@ -144,7 +165,7 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     model.to(device)
     optimizer = build_optimizer(model, cfg.optimizer, device)
     plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(cfg.trainer.batch_size)))
-    sink = FoldSink(tracker, child)
+    sink = FoldSink(tracker, child, log_lr=bool(cfg.tracking.log_lr))
     progress = Progress(fold, plan.total_steps, use_bar)
     try:
         res = fit_fold(model, optimizer, plan, cfg, encoded, train_rows, val_rows, targets, device, autocast_dtype,
@@ -157,24 +178,49 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     if res.rmse_swa is not None:
         values["rmse_swa"] = res.rmse_swa
     tracker.log_values(child, values)
+    res.val_rows = val_rows
     with tempfile.TemporaryDirectory() as tmp:
         png = plots.lr_curves(sink.lr_history(), Path(tmp) / f"lr_curves_fold{fold}.png",
                               title=f"{run_name(cfg, [])}: learning rate per layer, fold {fold}")
         tracker.log_artifact(child, png)
-    res.val_rows = val_rows
+        _fold_predictions(frame, res).to_csv(Path(tmp) / PREDICTIONS, index=False)
+        tracker.log_artifact(child, Path(tmp) / PREDICTIONS)
     log.info("fold %d: rmse best %.4f  last %.4f  (%d steps, %.1fs)", fold, res.rmse_best, res.rmse_last,
              res.steps, res.seconds)
     return res
 
 
-def _log_summary(cfg, tracker: Tracker, parent: str, frame: pd.DataFrame, result: CvResult) -> float:
-    oof = frame[[ID, "fold", TARGET]].copy()
-    oof["pred_best"] = np.nan
-    oof["pred_last"] = np.nan
-    for res in result.folds.values():
-        oof.loc[res.val_rows, "pred_best"] = res.pred_best
-        oof.loc[res.val_rows, "pred_last"] = res.pred_last
-    scored = oof.dropna(subset=["pred_best"])
+def _fold_predictions(frame: pd.DataFrame, res: FoldResult) -> pd.DataFrame:
+    out = frame.loc[res.val_rows, [ID, "fold", TARGET]].copy()
+    out["pred_best"], out["pred_last"] = res.pred_best, res.pred_last
+    return out
+
+
+def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None) -> FoldResult:
+    """A fold that finished in an earlier attempt, read back from MLflow."""
+    m = run.data.metrics
+    res = FoldResult(rmse_best=m["rmse_best"], rmse_last=m["rmse_last"], rmse_swa=m.get("rmse_swa"),
+                     pred_best=np.array([]), pred_last=np.array([]), best_step=int(m.get("best_step", -1)),
+                     steps=int(m.get("steps", 0)), evaluations=int(m.get("evaluations", 0)),
+                     seconds=float(m.get("fold_seconds", 0.0)))
+    if frame is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            preds = pd.read_csv(tracker.download(run.info.run_id, PREDICTIONS, Path(tmp)), dtype={ID: str})
+        rows = pd.Series(np.arange(len(frame)), index=frame[ID]).loc[preds[ID]].to_numpy()
+        res.val_rows, res.pred_best, res.pred_last = rows, preds["pred_best"].to_numpy(), preds["pred_last"].to_numpy()
+    return res
+
+
+def _stored_result(tracker: Tracker, previous: PreviousRun, folds: list[int]) -> CvResult:
+    result = CvResult(previous.parent_id)
+    result.folds = {f: _stored_fold(tracker, previous.finished_folds[f], None) for f in folds}
+    parent = tracker.client.get_run(previous.parent_id)
+    result.rmse_oof = parent.data.metrics.get("rmse_oof", float("nan"))
+    return result
+
+
+def _log_summary(tracker: Tracker, parent: str, frame: pd.DataFrame, result: CvResult) -> float:
+    scored = pd.concat([_fold_predictions(frame, r) for r in result.folds.values()]).sort_index()
     rmse_oof = rmse(scored["pred_best"].to_numpy(), scored[TARGET].to_numpy())
     tracker.log_values(parent, {
         "rmse_mean": result.mean("rmse_best"), "rmse_std": result.std("rmse_best"),

@@ -48,12 +48,12 @@ def warmup_steps(sched_cfg: DictConfig, total: int) -> int:
 def swa_start(swa_cfg: DictConfig, steps_per_epoch: int, total: int) -> int | None:
     if not swa_cfg.enabled:
         return None
-    if swa_cfg.get("start_fraction") is not None:
-        start = round(float(swa_cfg.start_fraction) * total)
-        where = f"swa.start_fraction={swa_cfg.start_fraction}"
-    else:
+    if swa_cfg.get("start_epoch") is not None:
         start = int(swa_cfg.start_epoch) * steps_per_epoch
         where = f"swa.start_epoch={swa_cfg.start_epoch}"
+    else:
+        start = round(float(swa_cfg.start_fraction) * total)
+        where = f"swa.start_fraction={swa_cfg.start_fraction}"
     if not 0 < start < total:
         raise ConfigError(
             f"{where} starts SWA at step {start}, outside this run's {total} steps; "

@@ -11,7 +11,7 @@ from ftsweep.tracking import sqlite_path
 def print_summary(cfg: DictConfig, result: CvResult) -> None:
     lines = [f"ftsweep: {cfg.get('label') or 'run'} — {len(result.folds)} fold(s), model {cfg.model.name}"]
     for fold, res in sorted(result.folds.items()):
-        swa = f"  (SWA weights)" if res.rmse_swa is not None else ""
+        swa = "  (SWA weights)" if res.rmse_swa is not None else ""
         lines.append(f"  fold {fold}: RMSE best {res.rmse_best:.4f}  last {res.rmse_last:.4f}{swa}  [{res.seconds:.0f}s]")
     lines.append(f"  mean RMSE {result.mean():.4f} ± {result.std():.4f} (best checkpoint per fold)")
     lines.append(f"  last weights {result.mean('rmse_last'):.4f} ± {result.std('rmse_last'):.4f};  OOF {result.rmse_oof:.4f}")

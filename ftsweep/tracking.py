@@ -13,11 +13,12 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -25,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
-# Keys that say where output goes, not what was computed: left out of the config key.
-_NOT_IN_KEY = ("paths", "tracking")
+# Where output goes and how fast, not what is computed: left out of the keys.
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds")
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -38,8 +39,8 @@ def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
     for attempt in range(attempts):
         try:
             return fn()
-        except MlflowException as exc:
-            transient = "locked" in str(exc) or "busy" in str(exc)
+        except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
+            transient = "database is locked" in str(exc) or "database is busy" in str(exc)
             if not transient or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
@@ -61,10 +62,28 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def config_key(cfg: DictConfig) -> str:
-    """A stable hash of what a run computes (output locations excluded)."""
-    params = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in _NOT_IN_KEY}
+def _hash(params: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def row_key(cfg: DictConfig) -> str:
+    """What a results-table row is: the computation, whatever the training seed."""
+    params = flatten(cfg)
+    return _hash({k: v for k, v in params.items() if not k.startswith(_NOT_IN_KEY) and k != "trainer.seed"})
+
+
+def config_key(cfg: DictConfig) -> str:
+    """One parent run: the computation and its seed. A unit of work is (config_key, fold)."""
+    return _hash({"row": row_key(cfg), "seed": str(cfg.trainer.seed)})
+
+
+@dataclass
+class PreviousRun:
+    """Earlier runs of the same config in this experiment (for resuming)."""
+
+    parent_id: str
+    parent_status: str
+    finished_folds: dict[int, Run]  # fold -> its newest FINISHED child run
 
 
 def git_commit() -> str | None:
@@ -127,6 +146,28 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, str(path), folder))
 
+    def find_previous(self, key: str) -> PreviousRun | None:
+        """The newest parent run with this config key, and every fold already FINISHED under any of them."""
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`ftsweep.config_key` = '{key}'", max_results=5000,
+            order_by=["attributes.start_time DESC"]))
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        if not parents:
+            return None
+        finished: dict[int, Run] = {}
+        for run in runs:
+            fold = run.data.tags.get("ftsweep.fold")
+            if fold is not None and run.info.status == "FINISHED":
+                finished.setdefault(int(fold), run)
+        return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished)
+
+    def reopen(self, run_id: str) -> None:
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        _retry(lambda: self.client.set_tag(run_id, "ftsweep.error", ""))
+
+    def download(self, run_id: str, artifact: str, folder: Path) -> Path:
+        return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact, str(folder))))
+
     def finish(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED; `reason` lands in the tag ftsweep.error."""
         if reason:
@@ -142,8 +183,8 @@ class Tracker:
 class FoldSink:
     """Buffers a fold's step metrics; `flush()` sends them in batches."""
 
-    def __init__(self, tracker: Tracker, run_id: str, flush_at: int = 5000):
-        self.tracker, self.run_id, self.flush_at = tracker, run_id, flush_at
+    def __init__(self, tracker: Tracker, run_id: str, log_lr: bool = True, flush_at: int = 5000):
+        self.tracker, self.run_id, self.flush_at, self.send_lr = tracker, run_id, flush_at, log_lr
         self.buffer: list[Metric] = []
         self._lr_layers: list[str] = []
         self._lr_chunks: list[np.ndarray] = []
@@ -159,6 +200,8 @@ class FoldSink:
             return
         self._lr_layers = list(layers)
         self._lr_chunks.append(rates)
+        if not self.send_lr:
+            return
         now = int(time.time() * 1000)
         for j, layer in enumerate(layers):
             self.buffer += [Metric(f"lr/{layer}", float(v), now, first_step + i) for i, v in enumerate(rates[:, j])]

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, run_cli
 from ftsweep.demo_data import generate
+
+from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         "Give a CSV in CommonLit's format with data.path=/path/to/train.csv"
     )
     assert "Traceback" not in out.stderr
-    out = run_cli("ftsweep", *TINY, "swa=on", f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = run_cli("ftsweep", *TINY, "swa=on", "swa.start_epoch=3", f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2 and "swa.start_epoch=3 must be before the last epoch" in out.stderr
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CONF, compose_cfg, run_cli
 from ftsweep.config import validate
 from ftsweep.errors import ConfigError
+
+from conftest import CONF, compose_cfg, run_cli
 
 GROUPS = ["data", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "trainer", "cv", "tracking",
           "experiment"]
@@ -56,7 +57,9 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["cv.n_folds=1"], "cv.n_folds=1 must be an integer >= 2"),
         (["trainer.batch_size=0"], "trainer.batch_size=0 must be a positive integer"),
         (["scheduler.warmup_steps=5", "scheduler.warmup_ratio=0.1"], "both set"),
-        (["swa=on"], "swa.start_epoch=3 must be before the last epoch"),
+        (["swa=on", "swa.start_epoch=3"], "swa.start_epoch=3 must be before the last epoch"),
+        (["swa=on", "swa.start_fraction=1.0"], "swa.start_fraction=1.0 must be in (0, 1)"),
+        (["swa=on", "swa.lr_scale=0.5"], "exactly one of swa.lr"),
         (["eval=frequent", "eval.every_n_batches=0"], "eval.every_n_batches=0 must be a positive integer"),
         (["optimizer=grouped_llrd", "optimizer.n_groups=4"], "group_lrs has 3 rates for optimizer.n_groups=4"),
         (["trainer.precision=fp16"], "trainer.precision='fp16' is not one of auto, bf16, fp32"),

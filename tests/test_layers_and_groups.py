@@ -7,11 +7,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from archs import ARCHS, n_layers_of, tiny_backbone
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.layers import assign_layers, num_layers
 from ftsweep.model import build_regressor
 from ftsweep.param_groups import build_optimizer, build_param_groups, layer_rates, layer_sets
+
+from archs import ARCHS, n_layers_of, tiny_backbone
 
 HEAD_CFG = OmegaConf.create({"type": "pooler", "dropout": 0.0, "attention_hidden": 8})
 LLRD = OmegaConf.create({"name": "llrd", "lr": 3.5e-6, "layer_decay": 0.9, "head_lr": 3.6e-6, "weight_decay": 0.01,

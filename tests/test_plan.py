@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from conftest import compose_cfg, run_cli
 from ftsweep.plan import lr_table
+
+from conftest import compose_cfg, run_cli
 
 REL = 1e-9
 

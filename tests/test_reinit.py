@@ -6,11 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from archs import tiny_backbone
 from ftsweep.errors import ConfigError
 from ftsweep.layers import assign_layers
 from ftsweep.model import build_regressor
 from ftsweep.reinit import reinit_top_layers
+
+from archs import tiny_backbone
 
 HEAD = OmegaConf.create({"type": "pooler", "dropout": 0.0})
 
