@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from ftsweep.cli import guarded, in_multirun, task_overrides
+from ftsweep.cli import guarded, in_multirun, job_number, task_overrides
 from ftsweep.cv import run_cv
 from ftsweep.progress import want_bar
 from ftsweep.summary import print_summary
+from ftsweep.sweep import experiment_name
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     def job() -> float:
-        result = run_cv(cfg, task_overrides(), use_bar=want_bar(in_multirun()))
+        multirun = in_multirun()
+        with open_dict(cfg):
+            cfg.tracking.experiment = experiment_name(cfg, multirun)
+        resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
+        result = run_cv(cfg, task_overrides(), use_bar=want_bar(multirun), resume=resume,
+                        tags={"ftsweep.job_num": str(job_number())})
         print_summary(cfg, result)
         return result.mean("rmse_best")
 

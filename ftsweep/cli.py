@@ -27,6 +27,11 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def job_number() -> int:
+    """The job's index in its sweep (0 for single runs): orders rows like the command did."""
+    return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt  # the same clean-up as Ctrl-C: open runs are marked KILLED
 

@@ -21,6 +21,7 @@ from ftsweep import plots
 from ftsweep.batching import encode, steps_per_epoch
 from ftsweep.config import validate
 from ftsweep.data import ID, TARGET, TEXT, load_frame, resolve_path
+from ftsweep.devices import resolve_device
 from ftsweep.errors import FtsweepError
 from ftsweep.folds import assign_folds
 from ftsweep.model import architecture_config, build_regressor, load_backbone, load_tokenizer
@@ -28,6 +29,7 @@ from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
+from ftsweep.sweep import row_label
 from ftsweep.tracking import FoldSink, PreviousRun, Tracker, config_key, flatten, git_commit, row_key
 from ftsweep.trainer import FoldResult, fit_fold, rmse
 
@@ -48,18 +50,6 @@ class CvResult:
         return float(np.std([getattr(r, attr) for r in self.folds.values()]))
 
 
-def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype (None: plain fp32)."""
-    if tcfg.device == "cuda" and not torch.cuda.is_available():
-        raise FtsweepError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu.")
-    device = torch.device("cuda" if tcfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if tcfg.precision == "fp32":
-        return device, None
-    if tcfg.precision == "bf16" or device.type == "cuda":
-        return device, torch.bfloat16
-    return device, None
-
-
 def model_layer_count(model_cfg: DictConfig) -> int | None:
     """The encoder depth when it is known without a download (for up-front validation)."""
     if not model_cfg.get("architecture") and model_cfg.source == "hub" and not Path(str(model_cfg.name)).exists():
@@ -70,23 +60,16 @@ def model_layer_count(model_cfg: DictConfig) -> int | None:
         return None
 
 
-def run_name(cfg: DictConfig, overrides: list[str]) -> str:
-    if cfg.get("label"):
-        return str(cfg.label)
-    return " ".join(overrides) if overrides else "default"
-
-
 def folds_to_run(cfg: DictConfig) -> list[int]:
     return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
 
 
-def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False) -> CvResult:
+def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False,
+           tags: dict[str, str] | None = None) -> CvResult:
     """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config
     (and seed) in this experiment are reused, not rerun; a finished config returns at once."""
     overrides = overrides or []
     validate(cfg, model_layer_count(cfg.model))
-    if cfg.trainer.get("num_threads"):
-        torch.set_num_threads(int(cfg.trainer.num_threads))
     device, autocast_dtype = resolve_device(cfg.trainer)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     key = config_key(cfg)
@@ -104,10 +87,12 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     encoded = encode(frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
     log.info("data: %s, %d rows, %d folds; %d text(s) longer than trainer.max_length=%d were truncated",
              path, len(frame), cfg.cv.n_folds, encoded.n_truncated, cfg.trainer.max_length)
+    torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
     base_backbone = load_backbone(cfg.model)
     targets = frame[TARGET].to_numpy(dtype=np.float64)
 
-    tags = {"ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg), "ftsweep.label": run_name(cfg, overrides),
+    label = row_label(cfg, overrides)
+    tags = {**(tags or {}), "ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg), "ftsweep.label": label,
             "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
             "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
     if previous:
@@ -115,7 +100,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
         tracker.reopen(parent)
         log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
     else:
-        parent = tracker.start_run(run_name(cfg, overrides), tags)
+        parent = tracker.start_run(label, tags)
         log.info("MLflow run %s in experiment %r at %s", parent, cfg.tracking.experiment, cfg.tracking.uri)
     result = CvResult(parent)
     open_runs = [parent]
@@ -135,7 +120,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
             open_runs.append(child)
             tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
             result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
-                                           autocast_dtype, tracker, child, use_bar)
+                                           autocast_dtype, tracker, child, use_bar, label)
             tracker.finish(child, "FINISHED")
             open_runs.remove(child)
         result.rmse_oof = _log_summary(tracker, parent, frame, result)
@@ -153,7 +138,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     return result
 
 
-def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, child, use_bar):
+def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, child, use_bar, label):
     seed = int(cfg.trainer.seed) + fold
     torch.manual_seed(seed)
     train_rows = np.flatnonzero(frame["fold"].to_numpy() != fold)
@@ -181,7 +166,7 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     res.val_rows = val_rows
     with tempfile.TemporaryDirectory() as tmp:
         png = plots.lr_curves(sink.lr_history(), Path(tmp) / f"lr_curves_fold{fold}.png",
-                              title=f"{run_name(cfg, [])}: learning rate per layer, fold {fold}")
+                              title=f"{label}: learning rate per layer, fold {fold}")
         tracker.log_artifact(child, png)
         _fold_predictions(frame, res).to_csv(Path(tmp) / PREDICTIONS, index=False)
         tracker.log_artifact(child, Path(tmp) / PREDICTIONS)

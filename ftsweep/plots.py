@@ -30,3 +30,31 @@ def lr_curves(history: tuple[list[str], np.ndarray], path: Path, title: str) -> 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def results_bars(table, path: Path, title: str) -> Path:
+    """Horizontal bars: mean CV RMSE per row (best checkpoint, last/SWA), fold sd as error bars."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.55 * n), dpi=110)
+    y = np.arange(n)
+    ax.barh(y - 0.18, table["rmse_best"], 0.36, xerr=table["rmse_best_sd"], label="best checkpoint", color="#3b75af",
+            capsize=2)
+    ax.barh(y + 0.18, table["rmse_last"], 0.36, xerr=table["rmse_last_sd"], label="last / SWA weights",
+            color="#9ecae1", capsize=2)
+    if table["reference"].notna().any():
+        ax.scatter(table["reference"], y, marker="D", color="#d62728", zorder=3, label="reference (roberta-base)")
+    ax.set_yticks(y, [str(label)[:60] for label in table["label"]], fontsize=7)
+    ax.invert_yaxis()
+    low = float(np.nanmin(np.r_[table["rmse_best"], table["rmse_last"], table["reference"].dropna()]))
+    high = float(np.nanmax(np.r_[table["rmse_best"] + table["rmse_best_sd"].fillna(0),
+                                 table["rmse_last"] + table["rmse_last_sd"].fillna(0), table["reference"].dropna()]))
+    ax.set_xlim(max(0.0, low - 0.1 * (high - low + 1e-3) - 0.02), high + 0.02)
+    ax.set_xlabel("RMSE (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

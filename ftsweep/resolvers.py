@@ -1,4 +1,8 @@
-"""OmegaConf resolvers used by conf/: rates written as multiples of model.lr."""
+"""OmegaConf resolvers used by conf/: rates as multiples of model.lr, and the output root."""
+
+from __future__ import annotations
+
+import os
 
 from omegaconf import OmegaConf
 
@@ -10,5 +14,18 @@ def _mul(*factors: float) -> float:
     return out
 
 
-if not OmegaConf.has_resolver("mul"):
-    OmegaConf.register_new_resolver("mul", _mul)
+def _default_outputs() -> str:
+    """FTSWEEP_OUTPUTS, else <launch dir>/outputs. Hydra's runtime.cwd is the launch dir in every
+    job (also in joblib / submitit workers); before Hydra is set up (sweepers, the compose API)
+    the process's cwd is."""
+    if os.environ.get("FTSWEEP_OUTPUTS"):
+        return os.path.abspath(os.environ["FTSWEEP_OUTPUTS"])
+    from hydra.core.hydra_config import HydraConfig
+
+    cwd = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
+    return os.path.join(cwd, "outputs")
+
+
+for _name, _fn in (("mul", _mul), ("ftsweep_outputs", _default_outputs)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

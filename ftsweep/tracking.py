@@ -23,6 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from ftsweep.errors import FtsweepError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
@@ -96,12 +98,22 @@ def git_commit() -> str | None:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str):
-        self.uri = uri
+    def __init__(self, uri: str, experiment: str, create: bool = True):
+        """`create=False`: only read; a missing store or experiment is an error."""
+        self.uri, self.experiment_name = uri, experiment
         db = sqlite_path(uri)
+        if db is not None and not create and not db.exists():
+            raise FtsweepError(f"no MLflow store at {db}; pass --tracking-uri (sqlite:///... or http://...).")
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
+        if not create:
+            found = _retry(lambda: self.client.get_experiment_by_name(experiment))
+            if found is None:
+                names = [e.name for e in self.client.search_experiments()]
+                raise FtsweepError(f"no experiment {experiment!r} at {uri}; experiments there: {names}")
+            self.experiment_id = found.experiment_id
+            return
         # Next to a SQLite store, not in whatever cwd the job has (Hydra sweeps change it).
         artifacts = (db.parent / "artifacts").as_uri() if db is not None else None
         self.experiment_id = _retry(lambda: self._experiment(experiment, artifacts))

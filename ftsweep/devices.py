@@ -1,0 +1,75 @@
+"""Device, precision and CPU threads for one job, aware of parallel local launchers.
+
+Parallel jobs on one machine (hydra/launcher=joblib or submitit_local) each get one
+torch thread on the CPU, and on a multi-GPU box each worker process claims a GPU of
+its own for its lifetime (a file lock per GPU), so jobs never share a card.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+
+import torch
+from omegaconf import DictConfig
+
+from ftsweep.errors import ConfigError
+
+log = logging.getLogger("ftsweep")
+PARALLEL_LAUNCHERS = ("JoblibLauncher", "submitit_launcher.LocalLauncher")
+_claimed: tuple[int, object] | None = None  # (gpu index, open lock file) held by this process
+
+
+def launcher_target() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return str(HydraConfig.get().launcher.get("_target_", ""))
+
+
+def parallel_local() -> bool:
+    return any(name in launcher_target() for name in PARALLEL_LAUNCHERS)
+
+
+def claim_gpu(n_gpus: int) -> int:
+    """The first GPU no other process of this user has claimed; held until the process exits."""
+    global _claimed
+    if _claimed is not None:
+        return _claimed[0]
+    folder = os.path.join(tempfile.gettempdir(), f"ftsweep-gpu-locks-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    for index in range(n_gpus):
+        handle = open(os.path.join(folder, f"gpu{index}.lock"), "w")  # noqa: SIM115 (held for the process's life)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _claimed = (index, handle)
+        return index
+    log.warning("more parallel jobs than GPUs (%d): this job shares GPU 0", n_gpus)
+    return 0
+
+
+def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device and the autocast dtype (None: plain fp32); sets CPU threads for parallel jobs."""
+    if tcfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu.")
+    use_cuda = tcfg.device in ("auto", "cuda") and torch.cuda.is_available()
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg.num_threads))
+    elif parallel_local() and not use_cuda:
+        torch.set_num_threads(1)  # n parallel jobs x all cores each would thrash
+    if use_cuda and parallel_local() and torch.cuda.device_count() > 1:
+        device = torch.device("cuda", claim_gpu(torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cuda" if use_cuda else "cpu")
+    if tcfg.precision == "fp32":
+        return device, None
+    if tcfg.precision == "bf16" or device.type == "cuda":
+        return device, torch.bfloat16
+    return device, None
