@@ -1,0 +1,121 @@
+"""Multirun sweeps through the real CLI: launchers, the results table, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+GRID = ["model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=4", "optimizer=adamw,llrd"]
+
+
+def _experiment_runs(uri: str, name: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("ftsweep.kind") != "table"]
+
+
+def _check_sweep(tmp_path, out, experiment):
+    assert out.returncode == 0, out.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, runs = _experiment_runs(uri, experiment)
+    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags]
+    children = [r for r in runs if "ftsweep.fold" in r.data.tags]
+    assert len(parents) == 2 and len(children) == 4
+    assert {p.data.params["optimizer.name"] for p in parents} == {"adamw", "llrd"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # the table printed at the end of the sweep holds each config's mean over its folds
+    for parent in parents:
+        folds = [c.data.metrics["rmse_best"] for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        label = parent.data.tags["ftsweep.label"]
+        assert label == f"optimizer={parent.data.params['optimizer.name']}"
+        assert f"| {label} | 2 | {sum(folds) / 2:.4f} ±" in out.stdout
+    return uri, parents
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_grid_sweep_with_each_launcher(tmp_path, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    out = run_cli("ftsweep", "-m", *GRID, f"hydra/launcher={launcher}", *extra, f"paths.output_root={tmp_path}",
+                  cwd=tmp_path, timeout=300)
+    _check_sweep(tmp_path, out, "sweep cv.n_folds=2 data.max_rows=64 model=tiny optimizer=adamw,llrd trainer.max_steps=4")
+
+
+def test_seed_sweep_and_the_table_command(tmp_path):
+    out = run_cli("ftsweep", "-m", *GRID, "trainer.seed=0,1", "tracking.experiment=seeds",
+                  f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    table_dir = tmp_path / "table"
+    out = run_cli("ftsweep.table", "--experiment", "seeds", "--tracking-uri", uri, "--out", str(table_dir), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    csv = pd.read_csv(table_dir / "results.csv")
+    assert csv["label"].tolist() == ["optimizer=adamw", "optimizer=llrd"]
+    assert csv["seeds"].tolist() == [2, 2] and csv["folds"].tolist() == [4, 4] and csv["pairs"].tolist() == [4, 4]
+    client, runs = _experiment_runs(uri, "seeds")
+    adamw = [r for r in runs if "ftsweep.fold" in r.data.tags and r.data.tags["ftsweep.label"] == "optimizer=adamw"]
+    per_seed = pd.DataFrame([(r.data.tags["ftsweep.seed"], r.data.metrics["rmse_best"]) for r in adamw]).groupby(0)[1].mean()
+    assert csv.loc[0, "rmse_best"] == pytest.approx(per_seed.mean())
+    assert csv.loc[0, "seed_sd"] == pytest.approx(per_seed.std(ddof=1))
+    assert (table_dir / "results.md").read_text().count("\n| optimizer=") == 2
+    assert (table_dir / "results.png").stat().st_size > 5000
+    assert "| optimizer=adamw | 2×2 |" in out.stdout
+    table_runs = MlflowClient(uri).search_runs([client.get_experiment_by_name("seeds").experiment_id],
+                                               filter_string="tags.`ftsweep.kind` = 'table'")
+    assert table_runs and {a.path for a in client.list_artifacts(table_runs[0].info.run_id)} == {
+        "results.md", "results.csv", "results.png"}
+
+
+def test_table_command_errors_are_one_line(tmp_path):
+    out = run_cli("ftsweep.table", "--experiment", "nope", "--tracking-uri", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == f"ftsweep.table: error: no MLflow store at {tmp_path}/none.db; pass --tracking-uri (sqlite:///... or http://...)."
+
+
+def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
+    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=3", "optimizer=adamw,llrd",
+            "tracking.experiment=resume", f"paths.output_root={tmp_path}"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    finished = []
+    while time.time() < deadline and not finished:
+        time.sleep(0.5)
+        if (tmp_path / "mlflow.db").exists():
+            try:
+                _, runs = _experiment_runs(uri, "resume")
+            except Exception:  # store still being created
+                continue
+            finished = [r for r in runs if "ftsweep.fold" in r.data.tags and r.info.status == "FINISHED"]
+    assert finished, "no fold finished in time"
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, output
+    _, runs = _experiment_runs(uri, "resume")
+    assert "KILLED" in {r.info.status for r in runs}
+    assert len([r for r in runs if r.info.status == "FINISHED" and "ftsweep.fold" in r.data.tags]) < 4
+
+    rerun = run_cli("ftsweep", *args, cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _, runs = _experiment_runs(uri, "resume")
+    units = [(r.data.tags["ftsweep.config_key"], r.data.tags["ftsweep.fold"]) for r in runs
+             if r.info.status == "FINISHED" and "ftsweep.fold" in r.data.tags]
+    assert len(units) == len(set(units)) == 4
+    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags]
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}  # the killed parent was reopened
+    assert "resuming MLflow run" in rerun.stderr + rerun.stdout or "already finished" in rerun.stderr + rerun.stdout
+    # a third run has nothing left to do
+    third = run_cli("ftsweep", *args, cwd=tmp_path, timeout=300)
+    assert (third.stderr + third.stdout).count("already finished") == 2
