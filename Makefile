@@ -10,8 +10,9 @@ TORCH  ?= torch==2.13.0
 OUTPUTS ?= outputs
 UI_PORT ?= 5000
 ARGS   ?=
+EXPERIMENT ?= table1
 
-.PHONY: help install run test test-fast lint ui clean
+.PHONY: help install run table test test-fast lint ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +26,9 @@ install:  ## create .venv and install ftsweep (editable) with its dev tools
 
 run:  ## the main job: 5-fold CV of the bundled MiniLM on the demo data (ARGS='optimizer=llrd ...')
 	$(PY) -m ftsweep $(ARGS)
+
+table:  ## results table of a sweep: make table EXPERIMENT=table1
+	$(PY) -m ftsweep.table --experiment "$(EXPERIMENT)"
 
 test:  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest -q

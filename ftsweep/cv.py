@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftsweep import plots
 from ftsweep.batching import encode, steps_per_epoch
+from ftsweep.checkpoints import MODEL_FOLDER, checkpoint_name, save_state
 from ftsweep.config import validate
 from ftsweep.data import ID, TARGET, TEXT, load_frame, resolve_path
 from ftsweep.devices import resolve_device
@@ -29,7 +30,7 @@ from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
-from ftsweep.sweep import row_label
+from ftsweep.sweep import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking import FoldSink, PreviousRun, Tracker, config_key, flatten, git_commit, row_key
 from ftsweep.trainer import FoldResult, fit_fold, rmse
 
@@ -71,7 +72,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     overrides = overrides or []
     validate(cfg, model_layer_count(cfg.model))
     device, autocast_dtype = resolve_device(cfg.trainer)
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
     key = config_key(cfg)
     previous = tracker.find_previous(key) if resume else None
     done = previous.finished_folds if previous else {}
@@ -83,6 +84,8 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     path = resolve_path(cfg.data, cfg.paths.output_root)
     frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
     frame["fold"] = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
+    for fold in folds:  # warm-up / SWA start against each fold's step count, before any weights load
+        plan_steps(cfg, steps_per_epoch(int((frame["fold"] != fold).sum()), int(cfg.trainer.batch_size)))
     tokenizer = load_tokenizer(cfg.model)
     encoded = encode(frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
     log.info("data: %s, %d rows, %d folds; %d text(s) longer than trainer.max_length=%d were truncated",
@@ -101,7 +104,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
         log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
     else:
         parent = tracker.start_run(label, tags)
-        log.info("MLflow run %s in experiment %r at %s", parent, cfg.tracking.experiment, cfg.tracking.uri)
+        log.info("MLflow run %s in experiment %r at %s", parent, tracker.experiment_name, cfg.tracking.uri)
     result = CvResult(parent)
     open_runs = [parent]
     try:
@@ -154,7 +157,7 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     progress = Progress(fold, plan.total_steps, use_bar)
     try:
         res = fit_fold(model, optimizer, plan, cfg, encoded, train_rows, val_rows, targets, device, autocast_dtype,
-                       seed, sink, progress)
+                       seed, sink, progress, keep_best_state=bool(cfg.trainer.save_models))
     finally:
         progress.close()
         sink.flush()  # whatever was measured before a failure stays logged
@@ -170,6 +173,10 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
         tracker.log_artifact(child, png)
         _fold_predictions(frame, res).to_csv(Path(tmp) / PREDICTIONS, index=False)
         tracker.log_artifact(child, Path(tmp) / PREDICTIONS)
+        if cfg.trainer.save_models:  # the best checkpoint's weights: what rmse_best scored
+            path = save_state(res.best_state, Path(tmp) / checkpoint_name(fold))
+            tracker.log_artifact(child, path, MODEL_FOLDER)
+    res.best_state = None
     log.info("fold %d: rmse best %.4f  last %.4f  (%d steps, %.1fs)", fold, res.rmse_best, res.rmse_last,
              res.steps, res.seconds)
     return res

@@ -66,6 +66,20 @@ def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def load_texts(path: Path, id_column: str, text_column: str) -> pd.DataFrame:
+    """A file to predict on (CommonLit's test.csv: id, excerpt, ...): columns id, excerpt."""
+    raw = _read_csv(path)
+    missing = [c for c in (id_column, text_column) if c not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}. "
+                        f"Point data.id_column / data.text_column at the right names.")
+    frame = raw[[id_column, text_column]].set_axis([ID, TEXT], axis=1)
+    frame[ID] = frame[ID].astype(str)
+    _check_texts(frame, path, text_column)
+    _check_ids(frame, path, id_column)
+    return frame.reset_index(drop=True)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: no such file. Give a CSV in CommonLit's format with data.path=/path/to/train.csv")

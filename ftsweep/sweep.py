@@ -24,6 +24,7 @@ EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
 SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
 _SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
+DEFAULT_EXPERIMENT = "ftsweep"  # single runs, when tracking.experiment is null
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -46,7 +47,7 @@ def experiment_name(cfg: DictConfig, multirun: bool) -> str:
         return str(cfg.tracking.experiment)
     if multirun:
         return os.environ.get(EXPERIMENT_ENV, "sweep")
-    return "ftsweep"
+    return DEFAULT_EXPERIMENT
 
 
 def row_label(cfg: DictConfig, job_overrides: list[str]) -> str:

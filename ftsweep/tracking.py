@@ -98,8 +98,9 @@ def git_commit() -> str | None:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, create: bool = True):
-        """`create=False`: only read; a missing store or experiment is an error."""
+    def __init__(self, uri: str, experiment: str | None, create: bool = True):
+        """`create=False`: only read; a missing store or experiment is an error.
+        `experiment=None`: a client for reading runs by id."""
         self.uri, self.experiment_name = uri, experiment
         db = sqlite_path(uri)
         if db is not None and not create and not db.exists():
@@ -107,6 +108,8 @@ class Tracker:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
+        if experiment is None:
+            return
         if not create:
             found = _retry(lambda: self.client.get_experiment_by_name(experiment))
             if found is None:

@@ -1,0 +1,89 @@
+"""`python -m ftsweep.predict run_id=<parent run> data.path=test.csv`: average the fold models.
+
+Reads the run's resolved config and each fold's saved weights (safetensors) from
+MLflow, predicts every row of the CSV with every fold model, and writes the mean
+as submission.csv (id,target), CommonLit's submission format.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModel
+
+from ftsweep.batching import encode
+from ftsweep.checkpoints import MODEL_FOLDER, load_state
+from ftsweep.cli import guarded
+from ftsweep.data import ID, TEXT, load_texts
+from ftsweep.devices import resolve_device
+from ftsweep.errors import FtsweepError
+from ftsweep.model import architecture_config, build_regressor, load_tokenizer
+from ftsweep.tracking import Tracker
+from ftsweep.trainer import predict as predict_rows
+
+log = logging.getLogger("ftsweep")
+
+
+def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path) -> tuple[DictConfig, list[Path]]:
+    """The run's config and its fold weights, downloaded into `folder`."""
+    client = tracker.client
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 (MLflow raises several kinds for an unknown id)
+        raise FtsweepError(f"no run {run_id!r} at {tracker.uri}; pass the parent run id and tracking.uri.") from None
+    if "ftsweep.fold" in run.data.tags:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        raise FtsweepError(f"run {run_id} is a fold run; pass its parent run id: run_id={parent}")
+    cfg = OmegaConf.load(tracker.download(run_id, "config.yaml", folder))
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'FINISHED'")
+    paths = []
+    for child in sorted(children, key=lambda r: int(r.data.tags.get("ftsweep.fold", 0))):
+        names = [a.path for a in client.list_artifacts(child.info.run_id, MODEL_FOLDER)]
+        paths += [tracker.download(child.info.run_id, name, folder) for name in names if name.endswith(".safetensors")]
+    if not paths:
+        raise FtsweepError(f"run {run_id} was saved without fold models; rerun it with trainer.save_models=true.")
+    return cfg, paths
+
+
+def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
+    frame = load_texts(Path(str(cfg.data.path)).expanduser(), cfg.data.id_column, cfg.data.text_column)
+    tracker = Tracker(cfg.tracking.uri, experiment=None, create=False)
+    device, autocast_dtype = resolve_device(OmegaConf.create({"device": cfg.device, "precision": "auto"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cfg, checkpoints = fold_checkpoints(tracker, str(cfg.run_id), Path(tmp))
+        tokenizer = load_tokenizer(run_cfg.model)
+        encoded = encode(frame[TEXT].tolist(), tokenizer, int(run_cfg.trainer.max_length))
+        rows = np.arange(len(frame))
+        preds = []
+        for path in checkpoints:
+            model = build_regressor(AutoModel.from_config(architecture_config(run_cfg.model)), run_cfg.head)
+            load_state(model, path)
+            model.to(device)
+            preds.append(predict_rows(model, encoded, rows, int(cfg.batch_size), int(run_cfg.trainer.pad_to_multiple_of),
+                                      device, autocast_dtype))
+            log.info("predicted with %s", path.name)
+    return pd.DataFrame({ID: frame[ID], "target": np.mean(preds, axis=0)}), len(checkpoints)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    def job() -> None:
+        submission, n_models = predict_csv(cfg)
+        out = Path(str(cfg.output))
+        submission.to_csv(out, index=False)
+        print(f"wrote {out.resolve()}: {len(submission)} rows, mean of {n_models} fold models")
+
+    torch.set_grad_enabled(False)
+    guarded(job, None)
+
+
+if __name__ == "__main__":
+    main()

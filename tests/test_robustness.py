@@ -1,0 +1,140 @@
+"""Faults and safety: determinism, failing multirun jobs, checksum of the bundled weights,
+predictions from a finished run, and a real MLflow tracking server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, run_cli
+from ftsweep import model as model_module
+from ftsweep.cv import run_cv
+from ftsweep.demo_data import generate
+from ftsweep.errors import ModelError
+
+
+def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
+    first = run_cv(make_cfg("trainer.seed=3"))
+    second = run_cv(make_cfg("trainer.seed=3", "tracking.experiment=again"))
+    other = run_cv(make_cfg("trainer.seed=4", "tracking.experiment=other"))
+    assert [r.rmse_best for r in first.folds.values()] == [r.rmse_best for r in second.folds.values()]
+    assert [r.rmse_best for r in first.folds.values()] != [r.rmse_best for r in other.folds.values()]
+
+
+def test_bundled_weights_are_checked_against_their_sha256(monkeypatch):
+    model_module.bundled_model_dir.cache_clear()
+    monkeypatch.setattr(model_module, "BUNDLED_SHA256", "0" * 64)
+    with pytest.raises(ModelError, match="not the published 0000"):
+        model_module.bundled_model_dir()
+    model_module.bundled_model_dir.cache_clear()
+
+
+def test_unreachable_model_names_the_offline_ones(make_cfg):
+    cfg = make_cfg("model=roberta_base", "model.name=/no/such/model", "trainer.max_length=32")
+    with pytest.raises(ModelError, match=r"cannot load .*models that work offline: model=minilm_l6"):
+        run_cv(cfg)
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
+    out = run_cli("ftsweep", "-m", *TINY, "reinit=on", "reinit.n=5,1", "tracking.experiment=failing",
+                  f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "reinit.n=5 but tiny-bert has 2 encoder layers" in out.stdout + out.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("failing")
+    finished = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    assert {r.data.tags.get("ftsweep.label") for r in finished if "ftsweep.fold" in r.data.tags} == {"reinit.n=1"}
+
+
+@pytest.mark.slow
+def test_predict_averages_the_saved_fold_models(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_cli("ftsweep", *TINY, "trainer.save_models=true", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
+    parent = next(r for r in runs if "ftsweep.fold" not in r.data.tags)
+    child = next(r for r in runs if "ftsweep.fold" in r.data.tags)
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "model")][0].endswith(".safetensors")
+    test = generate(10, words_per_passage=12, seed=9)[["id", "excerpt"]]
+    test.to_csv(tmp_path / "test.csv", index=False)
+    pred = run_cli("ftsweep.predict", f"run_id={parent.info.run_id}", f"data.path={tmp_path}/test.csv",
+                   f"output={tmp_path}/submission.csv", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
+                   cwd=tmp_path)
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    sub = pd.read_csv(tmp_path / "submission.csv")
+    assert list(sub.columns) == ["id", "target"] and sub["id"].tolist() == test["id"].tolist()
+    assert sub["target"].notna().all() and "mean of 2 fold models" in pred.stdout
+    # a run saved without models gets a clear line
+    out = run_cli("ftsweep", *TINY, "trainer.seed=5", f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    bare = MlflowClient(uri).search_runs([client.get_experiment_by_name("ftsweep").experiment_id],
+                                         filter_string="tags.`ftsweep.seed` = '5'")
+    parent_id = next(r for r in bare if "ftsweep.fold" not in r.data.tags).info.run_id
+    pred = run_cli("ftsweep.predict", f"run_id={parent_id}", f"data.path={tmp_path}/test.csv", f"tracking.uri={uri}",
+                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert pred.returncode == 2
+    assert pred.stderr.strip().splitlines()[-1] == (
+        f"ftsweep: error: run {parent_id} was saved without fold models; rerun it with trainer.save_models=true.")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen(
+        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start in 60 s")
+        yield url
+    finally:  # stop the whole process group, also when the test fails
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
+    out = run_cli("ftsweep", *TINY, f"tracking.uri={mlflow_server}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
+    parent = next(r for r in runs if "ftsweep.fold" not in r.data.tags)
+    children = [r for r in runs if "ftsweep.fold" in r.data.tags]
+    assert len(children) == 2 and parent.info.status == "FINISHED"
+    assert parent.data.metrics["rmse_mean"] == pytest.approx(sum(c.data.metrics["rmse_best"] for c in children) / 2)
+    assert len(client.get_metric_history(children[0].info.run_id, "lr/head")) == 4
+    assert {"config.yaml", "oof.csv", "folds.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof.csv", str(tmp_path)))
+    assert len(oof) == 64
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
