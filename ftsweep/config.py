@@ -39,14 +39,19 @@ def _positive(cfg: DictConfig, key: str, integer: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {kind}.")
 
 
-def validate(cfg: DictConfig, n_layers: int | None = None) -> None:
-    """Raise ConfigError on the first impossible setting. `n_layers`: the model's, when known."""
+def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | None = None) -> None:
+    """Raise ConfigError on the first impossible setting. `n_layers`, `max_tokens`: the model's, when known."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}.")
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.max_length",
                 "trainer.pad_to_multiple_of"):
         _positive(cfg, key, integer=True)
+    if max_tokens is not None and cfg.trainer.max_length > max_tokens:
+        raise ConfigError(
+            f"trainer.max_length={cfg.trainer.max_length} exceeds {cfg.model.name}'s limit of {max_tokens} tokens; "
+            f"use trainer.max_length<={max_tokens} (longer texts are truncated)."
+        )
     if cfg.trainer.get("max_steps") is not None:
         _positive(cfg, "trainer.max_steps", integer=True)
     _check_cv(cfg)

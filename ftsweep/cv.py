@@ -51,14 +51,24 @@ class CvResult:
         return float(np.std([getattr(r, attr) for r in self.folds.values()]))
 
 
-def model_layer_count(model_cfg: DictConfig) -> int | None:
-    """The encoder depth when it is known without a download (for up-front validation)."""
+def known_architecture(model_cfg: DictConfig):
+    """The model's config when it is known without a download (for up-front validation)."""
     if not model_cfg.get("architecture") and model_cfg.source == "hub" and not Path(str(model_cfg.name)).exists():
         return None
     try:
-        return int(architecture_config(model_cfg).num_hidden_layers)
-    except (FtsweepError, AttributeError):
+        return architecture_config(model_cfg)
+    except FtsweepError:
         return None
+
+
+def token_limit(config) -> int | None:
+    """Longest input the position embeddings allow (None: relative positions, no hard limit)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the pad id
+        n -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    return int(n)
 
 
 def folds_to_run(cfg: DictConfig) -> list[int]:
@@ -70,7 +80,8 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config
     (and seed) in this experiment are reused, not rerun; a finished config returns at once."""
     overrides = overrides or []
-    validate(cfg, model_layer_count(cfg.model))
+    arch = known_architecture(cfg.model)
+    validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
     device, autocast_dtype = resolve_device(cfg.trainer)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
     key = config_key(cfg)

@@ -15,11 +15,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, run_cli
 from ftsweep import model as model_module
+from ftsweep.batching import encode
 from ftsweep.cv import run_cv
 from ftsweep.demo_data import generate
-from ftsweep.errors import ModelError
+from ftsweep.errors import ConfigError, ModelError
+from ftsweep.model import load_tokenizer
+
+from conftest import TINY, run_cli
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
@@ -138,3 +141,17 @@ def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
     oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof.csv", str(tmp_path)))
     assert len(oof) == 64
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+
+
+def test_texts_longer_than_max_length_are_truncated_and_counted(make_cfg):
+    tokenizer = load_tokenizer(make_cfg().model)
+    encoded = encode(["word " * 100, "short text"], tokenizer, 16)
+    assert encoded.n_truncated == 1
+    assert encoded.lengths.tolist()[0] == 16 and encoded.ids[0][-1] == tokenizer.sep_token_id
+
+
+def test_max_length_beyond_the_model_is_refused_before_loading(make_cfg):
+    with pytest.raises(ConfigError, match="trainer.max_length=600 exceeds roberta-base's limit of 512 tokens"):
+        run_cv(make_cfg("model=roberta_base", "trainer.max_length=600"))
+    with pytest.raises(ConfigError, match="limit of 512 tokens"):
+        run_cv(make_cfg("model=minilm_l6", "trainer.max_length=513"))
