@@ -162,6 +162,8 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     if cfg.head.init_bias_to_target_mean:
         torch.nn.init.constant_(model.regressor.bias, float(targets[train_rows].mean()))
     model.to(device)
+    if cfg.trainer.get("compile"):
+        model.backbone.compile(dynamic=False)  # in place: state_dict keys and SWA copies stay as they are
     optimizer = build_optimizer(model, cfg.optimizer, device)
     plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(cfg.trainer.batch_size)))
     sink = FoldSink(tracker, child, log_lr=bool(cfg.tracking.log_lr))

@@ -37,6 +37,7 @@ def make_cfg(tmp_path):
 def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real command line, as a user types it (`python -m ftsweep ...`)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    full_env.pop("FTSWEEP_DEBUG", None)
+    for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
+        full_env.pop(name, None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

@@ -114,3 +114,31 @@ def test_non_finite_loss_stops_the_fold_with_its_step(make_cfg):
     setup[-1][setup[5][3]] = np.nan  # one training target is NaN
     with pytest.raises(TrainingError, match=r"loss became nan at step \d+"):
         _fit(*setup)
+
+
+def _losses(make_cfg, autocast_dtype, *overrides):
+    cfg, model, optimizer, plan, encoded, train, val, targets = _setup(make_cfg, "trainer.epochs=3", "trainer.batch_size=6",
+                                                                       *overrides)
+    if "trainer.compile=true" in overrides:
+        model.backbone.compile(dynamic=False)
+    sink = RecordingSink()
+    res = fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, torch.device("cpu"), autocast_dtype, 0,
+                   sink, Quiet())
+    return np.array([sink.steps["train/loss"][s] for s in sorted(sink.steps["train/loss"])]), res
+
+
+def test_bf16_and_fp32_loss_trajectories_agree(make_cfg):
+    fp32, res32 = _losses(make_cfg, None)
+    bf16, res16 = _losses(make_cfg, torch.bfloat16)
+    assert len(fp32) == len(bf16) == 18
+    # bf16 keeps 8 mantissa bits: per-step losses agree to a few percent, the trajectory's shape exactly
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=0.02)
+    assert abs(res16.rmse_last - res32.rmse_last) < 0.02
+
+
+@pytest.mark.slow
+def test_compiled_backbone_trains_like_eager(make_cfg):
+    eager, res_eager = _losses(make_cfg, None)
+    compiled, res_compiled = _losses(make_cfg, None, "trainer.compile=true")
+    np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+    assert res_compiled.rmse_last == pytest.approx(res_eager.rmse_last, abs=1e-3)
