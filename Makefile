@@ -41,7 +41,7 @@ lint:  ## ruff
 
 ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(UI_PORT)
 	@mkdir -p $(OUTPUTS)
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host 127.0.0.1 --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 clean:  ## remove outputs/ (runs, MLflow store, demo data cache) and caches
 	rm -rf $(OUTPUTS) .pytest_cache .ruff_cache

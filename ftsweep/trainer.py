@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from ftsweep.batching import Encoded, eval_batches, pad_batch, train_batches
 from ftsweep.errors import TrainingError
 from ftsweep.param_groups import group_layers
 from ftsweep.schedule import LrSchedule, StepPlan
+from ftsweep.swa import WeightAverager
 
 FLUSH_EVERY = 25
 
@@ -109,7 +109,7 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
     first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in layers]
     evaluator = _Evaluator(encoded, val_rows, targets, tcfg, device, autocast_dtype, keep_best_state)
     y_all = torch.tensor(np.asarray(targets), dtype=torch.float32)
-    swa_model: AveragedModel | None = None
+    swa_model: WeightAverager | None = None
     rng = np.random.default_rng(seed)
     losses = torch.zeros(plan.total_steps, device=device)
     lr_rows: list[list[float]] = []
@@ -167,8 +167,8 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
             losses[step] = loss.detach()
             if schedule.swa_active(step):
                 if swa_model is None:
-                    swa_model = AveragedModel(model)  # first update below makes it a copy of `model`
-                swa_model.update_parameters(model)
+                    swa_model = WeightAverager(model)
+                swa_model.update(model)
             schedule.step()
             step += 1
             last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
