@@ -84,7 +84,7 @@ def _stats(group: pd.DataFrame, column: str) -> tuple[float, float, float]:
     """(mean over seeds of the CV mean, mean fold sd, sd of the CV mean across seeds)."""
     per_seed = group.groupby("seed")[column]
     means = per_seed.mean()
-    fold_sd = per_seed.std(ddof=0).mean()
+    fold_sd = per_seed.std(ddof=0).where(per_seed.size() > 1).mean()  # one fold: no spread to report
     seed_sd = float(means.std(ddof=1)) if len(means) > 1 else math.nan
     return float(means.mean()), float(fold_sd), seed_sd
 
@@ -136,6 +136,8 @@ def to_markdown(table: pd.DataFrame) -> str:
         elif r.pairs >= 2:
             noise = "" if (r.delta_low > 0 or r.delta_high < 0) else " (within noise)"
             delta = f"{r.delta:+.4f} [{r.delta_low:+.4f}, {r.delta_high:+.4f}]{noise}"
+        elif r.pairs == 1:
+            delta = f"{r.delta:+.4f} (one paired fold: no interval)"
         else:
             delta = "no paired folds"
         runs = f"{r.seeds}×{r.folds // max(r.seeds, 1)}" if r.seeds > 1 else f"{r.folds}"
