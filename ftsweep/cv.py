@@ -23,9 +23,8 @@ from ftsweep.checkpoints import MODEL_FOLDER, checkpoint_name, save_state
 from ftsweep.config import validate
 from ftsweep.data import ID, TARGET, TEXT, load_frame, resolve_path
 from ftsweep.devices import resolve_device
-from ftsweep.errors import FtsweepError
 from ftsweep.folds import assign_folds
-from ftsweep.model import architecture_config, build_regressor, load_backbone, load_tokenizer
+from ftsweep.model import build_regressor, known_architecture, load_backbone, load_tokenizer, token_limit
 from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
@@ -49,26 +48,6 @@ class CvResult:
 
     def std(self, attr: str = "rmse_best") -> float:
         return float(np.std([getattr(r, attr) for r in self.folds.values()]))
-
-
-def known_architecture(model_cfg: DictConfig):
-    """The model's config when it is known without a download (for up-front validation)."""
-    if not model_cfg.get("architecture") and model_cfg.source == "hub" and not Path(str(model_cfg.name)).exists():
-        return None
-    try:
-        return architecture_config(model_cfg)
-    except FtsweepError:
-        return None
-
-
-def token_limit(config) -> int | None:
-    """Longest input the position embeddings allow (None: relative positions, no hard limit)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if n is None or getattr(config, "position_biased_input", True) is False:
-        return None
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the pad id
-        n -= int(getattr(config, "pad_token_id", 1) or 1) + 1
-    return int(n)
 
 
 def folds_to_run(cfg: DictConfig) -> list[int]:

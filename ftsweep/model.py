@@ -82,6 +82,27 @@ def architecture_config(model_cfg: DictConfig):
         raise ModelError(f"cannot load the config of {model_cfg.name!r} ({_first_line(exc)}); {OFFLINE_HINT}") from None
 
 
+def known_architecture(model_cfg: DictConfig):
+    """The model's config when it is known without a download (for up-front validation)."""
+    if not model_cfg.get("architecture") and model_cfg.source == "hub" and not Path(str(model_cfg.name)).exists():
+        return None
+    try:
+        return architecture_config(model_cfg)
+    except ModelError:
+        return None
+
+
+def token_limit(config) -> int | None:
+    """Longest input the position embeddings allow (None: relative positions, no hard limit)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None or getattr(config, "position_biased_input", True) is False:
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the pad id
+        pad = getattr(config, "pad_token_id", None)
+        n -= (1 if pad is None else int(pad)) + 1
+    return int(n)
+
+
 def load_backbone(model_cfg: DictConfig) -> nn.Module:
     if model_cfg.source == "config":
         if not model_cfg.get("architecture"):

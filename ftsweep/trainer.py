@@ -89,7 +89,7 @@ class _Evaluator:
         return score, pred
 
 
-def _eval_due(cfg: DictConfig, epoch: int, step_in_epoch: int, global_step: int, last_in_epoch: bool) -> bool:
+def _eval_due(cfg: DictConfig, epoch: int, global_step: int, last_in_epoch: bool) -> bool:
     if epoch < int(cfg.eval.start_epoch):
         return False
     if cfg.eval.strategy == "frequent":
@@ -172,7 +172,7 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
             schedule.step()
             step += 1
             last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
-            if _eval_due(cfg, epoch, i + 1, step, last_in_epoch):
+            if _eval_due(cfg, epoch, step, last_in_epoch):
                 last_pred, last_eval_step = evaluate(step), step
             elif step - flushed >= FLUSH_EVERY:
                 flush(step)
