@@ -2,7 +2,8 @@
 
 Builds the model from its config on the meta device (no weight download, no
 memory), counts the training rows of fold 0, and steps the very schedule object
-the trainer uses. Writes lr_schedule.csv (step,layer,lr) and lr_schedule.png.
+the trainer uses. Writes lr_schedule.csv (step,layer,lr), lr_schedule.png and a bar
+chart of every layer's rate where the warm-up ends (lr_at_step_<k>.png).
 """
 
 from __future__ import annotations
@@ -60,22 +61,26 @@ def fold0_train_rows(cfg: DictConfig) -> int:
     return int((folds != first).sum())
 
 
-def write_plan(cfg: DictConfig, out_dir: Path) -> tuple[Path, Path]:
+def write_plan(cfg: DictConfig, out_dir: Path) -> tuple[Path, Path, Path]:
+    """lr_schedule.csv, lr_schedule.png (curves) and lr_at_step_<k>.png (bars at the warm-up's end)."""
     table = lr_table(cfg, fold0_train_rows(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out_dir / "lr_schedule.csv", out_dir / "lr_schedule.png"
     table.to_csv(csv_path, index=False, float_format="%.17g")
     wide = table.pivot(index="step", columns="layer", values="lr")[list(dict.fromkeys(table["layer"]))]
-    title = f"{cfg.get('label') or cfg.optimizer.name} on {cfg.model.name}: learning rate per layer"
-    plots.lr_curves((list(wide.columns), wide.to_numpy()), png_path, title)
-    return csv_path, png_path
+    name = f"{cfg.get('label') or cfg.optimizer.name} on {cfg.model.name}"
+    plots.lr_curves((list(wide.columns), wide.to_numpy()), png_path, f"{name}: learning rate per layer")
+    step = min(int(cfg.scheduler.get("warmup_steps") or 0), len(wide) - 1)
+    bars = plots.lr_bars(list(wide.columns), wide.iloc[step].to_numpy(), out_dir / f"lr_at_step_{step}.png",
+                         f"{name}: learning rate per layer at step {step}")
+    return csv_path, png_path, bars
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     def job() -> None:
-        csv_path, png_path = write_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
-        print(f"lr schedule: {csv_path}\nfigure:      {png_path}")
+        csv_path, png_path, bars = write_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+        print(f"lr schedule: {csv_path}\nfigure:      {png_path}\nbars:        {bars}")
 
     guarded(job, None)
 

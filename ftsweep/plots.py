@@ -32,6 +32,22 @@ def lr_curves(history: tuple[list[str], np.ndarray], path: Path, title: str) -> 
     return path
 
 
+def lr_bars(layers: list[str], rates: np.ndarray, path: Path, title: str) -> Path:
+    """Each layer's rate at one step (the write-up's bar chart at the end of warm-up)."""
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    ax.bar(np.arange(len(layers)), rates, color=plt.cm.viridis(np.linspace(0.0, 0.9, max(len(layers), 1))))
+    ax.set_xticks(np.arange(len(layers)), layers, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def results_bars(table, path: Path, title: str) -> Path:
     """Horizontal bars: mean CV RMSE per row (best checkpoint, last/SWA), fold sd as error bars."""
     n = len(table)

@@ -57,5 +57,6 @@ def test_plan_cli_writes_csv_and_png(tmp_path):
     assert out.returncode == 0, out.stderr
     csv_path = next(tmp_path.glob("runs/*/*/lr_schedule.csv"))
     assert str(csv_path) in out.stdout and (csv_path.parent / "lr_schedule.png").stat().st_size > 10_000
+    assert (csv_path.parent / "lr_at_step_50.png").stat().st_size > 10_000
     rates = _at(pd.read_csv(csv_path), 50)
     assert _close(rates["layer_11"], 3.5e-6) and _close(rates["embeddings"], 3.5e-6 * 0.9**12)
