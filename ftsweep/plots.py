@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def lr_curves(history: tuple[list[str], np.ndarray], path: Path, title: str) -> Path:
     layers, rates = history
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
@@ -25,11 +33,7 @@ def lr_curves(history: tuple[list[str], np.ndarray], path: Path, title: str) -> 
     ax.grid(alpha=0.3)
     if layers:
         ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def lr_bars(layers: list[str], rates: np.ndarray, path: Path, title: str) -> Path:
@@ -41,11 +45,7 @@ def lr_bars(layers: list[str], rates: np.ndarray, path: Path, title: str) -> Pat
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def results_bars(table, path: Path, title: str) -> Path:
@@ -69,8 +69,4 @@ def results_bars(table, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
