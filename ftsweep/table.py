@@ -35,13 +35,13 @@ def default_tracking_uri() -> str:
 
 def fold_frame(tracker: Tracker) -> pd.DataFrame:
     """Every FINISHED fold run of the experiment: one row per (config row, seed, fold), newest kept."""
-    runs = tracker.client.search_runs([tracker.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                      max_results=50000, order_by=["attributes.start_time DESC"])
-    parents = {r.info.run_id: r for r in runs if "ftsweep.fold" not in r.data.tags}
+    runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000,
+                                      order_by=["attributes.start_time DESC"])
+    parents = {r.info.run_id: r for r in runs if "ftsweep.fold" not in r.data.tags}  # any status: labels, reference
     records = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
-        if "ftsweep.fold" not in tags or "rmse_best" not in metrics:
+        if run.info.status != "FINISHED" or "ftsweep.fold" not in tags or "rmse_best" not in metrics:
             continue
         parent = parents.get(tags.get("mlflow.parentRunId", ""))
         reference = parent.data.params.get("reference_rmse", "None") if parent else "None"
