@@ -103,11 +103,16 @@ def token_limit(config) -> int | None:
     return int(n)
 
 
+def random_backbone(model_cfg: DictConfig) -> nn.Module:
+    """The architecture with fresh weights (call under `torch.device("meta")` for a weightless shell)."""
+    return AutoModel.from_config(architecture_config(model_cfg))
+
+
 def load_backbone(model_cfg: DictConfig) -> nn.Module:
     if model_cfg.source == "config":
         if not model_cfg.get("architecture"):
             raise ModelError(f"model.source=config needs model.architecture (model {model_cfg.name!r} has none).")
-        return AutoModel.from_config(architecture_config(model_cfg))
+        return random_backbone(model_cfg)
     overrides = _overrides(model_cfg)
     where = _where(model_cfg)
     try:

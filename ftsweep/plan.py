@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from transformers import AutoModel
 
 from ftsweep import plots
 from ftsweep.batching import steps_per_epoch
@@ -25,17 +24,16 @@ from ftsweep.cli import guarded
 from ftsweep.config import validate
 from ftsweep.data import TARGET, load_frame, resolve_path
 from ftsweep.folds import assign_folds
-from ftsweep.model import architecture_config, build_regressor
+from ftsweep.model import architecture_config, build_regressor, random_backbone
 from ftsweep.param_groups import build_optimizer, group_layers
 from ftsweep.schedule import LrSchedule, plan_steps
 
 
 def lr_table(cfg: DictConfig, n_train_rows: int) -> pd.DataFrame:
     """Columns step, layer, lr: the rate each layer's groups use at each optimizer step."""
-    config = architecture_config(cfg.model)
-    validate(cfg, int(config.num_hidden_layers))
+    validate(cfg, int(architecture_config(cfg.model).num_hidden_layers))
     with torch.device("meta"):
-        model = build_regressor(AutoModel.from_config(config), cfg.head)
+        model = build_regressor(random_backbone(cfg.model), cfg.head)
     optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
     plan = plan_steps(cfg, steps_per_epoch(n_train_rows, int(cfg.trainer.batch_size)))
     layers = group_layers(optimizer)

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModel
 
 from ftsweep.batching import encode
 from ftsweep.checkpoints import MODEL_FOLDER, load_state
@@ -24,7 +23,7 @@ from ftsweep.cli import guarded
 from ftsweep.data import ID, TEXT, load_texts
 from ftsweep.devices import resolve_device
 from ftsweep.errors import FtsweepError
-from ftsweep.model import architecture_config, build_regressor, load_tokenizer
+from ftsweep.model import build_regressor, load_tokenizer, random_backbone
 from ftsweep.tracking import Tracker
 from ftsweep.trainer import predict as predict_rows
 
@@ -64,7 +63,7 @@ def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
         rows = np.arange(len(frame))
         preds = []
         for path in checkpoints:
-            model = build_regressor(AutoModel.from_config(architecture_config(run_cfg.model)), run_cfg.head)
+            model = build_regressor(random_backbone(run_cfg.model), run_cfg.head)  # weights: below
             load_state(model, path)
             model.to(device)
             preds.append(predict_rows(model, encoded, rows, int(cfg.batch_size), int(run_cfg.trainer.pad_to_multiple_of),

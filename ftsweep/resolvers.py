@@ -14,7 +14,7 @@ def _mul(*factors: float) -> float:
     return out
 
 
-def _default_outputs() -> str:
+def default_outputs() -> str:
     """FTSWEEP_OUTPUTS, else <launch dir>/outputs. Hydra's runtime.cwd is the launch dir in every
     job (also in joblib / submitit workers); before Hydra is set up (sweepers, the compose API)
     the process's cwd is."""
@@ -26,6 +26,6 @@ def _default_outputs() -> str:
     return os.path.join(cwd, "outputs")
 
 
-for _name, _fn in (("mul", _mul), ("ftsweep_outputs", _default_outputs)):
+for _name, _fn in (("mul", _mul), ("ftsweep_outputs", default_outputs)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -23,6 +23,7 @@ log = logging.getLogger("ftsweep")
 EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
 SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
 _SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
+_NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
 DEFAULT_EXPERIMENT = "ftsweep"  # single runs, when tracking.experiment is null
 
@@ -33,7 +34,7 @@ def _split(override: str) -> tuple[str, str]:
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
-    return [_split(o)[0] for o in overrides if _SWEEP_VALUE.search(_split(o)[1])]
+    return [_split(o)[0] for o in overrides if _SWEEP_VALUE.search(_NESTED.sub("", _split(o)[1]))]
 
 
 def sweep_experiment_name(overrides: list[str]) -> str:

@@ -23,14 +23,15 @@ from scipy import stats
 
 from ftsweep import plots
 from ftsweep.errors import FtsweepError
+from ftsweep.resolvers import default_outputs
 from ftsweep.tracking import Tracker
 
 BASELINE_LABEL = "Basic fine-tuning"
 
 
 def default_tracking_uri() -> str:
-    root = os.environ.get("FTSWEEP_OUTPUTS") or os.path.join(os.getcwd(), "outputs")
-    return f"sqlite:///{os.path.abspath(root)}/mlflow.db"
+    """What conf/tracking/default.yaml resolves to: $MLFLOW_TRACKING_URI, else the SQLite store under outputs/."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_outputs()}/mlflow.db"
 
 
 def fold_frame(tracker: Tracker) -> pd.DataFrame:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         tracker = Tracker(uri, args.experiment, create=False)
-        out = Path(args.out) if args.out else Path(os.environ.get("FTSWEEP_OUTPUTS", "outputs")) / "tables" / _safe(args.experiment)
+        out = Path(args.out) if args.out else Path(default_outputs()) / "tables" / _safe(args.experiment)
         markdown, paths = write_table(tracker, out, args.baseline, not args.no_mlflow)
     except FtsweepError as exc:
         print(f"ftsweep.table: error: {exc}", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +27,7 @@ from ftsweep.errors import FtsweepError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+MAX_METRICS, MAX_PARAMS = 1000, 100
 # Where output goes and how fast, not what is computed: left out of the keys.
 _NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds")
 
@@ -145,11 +145,6 @@ class Tracker:
         for i in range(0, len(items), MAX_PARAMS):
             _retry(lambda chunk=items[i : i + MAX_PARAMS]: self.client.log_batch(run_id, params=chunk))
 
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), MAX_TAGS):
-            _retry(lambda chunk=items[i : i + MAX_TAGS]: self.client.log_batch(run_id, tags=chunk))
-
     def log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         for i in range(0, len(metrics), MAX_METRICS):
             _retry(lambda chunk=metrics[i : i + MAX_METRICS]: self.client.log_batch(run_id, metrics=chunk))
@@ -188,11 +183,6 @@ class Tracker:
         if reason:
             _retry(lambda: self.client.set_tag(run_id, "ftsweep.error", reason[:5000]))
         _retry(lambda: self.client.set_terminated(run_id, status=status))
-
-    def ui_command(self) -> str:
-        if self.uri.startswith("http"):
-            return f"open {self.uri}"
-        return f"mlflow ui --backend-store-uri {self.uri}"
 
 
 class FoldSink:

@@ -89,17 +89,19 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    finished = []
-    while time.time() < deadline and not finished:
-        time.sleep(0.5)
-        if (tmp_path / "mlflow.db").exists():
-            try:
-                _, runs = _experiment_runs(uri, "resume")
-            except Exception:  # store still being created
-                continue
-            finished = [r for r in runs if "ftsweep.fold" in r.data.tags and r.info.status == "FINISHED"]
-    assert finished, "no fold finished in time"
+    deadline = time.time() + 180
+    finished, client = [], None
+    while time.time() < deadline and not finished and proc.poll() is None:
+        time.sleep(1.0)
+        if client is None and (tmp_path / "mlflow.db").exists():
+            client = MlflowClient(tracking_uri=uri)  # one client: each new one re-checks the schema
+        exp = client.get_experiment_by_name("resume") if client is not None else None
+        if exp is not None:
+            finished = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+            finished = [r for r in finished if "ftsweep.fold" in r.data.tags]
+    if not finished:
+        proc.kill()
+        pytest.fail(f"no fold finished in time; the sweep printed:\n{proc.communicate()[0][-3000:]}")
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0, output

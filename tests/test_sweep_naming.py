@@ -1,0 +1,28 @@
+"""Which overrides a multirun sweeps, and the names and labels that follow from them."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import OmegaConf
+
+from ftsweep.sweep import SWEPT_ENV, row_label, sweep_experiment_name, swept_keys
+
+
+def test_swept_keys_are_the_comma_lists_and_sweep_functions():
+    overrides = ["model=tiny", "reinit.n=0,1,2", "cv.folds=[0,1]", "trainer.seed=range(3)", "+label='a,b'",
+                 "hydra/launcher=joblib"]
+    assert swept_keys(overrides) == ["reinit.n", "trainer.seed"]
+
+
+def test_experiment_name_is_the_command_without_output_settings():
+    name = sweep_experiment_name(["optimizer=adamw,llrd", "model=tiny", "tracking.uri=sqlite:///x.db",
+                                  "paths.output_root=/tmp/o", "hydra/launcher=joblib"])
+    assert name == "sweep model=tiny optimizer=adamw,llrd"
+
+
+def test_row_label_keeps_the_swept_overrides_but_not_the_seed(monkeypatch):
+    monkeypatch.setenv(SWEPT_ENV, json.dumps(["optimizer", "trainer.seed"]))
+    cfg = OmegaConf.create({"label": None})
+    assert row_label(cfg, ["model=tiny", "optimizer=llrd", "trainer.seed=2"]) == "optimizer=llrd"
+    assert row_label(OmegaConf.create({"label": "LLRD"}), ["optimizer=llrd"]) == "LLRD"
