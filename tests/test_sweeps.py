@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -82,24 +83,34 @@ def test_table_command_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip() == f"ftsweep.table: error: no MLflow store at {tmp_path}/none.db; pass --tracking-uri (sqlite:///... or http://...)."
 
 
+def _midway(db) -> bool:
+    """A fold has FINISHED and a run is open. Read-only SQL: an MLflow client here would run
+    schema checks of its own and race the sweep's creation of the store."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            finished = con.execute("SELECT count(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                                   "WHERE r.status = 'FINISHED' AND t.key = 'ftsweep.fold'").fetchone()[0]
+            running = con.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet, or a writer holds the lock
+        return False
+    return finished > 0 and running > 0
+
+
 def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
-    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=3", "optimizer=adamw,llrd",
+    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
             "tracking.experiment=resume", f"paths.output_root={tmp_path}"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
-    finished, client = [], None
-    while time.time() < deadline and not finished and proc.poll() is None:
-        time.sleep(1.0)
-        if client is None and (tmp_path / "mlflow.db").exists():
-            client = MlflowClient(tracking_uri=uri)  # one client: each new one re-checks the schema
-        exp = client.get_experiment_by_name("resume") if client is not None else None
-        if exp is not None:
-            finished = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
-            finished = [r for r in finished if "ftsweep.fold" in r.data.tags]
-    if not finished:
+    midway = False
+    while time.time() < deadline and not midway and proc.poll() is None:
+        time.sleep(0.3)
+        midway = _midway(tmp_path / "mlflow.db")
+    if not midway:
         proc.kill()
         pytest.fail(f"no fold finished in time; the sweep printed:\n{proc.communicate()[0][-3000:]}")
     proc.send_signal(signal.SIGTERM)
