@@ -9,7 +9,7 @@ from ftsweep.cli import guarded, in_multirun, job_number, task_overrides
 from ftsweep.cv import run_cv
 from ftsweep.progress import want_bar
 from ftsweep.summary import print_summary
-from ftsweep.sweep import experiment_name
+from ftsweep.sweep import experiment_name, record_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -22,6 +22,8 @@ def main(cfg: DictConfig) -> float:
         result = run_cv(cfg, task_overrides(), use_bar=want_bar(multirun), resume=resume,
                         tags={"ftsweep.job_num": str(job_number())})
         print_summary(cfg, result)
+        if multirun:
+            record_job("held" if result.held_by else "ok", result.held_by or "")
         return result.mean("rmse_best")
 
     return guarded(job, float("nan"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,6 +20,7 @@ from ftsweep.errors import FtsweepError
 log = logging.getLogger("ftsweep")
 T = TypeVar("T")
 DEBUG = os.environ.get("FTSWEEP_DEBUG", "") not in ("", "0")
+ORPHAN_GRACE = 20.0  # seconds a job whose launcher died gets to mark its runs KILLED
 
 
 def in_multirun() -> bool:
@@ -36,6 +40,41 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt  # the same clean-up as Ctrl-C: open runs are marked KILLED
 
 
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain, or SQLite's own words for it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "database or disk is full" in str(seen) or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+_watching = False
+
+
+def exit_with_launcher() -> None:
+    """Parallel local launchers (joblib's loky workers, submitit_local) run jobs in child
+    processes that outlive a killed driver for minutes. Watch the parent: when it is gone,
+    SIGTERM this process (its open runs become KILLED), and exit for good after a grace."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="ftsweep-orphan-watch", daemon=True).start()
+
+
 def guarded(job: Callable[[], T], failed_value: T) -> T:
     """Run `job`; turn user errors into one line and exit 2 (or, in a multirun, a logged
     failure that lets the other jobs go on). FTSWEEP_DEBUG=1 shows tracebacks."""
@@ -44,21 +83,44 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
             signal.signal(signal.SIGTERM, _sigterm)
         except ValueError:  # not the main thread (some launchers)
             pass
+    multirun = in_multirun()
+    if multirun:
+        from ftsweep.devices import parallel_local
+
+        if parallel_local():
+            exit_with_launcher()
     try:
         return job()
     except FtsweepError as exc:
         if DEBUG:
             raise
-        if in_multirun():
-            log.error("job failed: %s", exc)
-            return failed_value
-        print(f"ftsweep: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return _failed(str(exc), exc.exit_code, failed_value, multirun)
     except KeyboardInterrupt:
         print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        if in_multirun() and not DEBUG:
+        if DEBUG:
+            raise
+        if disk_full(exc):
+            return _failed(f"the disk is full ({str(exc).splitlines()[0][:200]}); free some space and rerun "
+                           f"the same command: finished folds are kept.", 1, failed_value, multirun)
+        if multirun:
             log.exception("job failed (the other jobs go on): %s", exc)
+            _record("failed", f"{type(exc).__name__}: {exc}")
             return failed_value
         raise
+
+
+def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:
+    if multirun:
+        log.error("job failed: %s", message)
+        _record("failed", message)
+        return failed_value
+    print(f"ftsweep: error: {message}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _record(status: str, detail: str) -> None:
+    from ftsweep.sweep import record_job
+
+    record_job(status, detail)

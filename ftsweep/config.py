@@ -1,14 +1,29 @@
-"""Cross-field config checks, run before any weights or data load.
+"""Config checks, run before any weights, data or MLflow store are touched.
 
-Each problem raises ConfigError with one line naming the key and what would be
-valid, so a typo in a sweep costs seconds, not a failed job an hour in.
+Each problem raises ConfigError with one line naming the key the user typed and
+what would be valid, so a typo in a sweep costs seconds, not a failed job an
+hour in. Ranges live in one table; cross-field rules follow it.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import difflib
+import logging
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
+
+log = logging.getLogger("ftsweep")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("data", "trainer", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "cv", "tracking")
+# Below this, [CLS]/[SEP] leave almost no text: the run would measure nothing useful.
+MIN_TOKENS = 8
+SEED_MAX = 2**32 - 1  # numpy / scikit-learn seeds
 
 CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp32"),
@@ -22,114 +37,240 @@ CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric key: integer or real, bounds (open or closed), may it be null."""
+
+    integer: bool = False
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+
+    def admits(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low == 0 and self.low_open and self.high == math.inf:
+            text = "a positive integer" if self.integer else "a positive number"
+        elif self.high == math.inf:
+            text = f"{kind} {'>' if self.low_open else '>='} {low}"
+        else:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{kind} in {left}{low}, {high}{right}"
+        return text + (" (or null)" if self.nullable else "")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+POSITIVE = Range(low=0, low_open=True)
+POSITIVE_INT = Range(integer=True, low=0, low_open=True)
+FRACTION = Range(low=0, high=1, high_open=True)
+SEED = Range(integer=True, low=0, high=SEED_MAX)
+# Source keys first (model.lr before the optimizer rates derived from it), so an error names
+# the key the user typed. A key absent from the composed config is not checked.
+RANGES: dict[str, Range] = {
+    "model.lr": POSITIVE,
+    "model.reinit_layers": Range(integer=True, low=0),
+    "data.max_rows": Range(integer=True, low=1, nullable=True),
+    "data.n_rows": POSITIVE_INT,
+    "data.words_per_passage": POSITIVE_INT,
+    "data.generator_seed": SEED,
+    "trainer.epochs": POSITIVE_INT,
+    "trainer.batch_size": POSITIVE_INT,
+    "trainer.eval_batch_size": POSITIVE_INT,
+    "trainer.max_length": Range(integer=True, low=MIN_TOKENS),
+    "trainer.pad_to_multiple_of": POSITIVE_INT,
+    "trainer.seed": SEED,
+    "trainer.grad_clip": Range(low=0, low_open=True, nullable=True),  # a negative norm flips the gradient
+    "trainer.max_steps": Range(integer=True, low=1, nullable=True),
+    "trainer.num_threads": Range(integer=True, low=1, nullable=True),
+    "cv.n_folds": Range(integer=True, low=2),
+    "cv.fold_seed": SEED,
+    "cv.n_bins": Range(integer=True, low=1, nullable=True),
+    "head.dropout": FRACTION,
+    "head.attention_hidden": POSITIVE_INT,
+    "optimizer.lr": POSITIVE,
+    "optimizer.head_lr": POSITIVE,
+    "optimizer.layer_decay": POSITIVE,
+    "optimizer.n_groups": POSITIVE_INT,
+    "optimizer.weight_decay": Range(low=0),
+    "optimizer.eps": POSITIVE,
+    "scheduler.warmup_steps": Range(integer=True, low=0, nullable=True),
+    "scheduler.warmup_ratio": Range(low=0, high=1, high_open=True, nullable=True),
+    "reinit.n": Range(integer=True, low=0),
+    "swa.start_epoch": Range(integer=True, low=0, nullable=True),
+    "swa.start_fraction": Range(low=0, high=1, low_open=True, high_open=True, nullable=True),
+    "swa.lr": Range(low=0, low_open=True, nullable=True),
+    "swa.lr_scale": Range(low=0, low_open=True, nullable=True),
+    "swa.anneal_steps": Range(integer=True, low=0),
+    "eval.every_n_batches": Range(integer=True, low=0, low_open=True, nullable=True),
+    "eval.start_epoch": Range(integer=True, low=0),
+}
+
+
 def _get(cfg: DictConfig, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if node is not None else None
-    return node
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
 
 
-def _positive(cfg: DictConfig, key: str, integer: bool = False) -> None:
+def _has(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()  # `in node` is False for ??? values
+
+
+def _shown(cfg: DictConfig, key: str) -> str:
+    """`key=value`, plus where the value came from when it is an interpolation (${model.lr})."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    raw = node._get_node(leaf)._value() if isinstance(node, DictConfig) else None
+    origin = f" (from {raw})" if isinstance(raw, str) and "${" in raw else ""
+    return f"{key}={_get(cfg, key)!r}{origin}"
+
+
+def _check_range(cfg: DictConfig, key: str, rule: Range) -> None:
     value = _get(cfg, key)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    if integer:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(f"{key}={value!r} must be {kind}.")
+    if value is None and rule.nullable:
+        return
+    if not rule.admits(value):
+        raise ConfigError(f"{_shown(cfg, key)} must be {rule.describe()}.")
 
 
 def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | None = None) -> None:
     """Raise ConfigError on the first impossible setting. `n_layers`, `max_tokens`: the model's, when known."""
+    _check_required(cfg)
+    check_known_keys(cfg)
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}.")
-    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size", "trainer.max_length",
-                "trainer.pad_to_multiple_of"):
-        _positive(cfg, key, integer=True)
+    for key, rule in RANGES.items():
+        if _has(cfg, key):
+            _check_range(cfg, key, rule)
     if max_tokens is not None and cfg.trainer.max_length > max_tokens:
         raise ConfigError(
             f"trainer.max_length={cfg.trainer.max_length} exceeds {cfg.model.name}'s limit of {max_tokens} tokens; "
             f"use trainer.max_length<={max_tokens} (longer texts are truncated)."
         )
-    if cfg.trainer.get("max_steps") is not None:
-        _positive(cfg, "trainer.max_steps", integer=True)
     _check_cv(cfg)
     _check_optimizer(cfg, n_layers)
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
     for key in ("data.id_column", "data.text_column", "data.target_column"):
-        if not _get(cfg, key) or not str(_get(cfg, key)).strip():
-            raise ConfigError(f"{key} is empty; name the CSV column to use.")
+        if not isinstance(_get(cfg, key), str) or not _get(cfg, key).strip():
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must name a CSV column.")
+
+
+def _check_required(cfg: DictConfig) -> None:
+    """`???` values Hydra leaves for the user (data=commonlit needs data.path)."""
+    if _has(cfg, "data.path") and OmegaConf.is_missing(cfg.data, "path"):
+        raise ConfigError(f"data={cfg.data.get('name', 'commonlit')} needs a file: add data.path=/path/to/train.csv")
+    for key in ("model.name", "tracking.uri"):
+        parent, _, leaf = key.rpartition(".")
+        if OmegaConf.is_missing(cfg[parent], leaf):
+            raise ConfigError(f"{key} is not set; add {key}=...")
+
+
+@lru_cache(maxsize=1)
+def known_keys() -> dict[str, frozenset[str]]:
+    """Every key any file under conf/ sets, per group: what `+group.key=...` may add.
+    Keys nothing reads (`+trainer.epoch=3`, a typo of epochs) would otherwise pass silently."""
+    found: dict[str, set[str]] = {group: set() for group in GROUPS}
+    for path in CONF_DIR.rglob("*.yaml"):
+        rel = path.relative_to(CONF_DIR)
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        if not isinstance(node, dict):
+            continue
+        node.pop("defaults", None)
+        is_global = "@package _global_" in path.read_text().split("\n", 3)[0] or len(rel.parts) == 1
+        if is_global:
+            for group in GROUPS:
+                if isinstance(node.get(group), dict):
+                    found[group] |= set(node[group])
+        elif rel.parts[0] in found:
+            found[rel.parts[0]] |= set(node)
+    return {group: frozenset(keys) for group, keys in found.items()}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    known = known_keys()
+    for group in GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            continue
+        for key in node:
+            if key not in known[group]:
+                near = difflib.get_close_matches(str(key), sorted(known[group]), n=1)
+                hint = f" (did you mean {group}.{near[0]}?)" if near else f"; {group} keys: {', '.join(sorted(known[group]))}"
+                raise ConfigError(f"unknown key {group}.{key}: nothing reads it{hint}.")
 
 
 def _check_cv(cfg: DictConfig) -> None:
     n = cfg.cv.n_folds
-    if not isinstance(n, int) or n < 2:
-        raise ConfigError(f"cv.n_folds={n!r} must be an integer >= 2.")
     folds = cfg.cv.get("folds")
     if folds is not None:
-        bad = [f for f in folds if not isinstance(f, int) or not 0 <= f < n]
-        if bad or len(folds) == 0:
-            raise ConfigError(f"cv.folds={list(folds)} must be a non-empty list of fold numbers in 0..{n - 1}.")
+        bad = [f for f in folds if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < n]
+        if bad or len(folds) == 0 or len(set(folds)) != len(folds):
+            raise ConfigError(f"cv.folds={list(folds)} must be a non-empty list of distinct fold numbers in 0..{n - 1}.")
+    max_rows = cfg.data.get("max_rows")
+    if max_rows is not None and max_rows < n:
+        raise ConfigError(f"data.max_rows={max_rows} cannot be split into cv.n_folds={n} folds; use more rows or fewer folds.")
 
 
 def _check_optimizer(cfg: DictConfig, n_layers: int | None) -> None:
     opt = cfg.optimizer
-    for key in ("lr", "head_lr"):
-        if key in opt:
-            _positive(cfg, f"optimizer.{key}")
-    if opt.name == "llrd":
-        _positive(cfg, "optimizer.layer_decay")
+    betas = opt.get("betas")
+    if betas is not None and (len(betas) != 2 or not all(FRACTION.admits(b) for b in betas)):
+        raise ConfigError(f"{_shown(cfg, 'optimizer.betas')} must be two numbers in [0, 1).")
+    if opt.name == "llrd" and opt.layer_decay > 1:
+        log.warning("optimizer.layer_decay=%s > 1: lower layers get *higher* rates than the top one "
+                    "(usual values are 0.8-0.95).", opt.layer_decay)
     if opt.name == "grouped_llrd":
-        _positive(cfg, "optimizer.n_groups", integer=True)
         if len(opt.group_lrs) != opt.n_groups:
             raise ConfigError(
                 f"optimizer.group_lrs has {len(opt.group_lrs)} rates for optimizer.n_groups={opt.n_groups}; give one per group."
             )
         for i, lr in enumerate(opt.group_lrs):
-            if not isinstance(lr, int | float) or lr <= 0:
+            if not POSITIVE.admits(lr):
                 raise ConfigError(f"optimizer.group_lrs[{i}]={lr!r} must be a positive number.")
         if n_layers is not None and opt.n_groups > n_layers:
             raise ConfigError(f"optimizer.n_groups={opt.n_groups} is more than the model's {n_layers} layers.")
-    if opt.weight_decay < 0:
-        raise ConfigError(f"optimizer.weight_decay={opt.weight_decay} must be >= 0.")
 
 
 def _check_schedule(cfg: DictConfig) -> None:
     sched, swa, ev = cfg.scheduler, cfg.swa, cfg.eval
     if sched.get("warmup_steps") is not None and sched.get("warmup_ratio") is not None:
         raise ConfigError("scheduler.warmup_steps and scheduler.warmup_ratio are both set; keep one (set the other to null).")
-    if sched.get("warmup_steps") is not None and (not isinstance(sched.warmup_steps, int) or sched.warmup_steps < 0):
-        raise ConfigError(f"scheduler.warmup_steps={sched.warmup_steps!r} must be an integer >= 0.")
-    if sched.get("warmup_ratio") is not None and not 0 <= sched.warmup_ratio < 1:
-        raise ConfigError(f"scheduler.warmup_ratio={sched.warmup_ratio} must be in [0, 1).")
-    if ev.strategy == "frequent":
-        _positive(cfg, "eval.every_n_batches", integer=True)
-    if not isinstance(ev.start_epoch, int) or not 0 <= ev.start_epoch < cfg.trainer.epochs:
+    if ev.strategy == "frequent" and ev.get("every_n_batches") is None:
+        raise ConfigError("eval=frequent needs eval.every_n_batches (a positive integer).")
+    if ev.start_epoch >= cfg.trainer.epochs:
         raise ConfigError(f"eval.start_epoch={ev.start_epoch} must be in 0..{cfg.trainer.epochs - 1} (trainer.epochs={cfg.trainer.epochs}).")
     if swa.enabled:
         if (swa.get("lr") is None) == (swa.get("lr_scale") is None):
             raise ConfigError("swa=on needs exactly one of swa.lr (one rate for every group) or swa.lr_scale (each group's peak x factor).")
-        if swa.get("lr") is not None:
-            _positive(cfg, "swa.lr")
-        else:
-            _positive(cfg, "swa.lr_scale")
         if swa.get("start_epoch") is not None:
-            if not isinstance(swa.start_epoch, int) or not 0 <= swa.start_epoch < cfg.trainer.epochs:
+            if swa.start_epoch >= cfg.trainer.epochs:
                 raise ConfigError(
                     f"swa.start_epoch={swa.start_epoch} must be before the last epoch: 0..{cfg.trainer.epochs - 1} "
                     f"with trainer.epochs={cfg.trainer.epochs} (or train more epochs, or use swa.start_fraction)."
                 )
-        elif swa.get("start_fraction") is None or not 0 < swa.start_fraction < 1:
-            raise ConfigError(f"swa.start_fraction={swa.get('start_fraction')} must be in (0, 1) when swa.start_epoch is null.")
-        if not isinstance(swa.anneal_steps, int) or swa.anneal_steps < 0:
-            raise ConfigError(f"swa.anneal_steps={swa.anneal_steps!r} must be an integer >= 0.")
+        elif swa.get("start_fraction") is None:
+            raise ConfigError("swa.start_fraction=None must be in (0, 1) when swa.start_epoch is null.")
 
 
 def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
     n = cfg.reinit.n
-    if not isinstance(n, int) or n < 0:
-        raise ConfigError(f"reinit.n={n!r} must be an integer >= 0.")
     if n_layers is not None and n > n_layers:
         raise ConfigError(f"reinit.n={n} but {cfg.model.name} has {n_layers} encoder layers; use 0..{n_layers}.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,17 +22,28 @@ from ftsweep import plots
 from ftsweep.batching import encode, steps_per_epoch
 from ftsweep.checkpoints import MODEL_FOLDER, checkpoint_name, save_state
 from ftsweep.config import validate
-from ftsweep.data import ID, TARGET, TEXT, load_frame, resolve_path
+from ftsweep.data import ID, TARGET, TEXT, fingerprint, load_frame, resolve_path
 from ftsweep.devices import resolve_device
 from ftsweep.folds import assign_folds
+from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
 from ftsweep.model import build_regressor, known_architecture, load_backbone, load_tokenizer, token_limit
 from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
 from ftsweep.sweep import DEFAULT_EXPERIMENT, row_label
-from ftsweep.tracking import FoldSink, PreviousRun, Tracker, config_key, flatten, git_commit, row_key
+from ftsweep.tracking import (
+    FoldSink,
+    PreviousRun,
+    Tracker,
+    config_key,
+    flatten,
+    git_commit,
+    row_key,
+    setup_key,
+)
 from ftsweep.trainer import FoldResult, fit_fold, rmse
+from ftsweep.units import Claim, claim, inspect
 
 log = logging.getLogger("ftsweep")
 PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resume rebuilds OOF from them)
@@ -39,96 +51,140 @@ PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resum
 
 @dataclass
 class CvResult:
-    parent_run_id: str
+    parent_run_id: str | None
     folds: dict[int, FoldResult] = field(default_factory=dict)
     rmse_oof: float = float("nan")
+    tracking_uri: str = ""
+    held_by: str | None = None  # another live process is running this unit: nothing was run here
 
     def mean(self, attr: str = "rmse_best") -> float:
-        return float(np.mean([getattr(r, attr) for r in self.folds.values()]))
+        return float(np.mean([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
 
     def std(self, attr: str = "rmse_best") -> float:
-        return float(np.std([getattr(r, attr) for r in self.folds.values()]))
+        return float(np.std([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
 
 
 def folds_to_run(cfg: DictConfig) -> list[int]:
     return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
 
 
+def load_data(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
+    """The checked rows and their folds; warm-up and SWA start checked against each fold's steps."""
+    path = resolve_path(cfg.data, cfg.paths.output_root)
+    frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
+    frame["fold"] = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
+    for fold in folds_to_run(cfg):
+        plan_steps(cfg, steps_per_epoch(int((frame["fold"] != fold).sum()), int(cfg.trainer.batch_size)))
+    return path, frame
+
+
 def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False,
            tags: dict[str, str] | None = None) -> CvResult:
-    """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config
-    (and seed) in this experiment are reused, not rerun; a finished config returns at once."""
+    """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config, data
+    and seed in this experiment are reused, not rerun; a finished config returns at once; a config
+    that another live process is running is left to it."""
     overrides = overrides or []
     arch = known_architecture(cfg.model)
     validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
     device, autocast_dtype = resolve_device(cfg.trainer)
+    path, frame = load_data(cfg)  # bad data stops here, before any store or run exists
+    data_fp = fingerprint(frame)
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
-    key = config_key(cfg)
-    previous = tracker.find_previous(key) if resume else None
-    done = previous.finished_folds if previous else {}
-    folds = folds_to_run(cfg)
-    if previous and previous.parent_status == "FINISHED" and all(f in done for f in folds):
-        log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", previous.parent_id)
-        return _stored_result(tracker, previous, folds)
-
-    path = resolve_path(cfg.data, cfg.paths.output_root)
-    frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
-    frame["fold"] = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
-    for fold in folds:  # warm-up / SWA start against each fold's step count, before any weights load
-        plan_steps(cfg, steps_per_epoch(int((frame["fold"] != fold).sum()), int(cfg.trainer.batch_size)))
+    key, folds = config_key(cfg, data_fp), folds_to_run(cfg)
+    if resume:
+        early = _before_loading(tracker, cfg, key, folds, data_fp)
+        if early is not None:
+            return early
     tokenizer = load_tokenizer(cfg.model)
     encoded = encode(frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
-    log.info("data: %s, %d rows, %d folds; %d text(s) longer than trainer.max_length=%d were truncated",
-             path, len(frame), cfg.cv.n_folds, encoded.n_truncated, cfg.trainer.max_length)
+    log.info("data: %s, %d rows (fingerprint %s), %d folds; %d text(s) longer than trainer.max_length=%d were "
+             "truncated", path, len(frame), data_fp[:12], cfg.cv.n_folds, encoded.n_truncated, cfg.trainer.max_length)
     torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
     base_backbone = load_backbone(cfg.model)
     targets = frame[TARGET].to_numpy(dtype=np.float64)
 
     label = row_label(cfg, overrides)
-    tags = {**(tags or {}), "ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg), "ftsweep.label": label,
+    tags = {**(tags or {}), "ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg, data_fp),
+            "ftsweep.setup_key": setup_key(cfg), "ftsweep.data_fingerprint": data_fp, "ftsweep.label": label,
             "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
             "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
-    if previous:
-        parent = previous.parent_id
-        tracker.reopen(parent)
-        log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
+    unit = claim(tracker, key, folds, label, tags, resume)
+    if unit.state != "run":  # taken or finished between the first look and the claim
+        return _unclaimed(tracker, unit, folds)
+    parent = unit.parent_id
+    done = unit.previous.finished_folds if unit.previous else {}
+    if unit.created:
+        log.info("MLflow run %s in experiment %r at %s", parent, tracker.experiment_name, tracker.uri)
     else:
-        parent = tracker.start_run(label, tags)
-        log.info("MLflow run %s in experiment %r at %s", parent, tracker.experiment_name, cfg.tracking.uri)
-    result = CvResult(parent)
+        log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
+    result = CvResult(parent, tracking_uri=tracker.uri)
     open_runs = [parent]
     try:
-        if not previous:
-            tracker.log_params(parent, flatten(cfg))
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-                frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
-                tracker.log_artifact(parent, Path(tmp) / "config.yaml")
-                tracker.log_artifact(parent, Path(tmp) / "folds.csv")
-        for fold in folds:
-            if fold in done:
-                result.folds[fold] = _stored_fold(tracker, done[fold], frame)
-                continue
-            child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
-            open_runs.append(child)
-            tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
-            result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
-                                           autocast_dtype, tracker, child, use_bar, label)
-            tracker.finish(child, "FINISHED")
-            open_runs.remove(child)
-        result.rmse_oof = _log_summary(tracker, parent, frame, result)
-        tracker.finish(parent, "FINISHED")
-        open_runs.remove(parent)
+        with Heartbeat(lambda: tracker.set_tags(parent, {HEARTBEAT_TAG: f"{time.time():.0f}"})):
+            if unit.created:
+                tracker.log_params(parent, flatten(cfg))
+                with tempfile.TemporaryDirectory() as tmp:
+                    (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                    frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
+                    tracker.log_artifact(parent, Path(tmp) / "config.yaml")
+                    tracker.log_artifact(parent, Path(tmp) / "folds.csv")
+            for fold in folds:
+                stored = _stored_fold(tracker, done[fold], frame, fold) if fold in done else None
+                if stored is not None:
+                    result.folds[fold] = stored
+                    continue
+                child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
+                open_runs.append(child)
+                tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
+                result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
+                                               autocast_dtype, tracker, child, use_bar, label)
+                tracker.finish(child, "FINISHED")
+                open_runs.remove(child)
+            result.rmse_oof = _log_summary(tracker, parent, frame, result)
+            tracker.finish(parent, "FINISHED")
+            open_runs.remove(parent)
     except KeyboardInterrupt:
-        for run_id in reversed(open_runs):
-            tracker.finish(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        _close(tracker, open_runs, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        for run_id in reversed(open_runs):
-            tracker.finish(run_id, "FAILED", reason)
+        _close(tracker, open_runs, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     return result
+
+
+def _close(tracker: Tracker, run_ids: list[str], status: str, reason: str) -> None:
+    """Mark the open runs; a store that fails now too (disk full, server gone) must not hide the
+    original error, and the lease lapses so a rerun takes the unit over."""
+    for run_id in reversed(run_ids):
+        try:
+            tracker.finish(run_id, status, reason)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not mark run %s %s: %s", run_id, status, str(exc).splitlines()[0][:200])
+
+
+def _before_loading(tracker: Tracker, cfg: DictConfig, key: str, folds: list[int], data_fp: str) -> CvResult | None:
+    """Resume: a finished or held unit returns before any weights load; new data is said once."""
+    unit = inspect(tracker, key, folds)
+    if unit.state != "run":
+        return _unclaimed(tracker, unit, folds)
+    if unit.previous is None:
+        older = [r for r in tracker.runs_tagged("ftsweep.setup_key", setup_key(cfg))
+                 if r.data.tags.get("ftsweep.data_fingerprint") not in (None, data_fp)
+                 and "ftsweep.fold" not in r.data.tags]
+        if older:
+            was = older[0].data.tags["ftsweep.data_fingerprint"]
+            log.warning("the data changed since run %s (rows fingerprint %s -> %s): starting fresh, nothing reused",
+                        older[0].info.run_id, was[:12], data_fp[:12])
+    return None
+
+
+def _unclaimed(tracker: Tracker, unit: Claim, folds: list[int]) -> CvResult:
+    if unit.state == "finished":
+        log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", unit.parent_id)
+        return _stored_result(tracker, unit.previous, folds)
+    log.warning("skipped: run %s of this config is being run by a live process (%s); rerun this command "
+                "when it has finished to collect its result", unit.parent_id, unit.holder)
+    return CvResult(unit.parent_id, tracking_uri=tracker.uri, held_by=unit.holder)
 
 
 def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, child, use_bar, label):
@@ -180,8 +236,9 @@ def _fold_predictions(frame: pd.DataFrame, res: FoldResult) -> pd.DataFrame:
     return out
 
 
-def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None) -> FoldResult:
-    """A fold that finished in an earlier attempt, read back from MLflow."""
+def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None, fold: int | None = None) -> FoldResult | None:
+    """A fold that finished in an earlier attempt, read back from MLflow. With `frame`: None when
+    its validation rows are not this fold's rows (then the fold is trained again, never mixed in)."""
     m = run.data.metrics
     res = FoldResult(rmse_best=m["rmse_best"], rmse_last=m["rmse_last"], rmse_swa=m.get("rmse_swa"),
                      pred_best=np.array([]), pred_last=np.array([]), best_step=int(m.get("best_step", -1)),
@@ -190,13 +247,18 @@ def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None) -> FoldResul
     if frame is not None:
         with tempfile.TemporaryDirectory() as tmp:
             preds = pd.read_csv(tracker.download(run.info.run_id, PREDICTIONS, Path(tmp)), dtype={ID: str})
+        expected = frame.loc[frame["fold"] == fold, ID]
+        if len(preds) != len(expected) or set(preds[ID]) != set(expected):
+            log.warning("fold %s of run %s scored other rows than this fold holds: training it again", fold,
+                        run.info.run_id)
+            return None
         rows = pd.Series(np.arange(len(frame)), index=frame[ID]).loc[preds[ID]].to_numpy()
         res.val_rows, res.pred_best, res.pred_last = rows, preds["pred_best"].to_numpy(), preds["pred_last"].to_numpy()
     return res
 
 
 def _stored_result(tracker: Tracker, previous: PreviousRun, folds: list[int]) -> CvResult:
-    result = CvResult(previous.parent_id)
+    result = CvResult(previous.parent_id, tracking_uri=tracker.uri)
     result.folds = {f: _stored_fold(tracker, previous.finished_folds[f], None) for f in folds}
     parent = tracker.client.get_run(previous.parent_id)
     result.rmse_oof = parent.data.metrics.get("rmse_oof", float("nan"))

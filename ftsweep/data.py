@@ -7,6 +7,7 @@ the fix, so a typo costs seconds instead of a failed fold an hour in.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from pathlib import Path
 
@@ -54,7 +55,6 @@ def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:
             f"Point data.id_column / data.text_column / data.target_column at the right names."
         )
     frame = raw[list(columns.values())].set_axis(list(columns), axis=1)
-    frame[ID] = frame[ID].astype(str)
     frame[TARGET] = _numeric_targets(frame, path, columns[TARGET])
     _check_texts(frame, path, columns[TEXT])
     _check_ids(frame, path, columns[ID])
@@ -74,7 +74,6 @@ def load_texts(path: Path, id_column: str, text_column: str) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}. "
                         f"Point data.id_column / data.text_column at the right names.")
     frame = raw[[id_column, text_column]].set_axis([ID, TEXT], axis=1)
-    frame[ID] = frame[ID].astype(str)
     _check_texts(frame, path, text_column)
     _check_ids(frame, path, id_column)
     return frame.reset_index(drop=True)
@@ -88,7 +87,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; expected a CSV with a header row (id,excerpt,target,...).")
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        # Every column as text: ids such as 00017 or 0.10 stay as written (numbers are parsed
+        # where they are meant, the target), so outputs join back to the user's ids.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8 CSV.") from None
     except (pd.errors.ParserError, csv.Error) as exc:
@@ -131,12 +132,25 @@ def _check_texts(frame: pd.DataFrame, path: Path, column: str) -> None:
 
 
 def _check_ids(frame: pd.DataFrame, path: Path, column: str) -> None:
+    missing = frame[ID].isna()
+    if missing.any():
+        raise DataError(f"{path}: column {column!r} has {int(missing.sum())} empty id(s) "
+                        f"(first: row {frame.index[missing][0] + 2}); give every row an id.")
     dup = frame[ID].duplicated()
     if dup.any():
         raise DataError(
             f"{path}: column {column!r} has {int(dup.sum())} duplicate id(s) (first: {frame[ID][dup].iloc[0]!r}); "
             f"ids must be unique."
         )
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the rows a run uses (id, text, target, in order, after max_rows): two runs
+    share results only if they saw the same data, whatever the file is called."""
+    digest = hashlib.sha256()
+    for row_id, text, target in zip(frame[ID], frame[TEXT], frame[TARGET], strict=True):
+        digest.update(f"{row_id}\x1f{text}\x1f{float(target)!r}\x1e".encode())
+    return digest.hexdigest()
 
 
 def _check_size(frame: pd.DataFrame, path: Path, n_folds: int) -> None:

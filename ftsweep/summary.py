@@ -9,13 +9,17 @@ from ftsweep.tracking import sqlite_path
 
 
 def print_summary(cfg: DictConfig, result: CvResult) -> None:
+    if result.held_by is not None:
+        print(f"ftsweep: {cfg.get('label') or 'run'} — skipped: run {result.parent_run_id} is being run by "
+              f"{result.held_by}", flush=True)
+        return
     lines = [f"ftsweep: {cfg.get('label') or 'run'} — {len(result.folds)} fold(s), model {cfg.model.name}"]
     for fold, res in sorted(result.folds.items()):
         swa = "  (SWA weights)" if res.rmse_swa is not None else ""
         lines.append(f"  fold {fold}: RMSE best {res.rmse_best:.4f}  last {res.rmse_last:.4f}{swa}  [{res.seconds:.0f}s]")
     lines.append(f"  mean RMSE {result.mean():.4f} ± {result.std():.4f} (best checkpoint per fold)")
     lines.append(f"  last weights {result.mean('rmse_last'):.4f} ± {result.std('rmse_last'):.4f};  OOF {result.rmse_oof:.4f}")
-    uri = cfg.tracking.uri
+    uri = result.tracking_uri or cfg.tracking.uri
     lines.append(f"  MLflow run {result.parent_run_id} in experiment '{cfg.tracking.experiment}'")
     if sqlite_path(uri) is not None:
         lines.append(f"  open the UI:  mlflow ui --backend-store-uri {uri}  then http://127.0.0.1:5000")

@@ -14,6 +14,9 @@ import json
 import logging
 import os
 import re
+import sys
+import time
+import uuid
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -22,6 +25,8 @@ from omegaconf import DictConfig
 log = logging.getLogger("ftsweep")
 EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
 SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
+SWEEP_ID_ENV = "FTSWEEP_SWEEP_ID"
+JOB_STATUS = "ftsweep_job.json"  # in each job's output folder: how the job ended
 _SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
 _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
@@ -61,6 +66,34 @@ def row_label(cfg: DictConfig, job_overrides: list[str]) -> str:
     return " ".join(chosen) if chosen else "default"
 
 
+def record_job(status: str, detail: str = "") -> None:
+    """A multirun job's outcome (ok | held | failed), read back when the sweep ends."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / JOB_STATUS).write_text(json.dumps(
+            {"sweep": os.environ.get(SWEEP_ID_ENV, ""), "status": status, "detail": detail[:2000]}))
+    except OSError as exc:  # a full disk must not turn a finished job into a crash
+        log.warning("could not record the job's status in %s: %s", folder, exc)
+
+
+def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, list[str]]:
+    """Each job folder of this sweep by outcome; a job that left no status died hard (kill -9)."""
+    outcomes: dict[str, list[str]] = {"ok": [], "held": [], "failed": []}
+    for job_dir in sorted(p for p in sweep_dir.glob("*") if (p / ".hydra").is_dir()):
+        status_file = job_dir / JOB_STATUS
+        record = json.loads(status_file.read_text()) if status_file.exists() else {}
+        if record.get("sweep") == sweep_id:
+            outcomes.setdefault(record["status"], []).append(f"{job_dir.name}: {record.get('detail', '')}".rstrip(": "))
+        elif (job_dir / ".hydra").stat().st_mtime >= started:
+            outcomes["failed"].append(f"{job_dir.name}: the job ended without a result (its process died)")
+    return outcomes
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ftsweep.tracking import Tracker
@@ -70,6 +103,8 @@ class SweepCallback(Callback):
         keys = swept_keys(overrides) + list(config.hydra.sweeper.get("params") or {})
         os.environ[EXPERIMENT_ENV] = name
         os.environ[SWEPT_ENV] = json.dumps(keys)
+        os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
+        self.started = time.time() - 1.0
         Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
         log.info("sweep: MLflow experiment %r at %s", name, config.tracking.uri)
 
@@ -79,11 +114,21 @@ class SweepCallback(Callback):
         from ftsweep.tracking import Tracker
 
         name = os.environ.get(EXPERIMENT_ENV, "sweep")
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
             tracker = Tracker(config.tracking.uri, name, create=False)
-            markdown, paths = write_table(tracker, Path(config.hydra.sweep.dir) / "table")
+            markdown, paths = write_table(tracker, sweep_dir / "table")
+            print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
+                  f"Again later: python -m ftsweep.table --experiment '{name}' --tracking-uri {tracker.uri}")
         except FtsweepError as exc:
             print(f"ftsweep: no results table: {exc}")
-            return
-        print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
-              f"Again later: python -m ftsweep.table --experiment '{name}' --tracking-uri {config.tracking.uri}")
+        outcomes = job_outcomes(sweep_dir, os.environ.get(SWEEP_ID_ENV, ""), getattr(self, "started", 0.0))
+        n_jobs = sum(len(v) for v in outcomes.values())
+        if outcomes["held"]:
+            print(f"ftsweep: {len(outcomes['held'])} of {n_jobs} job(s) skipped: another live process is running "
+                  f"their config; rerun this command when it has finished to complete the table.")
+        if outcomes["failed"]:
+            lines = "\n".join(f"  job {line}" for line in outcomes["failed"])
+            print(f"ftsweep: error: {len(outcomes['failed'])} of {n_jobs} sweep job(s) failed; the table holds "
+                  f"only what finished. Rerun the same command to redo just those:\n{lines}", file=sys.stderr)
+            sys.exit(1)

@@ -7,13 +7,18 @@ shared SQLite store retry on "database is locked" so parallel jobs lose nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from ftsweep.errors import FtsweepError
+from ftsweep.errors import ConfigError, FtsweepError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,8 +37,80 @@ MAX_METRICS, MAX_PARAMS = 1000, 100
 _NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds")
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+REACH_TIMEOUT = 5.0  # seconds: an unreachable server is reported at once, not after minutes of retries
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def normalize_uri(uri: str) -> str:
+    """One spelling per store: MLflow's relative `sqlite:///mlflow.db` becomes absolute (relative
+    to the launch folder, so every sweep job means the same file); forms MLflow 3 refuses or
+    that keep nothing are reported with the form to use."""
+    uri = str(uri).strip()
+    db = sqlite_path(uri)
+    if db is not None:
+        if str(db) in ("", ":memory:"):
+            raise ConfigError(f"tracking.uri={uri!r} keeps nothing; use sqlite:///path/to/mlflow.db")
+        return f"sqlite:///{db.expanduser().absolute()}"
+    if uri.startswith("sqlite:"):
+        raise ConfigError(f"tracking.uri={uri!r}: write sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db")
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    if "://" not in uri and not uri.startswith(("databricks", "file:")):
+        raise ConfigError(f"tracking.uri={uri!r} is not a store address; use sqlite:///{uri.rstrip('/')}/mlflow.db "
+                          f"or http://host:port")
+    if uri.startswith("file:"):
+        raise ConfigError(f"tracking.uri={uri!r}: MLflow 3 refuses the file store; use sqlite:///<folder>/mlflow.db")
+    return uri
+
+
+def _check_sqlite_file(db: Path) -> None:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FtsweepError(f"cannot create the MLflow store's folder {db.parent} ({exc.strerror}); "
+                           f"point tracking.uri=sqlite:///... at a writable folder.") from None
+    if db.is_dir():
+        raise FtsweepError(f"the MLflow store {db} is a folder; name a file: tracking.uri=sqlite:///{db}/mlflow.db")
+    if db.exists() and db.stat().st_size > 0:
+        with open(db, "rb") as fh:
+            if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                raise FtsweepError(f"{db} is not an SQLite database; point tracking.uri at another file "
+                                   f"(or remove it if it is not yours to keep).")
+    if not os.access(db.parent, os.W_OK):
+        raise FtsweepError(f"cannot write to {db.parent}; point tracking.uri=sqlite:///... at a writable folder.")
+
+
+def _check_server(uri: str) -> None:
+    """Any HTTP answer means a server is there; only a failed connection is reported."""
+    try:
+        urllib.request.urlopen(f"{uri}/health", timeout=REACH_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it (README: A shared "
+                           f"tracking server) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[bool]:
+    """Serialises, across processes on this machine, what must not interleave on one SQLite
+    file: creating its schema (a second sweep would fail inside MLflow's migration) and claiming
+    units. Yields whether the lock is exclusive (False for server stores: see units.claim)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield False
+        return
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
@@ -68,15 +145,21 @@ def _hash(params: dict[str, str]) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def row_key(cfg: DictConfig) -> str:
-    """What a results-table row is: the computation, whatever the training seed."""
+def row_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    """What a results-table row is: the computation on these rows of data, whatever the seed."""
     params = flatten(cfg)
-    return _hash({k: v for k, v in params.items() if not k.startswith(_NOT_IN_KEY) and k != "trainer.seed"})
+    kept = {k: v for k, v in params.items() if not k.startswith(_NOT_IN_KEY) and k != "trainer.seed"}
+    return _hash({**kept, "data.fingerprint": data_fingerprint})
 
 
-def config_key(cfg: DictConfig) -> str:
-    """One parent run: the computation and its seed. A unit of work is (config_key, fold)."""
-    return _hash({"row": row_key(cfg), "seed": str(cfg.trainer.seed)})
+def config_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    """One parent run: the computation, its data and its seed. A unit of work is (config_key, fold)."""
+    return _hash({"row": row_key(cfg, data_fingerprint), "seed": str(cfg.trainer.seed)})
+
+
+def setup_key(cfg: DictConfig) -> str:
+    """The config and seed without the data: finds runs of the same setup on other data."""
+    return config_key(cfg, "")
 
 
 @dataclass
@@ -86,6 +169,8 @@ class PreviousRun:
     parent_id: str
     parent_status: str
     finished_folds: dict[int, Run]  # fold -> its newest FINISHED child run
+    parents: list[Run] = field(default_factory=list)  # every parent run of the key, newest first
+    running_folds: list[Run] = field(default_factory=list)  # fold runs still marked RUNNING
 
 
 def git_commit() -> str | None:
@@ -101,15 +186,25 @@ class Tracker:
     def __init__(self, uri: str, experiment: str | None, create: bool = True):
         """`create=False`: only read; a missing store or experiment is an error.
         `experiment=None`: a client for reading runs by id."""
+        uri = normalize_uri(uri)
         self.uri, self.experiment_name = uri, experiment
         db = sqlite_path(uri)
         if db is not None and not create and not db.exists():
             raise FtsweepError(f"no MLflow store at {db}; pass --tracking-uri (sqlite:///... or http://...).")
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=uri)
-        if experiment is None:
-            return
+            _check_sqlite_file(db)
+        elif uri.startswith("http"):
+            _check_server(uri)
+        with store_lock(uri):
+            try:
+                self.client = MlflowClient(tracking_uri=uri)  # creates (migrates) a new SQLite schema
+            except Exception as exc:  # noqa: BLE001 (MLflow, SQLAlchemy and OS errors: one line each)
+                raise FtsweepError(f"cannot open the MLflow store {uri}: {str(exc).splitlines()[0][:300]}") from None
+            if experiment is not None:
+                self._open_experiment(experiment, create, db)
+
+    def _open_experiment(self, experiment: str, create: bool, db: Path | None) -> None:
+        uri = self.uri
         if not create:
             found = _retry(lambda: self.client.get_experiment_by_name(experiment))
             if found is None:
@@ -140,6 +235,22 @@ class Tracker:
         run = _retry(lambda: self.client.create_run(self.experiment_id, tags=tags, run_name=name))
         return run.info.run_id
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            _retry(lambda k=key, v=value: self.client.set_tag(run_id, k, v))
+
+    def get_run(self, run_id: str) -> Run:
+        return _retry(lambda: self.client.get_run(run_id))
+
+    def delete_run(self, run_id: str) -> None:
+        _retry(lambda: self.client.delete_run(run_id))
+
+    def runs_tagged(self, tag: str, value: str) -> list[Run]:
+        """Runs of this experiment whose `tag` equals `value`, newest first."""
+        return _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=5000,
+            order_by=["attributes.start_time DESC"]))
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS):
@@ -158,9 +269,7 @@ class Tracker:
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""
-        runs = _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`ftsweep.config_key` = '{key}'", max_results=5000,
-            order_by=["attributes.start_time DESC"]))
+        runs = self.runs_tagged("ftsweep.config_key", key)
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         if not parents:
             return None
@@ -169,11 +278,12 @@ class Tracker:
             fold = run.data.tags.get("ftsweep.fold")
             if fold is not None and run.info.status == "FINISHED":
                 finished.setdefault(int(fold), run)
-        return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished)
+        running = [r for r in runs if "ftsweep.fold" in r.data.tags and r.info.status == "RUNNING"]
+        return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished, parents, running)
 
-    def reopen(self, run_id: str) -> None:
+    def reopen(self, run_id: str, tags: dict[str, str]) -> None:
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        _retry(lambda: self.client.set_tag(run_id, "ftsweep.error", ""))
+        self.set_tags(run_id, {"ftsweep.error": "", **tags})
 
     def download(self, run_id: str, artifact: str, folder: Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact, str(folder))))

@@ -89,11 +89,13 @@ class _Evaluator:
         return score, pred
 
 
-def _eval_due(cfg: DictConfig, epoch: int, global_step: int, last_in_epoch: bool) -> bool:
+def _eval_due(cfg: DictConfig, epoch: int, batch_in_epoch: int, last_in_epoch: bool) -> bool:
+    """`batch_in_epoch` counts from 1. Frequent evaluation follows the write-up: every x-th batch
+    *of each epoch*, so every epoch is validated at the same points (not a global counter that drifts)."""
     if epoch < int(cfg.eval.start_epoch):
         return False
     if cfg.eval.strategy == "frequent":
-        return global_step % int(cfg.eval.every_n_batches) == 0
+        return batch_in_epoch % int(cfg.eval.every_n_batches) == 0
     return last_in_epoch
 
 
@@ -172,7 +174,7 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
             schedule.step()
             step += 1
             last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
-            if _eval_due(cfg, epoch, step, last_in_epoch):
+            if _eval_due(cfg, epoch, i + 1, last_in_epoch):
                 last_pred, last_eval_step = evaluate(step), step
             elif step - flushed >= FLUSH_EVERY:
                 flush(step)

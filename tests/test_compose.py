@@ -58,18 +58,46 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["trainer.batch_size=0"], "trainer.batch_size=0 must be a positive integer"),
         (["scheduler.warmup_steps=5", "scheduler.warmup_ratio=0.1"], "both set"),
         (["swa=on", "swa.start_epoch=3"], "swa.start_epoch=3 must be before the last epoch"),
-        (["swa=on", "swa.start_fraction=1.0"], "swa.start_fraction=1.0 must be in (0, 1)"),
+        (["swa=on", "swa.start_fraction=1.0"], "swa.start_fraction=1.0 must be a number in (0, 1)"),
         (["swa=on", "swa.lr_scale=0.5"], "exactly one of swa.lr"),
         (["eval=frequent", "eval.every_n_batches=0"], "eval.every_n_batches=0 must be a positive integer"),
         (["optimizer=grouped_llrd", "optimizer.n_groups=4"], "group_lrs has 3 rates for optimizer.n_groups=4"),
         (["trainer.precision=fp16"], "trainer.precision='fp16' is not one of auto, bf16, fp32"),
         (["optimizer.lr=-1"], "optimizer.lr=-1 must be a positive number"),
+        # every numeric key: type and range, named as the user typed it
+        (["model.lr=-1", "optimizer=llrd"], "model.lr=-1 must be a positive number"),
+        (["trainer.grad_clip=-1"], "trainer.grad_clip=-1 must be a positive number (or null)"),
+        (["trainer.grad_clip=0"], "trainer.grad_clip=0 must be a positive number (or null)"),
+        (["trainer.seed=-1"], "trainer.seed=-1 must be an integer in [0, 4294967295]"),
+        (["cv.fold_seed=-1"], "cv.fold_seed=-1 must be an integer in [0, 4294967295]"),
+        (["trainer.num_threads=-1"], "trainer.num_threads=-1 must be an integer >= 1 (or null)"),
+        (["data.max_rows=-1"], "data.max_rows=-1 must be an integer >= 1 (or null)"),
+        (["data.max_rows=3"], "data.max_rows=3 cannot be split into cv.n_folds=5 folds"),
+        (["cv.n_bins=-1"], "cv.n_bins=-1 must be an integer >= 1 (or null)"),
+        (["head.dropout=1.5"], "head.dropout=1.5 must be a number in [0, 1)"),
+        (["optimizer.weight_decay=abc"], "optimizer.weight_decay='abc' must be a number >= 0"),
+        (["trainer.epochs=2.5"], "trainer.epochs=2.5 must be a positive integer"),
+        (["trainer.epochs=true"], "trainer.epochs=True must be a positive integer"),
+        (["model.lr=nan"], "model.lr=nan must be a positive number"),
+        (["trainer.max_length=4"], "trainer.max_length=4 must be an integer >= 8"),
+        (["optimizer=grouped_llrd", "optimizer.group_lrs=[1e-5,0,1e-5]"], "optimizer.group_lrs[1]=0 must be"),
+        (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
+        (["cv.folds=[0,0]"], "distinct fold numbers"),
+        # keys nothing reads: a typo that Hydra's `+` would let through
+        (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
+        (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
+        (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),
     ],
 )
 def test_impossible_configs_are_refused(tmp_path, overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg(overrides, tmp_path), 6)
     assert message in str(err.value)
+
+
+def test_layer_decay_above_one_warns(tmp_path, caplog):
+    validate(compose_cfg(["optimizer=llrd", "optimizer.layer_decay=1.2"], tmp_path), 6)
+    assert "lower layers get *higher* rates" in caplog.text
 
 
 def test_reinit_deeper_than_the_model(tmp_path):

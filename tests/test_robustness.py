@@ -51,8 +51,10 @@ def test_unreachable_model_names_the_offline_ones(make_cfg):
 def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
     out = run_cli("ftsweep", "-m", *TINY, "reinit=on", "reinit.n=5,1", "tracking.experiment=failing",
                   f"paths.output_root={tmp_path}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]  # the other job ran, and the sweep says one failed
     assert "reinit.n=5 but tiny-bert has 2 encoder layers" in out.stdout + out.stderr
+    assert "ftsweep: error: 1 of 2 sweep job(s) failed" in out.stderr
+    assert "| reinit.n=1 | 2 |" in out.stdout  # the table of what finished is still printed
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("failing")
     finished = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")

@@ -1,0 +1,104 @@
+"""Who holds a unit of work: an owner token per process, its liveness, and a heartbeat.
+
+A parent run that is RUNNING belongs to the process named in its owner tag. On the
+same machine liveness is exact (the pid exists and started when the token says);
+elsewhere (SLURM nodes, a shared server) the owner proves it is alive by renewing a
+heartbeat tag, and a heartbeat older than LEASE_SECONDS means the owner is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+OWNER_TAG = "ftsweep.owner"
+HEARTBEAT_TAG = "ftsweep.heartbeat"
+HEARTBEAT_SECONDS = 30.0
+LEASE_SECONDS = 180.0  # six missed heartbeats
+
+
+def _boot_id() -> str:
+    """Tells two machines with one hostname apart (containers, cloned VMs)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()[:8]
+    except OSError:
+        return "-"
+
+
+def _start_time(pid: int) -> str:
+    """The process's start (clock ticks since boot): a reused pid has another one."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-"
+
+
+@lru_cache(maxsize=1)
+def _machine() -> str:
+    return f"{socket.gethostname()}/{_boot_id()}"
+
+
+def owner_token() -> str:
+    """machine:pid:start of this process (cached per pid: forked workers get their own)."""
+    return f"{_machine()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def owner_alive(tags: dict[str, str], now: float | None = None) -> bool:
+    """Is the process that holds this run still alive? Runs without an owner count as dead."""
+    parts = tags.get(OWNER_TAG, "").rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    machine, pid, started = parts[0], int(parts[1]), parts[2]
+    if machine == _machine():
+        return _pid_alive(pid, started)
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG, "0"))
+    except ValueError:
+        return False
+    return (now if now is not None else time.time()) - beat < LEASE_SECONDS
+
+
+def _pid_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        pass
+    now_started = _start_time(pid)
+    return started == "-" or now_started == "-" or now_started == started
+
+
+def owner_tags() -> dict[str, str]:
+    return {OWNER_TAG: owner_token(), HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+class Heartbeat:
+    """Calls `beat()` every `every` seconds on a daemon thread until `stop()`; a failing
+    beat (a server restart, say) is retried at the next tick, never raised into training."""
+
+    def __init__(self, beat: Callable[[], None], every: float = HEARTBEAT_SECONDS):
+        self._beat, self._every = beat, every
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ftsweep-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 (the lease lapses; the run goes on)
+                pass
