@@ -53,6 +53,7 @@ def disk_full(exc: BaseException) -> bool:
 
 
 _watching = False
+_orphaned = threading.Event()
 
 
 def exit_with_launcher() -> None:
@@ -68,6 +69,7 @@ def exit_with_launcher() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
+        _orphaned.set()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE)
         os._exit(143)
@@ -97,6 +99,8 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
         return _failed(str(exc), exc.exit_code, failed_value, multirun)
     except KeyboardInterrupt:
         print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
+        if _orphaned.is_set():
+            os._exit(130)  # a launcher's worker would catch SystemExit and wait for work that never comes
         sys.exit(130)
     except Exception as exc:
         if DEBUG:

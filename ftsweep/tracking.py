@@ -71,7 +71,9 @@ def _check_sqlite_file(db: Path) -> None:
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FtsweepError(f"cannot create the MLflow store's folder {db.parent} ({exc.strerror}); "
+        blocker = next((p for p in db.parents if p.exists()), None)
+        why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror
+        raise FtsweepError(f"cannot create the MLflow store's folder {db.parent} ({why}); "
                            f"point tracking.uri=sqlite:///... at a writable folder.") from None
     if db.is_dir():
         raise FtsweepError(f"the MLflow store {db} is a folder; name a file: tracking.uri=sqlite:///{db}/mlflow.db")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from ftsweep.data import load_frame
+from ftsweep.data import fingerprint, load_frame
 from ftsweep.errors import DataError
 
 CFG = OmegaConf.create({"name": "commonlit", "path": None, "max_rows": None, "id_column": "id",
@@ -99,3 +99,29 @@ def test_max_rows_takes_a_fixed_subset(tmp_path):
     first = _load(tmp_path, _frame(10), cfg=cfg)
     again = load_frame(cfg, tmp_path / "train.csv", 2)
     assert len(first) == 4 and first["id"].tolist() == again["id"].tolist()
+
+
+def test_ids_and_texts_stay_as_written(tmp_path):
+    ids = ["00000", "00001", "0.10", "0107", "107", "1e3"]
+    text = "id,excerpt,target\n" + "".join(f"{i},{t},{v}\n" for i, t, v in
+                                           zip(ids, ["007", "1.50", "a b", "c", "d", "e"], [0.1, 0.2, -1, 2, 0, 1]))
+    out = _load(tmp_path, text=text)
+    assert out["id"].tolist() == ids  # no 0, 1, 0.1 or false duplicate of 0107 and 107
+    assert out["excerpt"].tolist()[:2] == ["007", "1.50"]
+    assert out["target"].tolist() == [0.1, 0.2, -1.0, 2.0, 0.0, 1.0]
+
+
+def test_an_empty_id_is_refused(tmp_path):
+    with pytest.raises(DataError, match="1 empty id"):
+        _load(tmp_path, text="id,excerpt,target\na,one,1\n,two,2\n")
+
+
+def test_fingerprint_follows_the_rows_not_the_file(tmp_path):
+    base = _load(tmp_path, _frame())
+    assert fingerprint(base) == fingerprint(base.copy())
+    changed = base.copy()
+    changed.loc[3, "target"] += 1e-9
+    assert fingerprint(changed) != fingerprint(base)
+    renamed = base.copy()
+    renamed.loc[0, "id"] = "other"
+    assert fingerprint(renamed) != fingerprint(base)

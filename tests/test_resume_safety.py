@@ -1,0 +1,185 @@
+"""Resume never mixes results: data changes start fresh, live units are left to their owner,
+dead owners' runs are closed, and one SQLite store survives many processes at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ftsweep.cv import run_cv
+from ftsweep.demo_data import generate
+from ftsweep.lease import HEARTBEAT_TAG, OWNER_TAG, _machine, _start_time, owner_alive, owner_tags
+from ftsweep.tracking import Tracker
+
+from conftest import TINY, run_cli
+
+
+def _csv(tmp_path, name="train.csv", ids=None):
+    frame = generate(64, words_per_passage=12, seed=5)
+    if ids is not None:
+        frame["id"] = ids
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _runs(uri, experiment):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    runs = [r for r in runs if r.data.tags.get("ftsweep.kind") != "table"]
+    return client, [r for r in runs if "ftsweep.fold" not in r.data.tags], [r for r in runs if "ftsweep.fold" in r.data.tags]
+
+
+def _oof(client, run_id, tmp_path):
+    return pd.read_csv(client.download_artifacts(run_id, "oof.csv", str(tmp_path / run_id)), dtype={"id": str})
+
+
+def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, caplog):
+    caplog.set_level("INFO", logger="ftsweep")
+    path = _csv(tmp_path)
+    cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e")
+    # a run that stopped after fold 0 (cv.folds is not part of the unit: the same unit, half done)
+    partial = run_cv(make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e",
+                              "cv.folds=[0]"), resume=True)
+    assert run_cv(cfg, resume=True).parent_run_id == partial.parent_run_id  # same data: resumed, fold 0 reused
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[::5, "target"] = (frame.loc[::5, "target"].astype(float) + 1.5).astype(str)
+    frame.to_csv(path, index=False)
+    caplog.clear()
+    fresh = run_cv(cfg, resume=True)
+    assert fresh.parent_run_id != partial.parent_run_id
+    assert "the data changed since run" in caplog.text and "starting fresh" in caplog.text
+    client, parents, children = _runs(cfg.tracking.uri, "e")
+    assert len([c for c in children if c.data.tags["mlflow.parentRunId"] == fresh.parent_run_id]) == 2
+    oof = _oof(client, fresh.parent_run_id, tmp_path)
+    assert len(oof) == 64 and oof["id"].is_unique  # every row scored once, by a fold of the new data
+    new_targets = pd.read_csv(path, dtype={"id": str}).set_index("id")["target"]
+    assert oof.set_index("id")["target"].sort_index().equals(new_targets.sort_index())
+    tags = {p.info.run_id: p.data.tags for p in parents}
+    assert tags[fresh.parent_run_id]["ftsweep.data_fingerprint"] != tags[partial.parent_run_id]["ftsweep.data_fingerprint"]
+    # and a rerun on the new data is a no-op again
+    caplog.clear()
+    assert run_cv(cfg, resume=True).parent_run_id == fresh.parent_run_id and "already finished" in caplog.text
+
+
+def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, tmp_path):
+    ids = [f"{i:05d}" for i in range(63)] + ["0.10"]
+    path = _csv(tmp_path, ids=ids)
+    cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null")
+    result = run_cv(cfg)
+    client = MlflowClient(cfg.tracking.uri)
+    oof = _oof(client, result.parent_run_id, tmp_path)
+    folds = pd.read_csv(client.download_artifacts(result.parent_run_id, "folds.csv", str(tmp_path)), dtype=str)
+    assert sorted(oof["id"]) == sorted(ids) and folds["id"].tolist() == ids
+    _, _, children = _runs(cfg.tracking.uri, "ftsweep")
+    preds = pd.read_csv(client.download_artifacts(children[0].info.run_id, "predictions.csv", str(tmp_path / "p")), dtype=str)
+    assert set(preds["id"]) <= set(ids) and preds["id"].str.len().eq(5).sum() >= len(preds) - 1
+
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "300"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, sleeper):
+    half = run_cv(make_cfg("cv.folds=[0]"), resume=True)
+    cfg = make_cfg()
+    tracker = Tracker(cfg.tracking.uri, "ftsweep")
+    key = tracker.get_run(half.parent_run_id).data.tags["ftsweep.config_key"]
+    # a process (the sleeper) holds the unit: parent RUNNING, fold 1 RUNNING
+    token = f"{_machine()}:{sleeper.pid}:{_start_time(sleeper.pid)}"
+    tracker.reopen(half.parent_run_id, {OWNER_TAG: token})
+    stale = tracker.start_run("fold 1", {"ftsweep.config_key": key, "ftsweep.fold": "1", OWNER_TAG: token},
+                              parent_id=half.parent_run_id)
+    held = run_cv(cfg, resume=True)
+    assert held.held_by == token and not held.folds
+    assert tracker.get_run(stale).info.status == "RUNNING"  # a live owner's run is not touched
+    sleeper.kill()
+    sleeper.wait()  # kill -9: the owner is gone, its runs still say RUNNING
+    taken = run_cv(cfg, resume=True)
+    assert taken.parent_run_id == half.parent_run_id and sorted(taken.folds) == [0, 1]
+    assert tracker.get_run(stale).info.status == "KILLED"
+    assert "is gone; the unit was taken over" in tracker.get_run(stale).data.tags["ftsweep.error"]
+    _, parents, children = _runs(cfg.tracking.uri, "ftsweep")
+    finished = sorted(c.data.tags["ftsweep.fold"] for c in children if c.info.status == "FINISHED")
+    assert finished == ["0", "1"] and [p.info.status for p in parents] == ["FINISHED"]
+
+
+def test_owner_liveness_on_this_machine_and_elsewhere():
+    mine = owner_tags()
+    assert owner_alive(mine)
+    assert not owner_alive({OWNER_TAG: f"{_machine()}:999999999:1"})  # no such pid
+    assert not owner_alive({})  # runs from before leases existed: nobody holds them
+    remote = {OWNER_TAG: "node7/abcd:1234:99", HEARTBEAT_TAG: str(time.time() - 10)}
+    assert owner_alive(remote)
+    assert not owner_alive({**remote, HEARTBEAT_TAG: str(time.time() - 600)})  # its heartbeat lapsed
+
+
+def _open_store(uri, barrier, errors):
+    try:
+        barrier.wait()
+        Tracker(uri, "together")
+    except Exception as exc:  # noqa: BLE001
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_many_processes_create_one_new_store_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    ctx = multiprocessing.get_context("fork")
+    barrier, errors = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open_store, args=(uri, barrier, errors)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert errors.empty(), errors.get()
+    assert all(p.exitcode == 0 for p in procs)
+    tables = [r[0] for r in sqlite3.connect(tmp_path / "new" / "mlflow.db").execute(
+        "select name from sqlite_master where type='table'")]
+    assert not [t for t in tables if t.startswith("_alembic_tmp")]
+    assert len(MlflowClient(uri).search_experiments(filter_string="name = 'together'")) == 1
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
+    grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=30", "trainer.batch_size=2",
+            "trainer.max_length=32", "optimizer=adamw,llrd", "tracking.experiment=twice", f"paths.output_root={tmp_path}"]
+    env = dict(PYTHONUNBUFFERED="1")
+    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    second = run_cli("ftsweep", *grid, cwd=tmp_path, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    _, parents, children = _runs(f"sqlite:///{tmp_path}/mlflow.db", "twice")
+    units = [(c.data.tags["ftsweep.config_key"], c.data.tags["ftsweep.fold"]) for c in children]
+    assert len(units) == len(set(units)) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+    assert "skipped" in out + err + second.stdout + second.stderr  # one sweep left a live unit to the other
+
+
+def _cli(args):
+    import sys
+
+    return [sys.executable, "-m", "ftsweep", *args]
+
+
+def _env(extra):
+    import os
+
+    env = dict(os.environ, **extra)
+    for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
+        env.pop(name, None)
+    return env
+
+
+assert TINY  # the shrunk config every in-process test here composes (conftest.make_cfg)
