@@ -96,6 +96,7 @@ def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, li
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from ftsweep.errors import FtsweepError
         from ftsweep.tracking import Tracker
 
         overrides = list(config.hydra.overrides.task)
@@ -105,7 +106,11 @@ class SweepCallback(Callback):
         os.environ[SWEPT_ENV] = json.dumps(keys)
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
         self.started = time.time() - 1.0
-        Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
+        try:
+            Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
+        except FtsweepError as exc:  # Hydra would only warn and start every job against a broken store
+            print(f"ftsweep: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
         log.info("sweep: MLflow experiment %r at %s", name, config.tracking.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -132,3 +132,32 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
     # a third run has nothing left to do
     third = run_cli("ftsweep", *args, cwd=tmp_path, timeout=300)
     assert (third.stderr + third.stdout).count("already finished") == 2
+
+
+def _group_alive(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=,cmd=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_killing_a_joblib_driver_ends_its_workers_and_their_runs(tmp_path):
+    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=orphans", f"paths.output_root={tmp_path}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not _midway(tmp_path / "mlflow.db"):
+        time.sleep(0.3)
+    assert len(_group_alive(proc.pid)) >= 3  # the driver, its loky workers and resource trackers
+    proc.kill()  # kill -9 of the driver: nothing of it can clean up
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and _group_alive(proc.pid):
+        time.sleep(1)
+    left = _group_alive(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, left
+    _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "orphans")
+    assert "RUNNING" not in {r.info.status for r in runs}  # the workers marked their open runs KILLED
+    assert "KILLED" in {r.info.status for r in runs}

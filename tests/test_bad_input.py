@@ -1,0 +1,135 @@
+"""Each bad input ends in one line that says what to change, before any run exists."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from ftsweep import tracking
+from ftsweep.cli import guarded
+from ftsweep.cv import run_cv
+from ftsweep.demo_data import generate
+from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.predict import _check_args, fold_checkpoints
+from ftsweep.table import write_table
+from ftsweep.tracking import Tracker, normalize_uri
+
+from conftest import TINY, run_cli
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("sqlite:////proc/ftsweep-nope/mlflow.db", "cannot create the MLflow store's folder /proc/ftsweep-nope"),
+        ("sqlite:///{tmp}/afile/mlflow.db", "({tmp}/afile is a file)"),
+        ("sqlite:///{tmp}/afile", "{tmp}/afile is not an SQLite database"),
+        ("sqlite:///{tmp}", "is a folder; name a file"),
+        ("sqlite:///:memory:", "keeps nothing"),
+        ("sqlite://", "write sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db"),
+        ("file:///tmp/mlruns", "MLflow 3 refuses the file store"),
+        ("mlruns", "is not a store address; use sqlite:///mlruns/mlflow.db"),
+        ("http://127.0.0.1:9", "cannot reach the MLflow server at http://127.0.0.1:9"),
+    ],
+)
+def test_unusable_stores_are_one_line(tmp_path, uri, message):
+    (tmp_path / "afile").write_text("not a database\n")
+    started = time.perf_counter()
+    with pytest.raises(FtsweepError) as err:
+        Tracker(uri.format(tmp=tmp_path), "x")
+    assert message.format(tmp=tmp_path) in str(err.value) and "\n" not in str(err.value)
+    assert time.perf_counter() - started < tracking.REACH_TIMEOUT + 5  # no minutes of retries
+
+
+def test_relative_sqlite_uri_is_relative_to_the_launch_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normalize_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert normalize_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert Tracker("sqlite:///sub/mlflow.db", "x").uri == f"sqlite:///{tmp_path}/sub/mlflow.db"
+    assert (tmp_path / "sub" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("rows", "n_folds", "n_bins"), [(2, 2, None), (5, 5, None), (40, 2, 1000)])
+def test_stratifying_tiny_data_falls_back_to_fewer_bins(make_cfg, tmp_path, rows, n_folds, n_bins):
+    path = tmp_path / "small.csv"
+    generate(rows, words_per_passage=8, seed=1).to_csv(path, index=False)
+    cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", f"cv.n_folds={n_folds}",
+                   f"cv.n_bins={n_bins if n_bins else 'null'}", "trainer.max_steps=2")
+    result = run_cv(cfg)
+    assert sorted(result.folds) == list(range(n_folds))
+
+
+def test_disk_full_is_one_line_and_marks_the_runs_failed(make_cfg, monkeypatch, capsys):
+    cfg = make_cfg()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Tracker, "log_artifact", full)
+    with pytest.raises(SystemExit) as stop:
+        guarded(lambda: run_cv(cfg), None)
+    assert stop.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("ftsweep: error: the disk is full") and "rerun the same command" in line
+    client = MlflowClient(cfg.tracking.uri)
+    runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
+    assert runs and {r.info.status for r in runs} == {"FAILED"}
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished tiny CV run with fold models, and a results-table run beside it."""
+    from conftest import compose_cfg
+
+    root = tmp_path_factory.mktemp("saved")
+    cfg = compose_cfg([*TINY, "trainer.save_models=true", "tracking.experiment=saved"], root)
+    result = run_cv(cfg)
+    tracker = Tracker(cfg.tracking.uri, "saved")
+    write_table(tracker, root / "table")
+    table_id = tracker.runs_tagged("ftsweep.kind", "table")[0].info.run_id
+    return tracker, result.parent_run_id, table_id, root
+
+
+def test_predict_refuses_runs_it_cannot_use(saved_run, tmp_path):
+    tracker, parent, table_id, root = saved_run
+    cfg, paths = fold_checkpoints(tracker, parent, tmp_path / "ok")
+    assert len(paths) == 2 and cfg.cv.n_folds == 2
+    with pytest.raises(FtsweepError, match="is a results-table run; pass the parent run of a CV run"):
+        fold_checkpoints(tracker, table_id, tmp_path / "t")
+    child = tracker.runs_tagged("ftsweep.fold", "0")[0].info.run_id
+    with pytest.raises(FtsweepError, match=f"is a fold run; pass its parent run id: run_id={parent}"):
+        fold_checkpoints(tracker, child, tmp_path / "c")
+    tracker.client.set_terminated(parent, "FAILED")  # e.g. it failed in its last step
+    try:
+        with pytest.raises(FtsweepError, match=r"is FAILED with fold models \[0, 1\] of \[0, 1\]; .*allow_partial=true"):
+            fold_checkpoints(tracker, parent, tmp_path / "f")
+        assert len(fold_checkpoints(tracker, parent, tmp_path / "p", allow_partial=True)[1]) == 2
+    finally:
+        tracker.client.set_terminated(parent, "FINISHED")
+
+
+def test_predict_checks_its_arguments_first(tmp_path):
+    base = {"run_id": "abc", "data": {"path": "t.csv"}, "output": str(tmp_path / "sub.csv")}
+    assert _check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
+    for changes, message in (({"run_id": "???"}, "run_id is not set; add run_id=<parent run id>"),
+                             ({"data": {"path": "???"}}, "data.path is not set"),
+                             ({"output": str(tmp_path)}, "is a folder; name a file"),
+                             ({"output": str(tmp_path / "no" / "sub.csv")}, "does not exist")):
+        with pytest.raises(ConfigError, match=message):
+            _check_args(OmegaConf.create({**base, **changes}))
+
+
+@pytest.mark.slow
+def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
+    out = run_cli("ftsweep", *TINY, "data=commonlit", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "ftsweep: error: data=commonlit needs a file: add data.path=/path/to/train.csv"
+    out = run_cli("ftsweep", *TINY, "trainer.grad_clip=-1", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+        "ftsweep: error: trainer.grad_clip=-1 must be a positive number (or null).")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was created for a run that never started
+    out = run_cli("ftsweep.predict", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("ftsweep: error: run_id is not set")
