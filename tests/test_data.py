@@ -104,7 +104,7 @@ def test_max_rows_takes_a_fixed_subset(tmp_path):
 def test_ids_and_texts_stay_as_written(tmp_path):
     ids = ["00000", "00001", "0.10", "0107", "107", "1e3"]
     text = "id,excerpt,target\n" + "".join(f"{i},{t},{v}\n" for i, t, v in
-                                           zip(ids, ["007", "1.50", "a b", "c", "d", "e"], [0.1, 0.2, -1, 2, 0, 1]))
+                                           zip(ids, ["007", "1.50", "a b", "c", "d", "e"], [0.1, 0.2, -1, 2, 0, 1], strict=True))
     out = _load(tmp_path, text=text)
     assert out["id"].tolist() == ids  # no 0, 1, 0.1 or false duplicate of 0107 and 107
     assert out["excerpt"].tolist()[:2] == ["007", "1.50"]
