@@ -34,7 +34,10 @@ CHOICES = {
     "scheduler.name": ("linear", "cosine", "constant"),
     "eval.strategy": ("epoch", "frequent"),
     "swa.anneal_strategy": ("cos", "linear"),
+    "tracking.resume": ("auto", True, False),
 }
+# Switches: a typo such as `trainer.save_models=yes` must not be read as "true".
+BOOLEANS = ("trainer.save_models", "tracking.log_lr", "reinit.pooler", "swa.enabled", "head.init_bias_to_target_mean")
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,12 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
     _check_required(cfg)
     check_known_keys(cfg)
     for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}.")
+        if _has(cfg, key) and not any(_get(cfg, key) is a or (isinstance(a, str) and _get(cfg, key) == a) for a in allowed):
+            shown = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {shown}.")
+    for key in BOOLEANS:
+        if _has(cfg, key) and not isinstance(_get(cfg, key), bool):
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be true or false.")
     for key, rule in RANGES.items():
         if _has(cfg, key):
             _check_range(cfg, key, rule)

@@ -51,7 +51,7 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
             "label": tags.get("ftsweep.label", ""), "seed": int(tags.get("ftsweep.seed", 0)),
             "fold": int(tags["ftsweep.fold"]), "rmse_best": metrics["rmse_best"], "rmse_last": metrics["rmse_last"],
             "swa": "rmse_swa" in metrics, "start_time": run.info.start_time,
-            "job_num": int(tags.get("ftsweep.job_num", 0)),
+            "job_num": int(tags.get("ftsweep.job_num", 0)), "data": tags.get("ftsweep.data_fingerprint", ""),
             "reference": float(reference) if reference not in ("None", "", "null") else math.nan,
         })
     frame = pd.DataFrame(records)
@@ -91,6 +91,8 @@ def _stats(group: pd.DataFrame, column: str) -> tuple[float, float, float]:
 
 
 def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    if "data" in folds and folds["data"].nunique() > 1:  # same labels on other data: say which rows saw what
+        folds = folds.assign(label=folds["label"] + " [data " + folds["data"].str[:8] + "]")
     rows = []
     for key, group in folds.groupby("row_key", sort=False):
         best = _stats(group, "rmse_best")

@@ -84,6 +84,8 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9, 1.5] must be two numbers in [0, 1)"),
         (["cv.folds=[0,0]"], "distinct fold numbers"),
         # keys nothing reads: a typo that Hydra's `+` would let through
+        (["trainer.save_models=yes"], "trainer.save_models='yes' must be true or false"),
+        (["tracking.resume=sometimes"], "tracking.resume='sometimes' is not one of auto, true, false"),
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
         (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),

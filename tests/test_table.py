@@ -62,3 +62,12 @@ def test_baseline_can_be_named():
     table = build_table(_folds(), baseline="LLRD")
     assert table.loc[table.label == "LLRD", "baseline"].item()
     assert table.loc[table.label == "Basic fine-tuning", "delta"].item() == pytest.approx(0.05, abs=0.002)
+
+
+def test_rows_on_different_data_are_told_apart():
+    folds = _folds().assign(data="same")
+    assert set(build_table(folds)["label"]) == {"Basic fine-tuning", "LLRD"}
+    older = folds[folds.row_key == "a"].assign(row_key="a-old", data="0123456789old")
+    table = build_table(pd.concat([folds.assign(data="abcdef0123new"), older]))
+    assert {"Basic fine-tuning [data abcdef01]", "Basic fine-tuning [data 01234567]", "LLRD [data abcdef01]"} == set(
+        table["label"])
