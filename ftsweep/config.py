@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from ftsweep.errors import ConfigError
+from ftsweep.speed import COMPILE_CHOICES
 
 CHOICES = {
     "trainer.precision": ("auto", "bf16", "fp32"),
@@ -55,6 +56,7 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
     if cfg.trainer.get("max_steps") is not None:
         _positive(cfg, "trainer.max_steps", integer=True)
     _check_cv(cfg)
+    _check_speed_and_memory(cfg)
     _check_optimizer(cfg, n_layers)
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
@@ -133,3 +135,12 @@ def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
         raise ConfigError(f"reinit.n={n!r} must be an integer >= 0.")
     if n_layers is not None and n > n_layers:
         raise ConfigError(f"reinit.n={n} but {cfg.model.name} has {n_layers} encoder layers; use 0..{n_layers}.")
+
+
+def _check_speed_and_memory(cfg: DictConfig) -> None:
+    tcfg = cfg.trainer
+    _positive(cfg, "trainer.grad_accum_steps", integer=True)
+    if not isinstance(tcfg.gradient_checkpointing, bool):
+        raise ConfigError(f"trainer.gradient_checkpointing={tcfg.gradient_checkpointing!r} must be true or false.")
+    if isinstance(tcfg.compile, int | float) and not isinstance(tcfg.compile, bool) or tcfg.compile not in COMPILE_CHOICES:
+        raise ConfigError(f"trainer.compile={tcfg.compile!r} is not one of false, true (= default), default, reduce-overhead.")
