@@ -11,8 +11,13 @@ OUTPUTS ?= outputs
 UI_PORT ?= 5000
 ARGS   ?=
 EXPERIMENT ?= table1
+# make offline-wheels: the target box's Python and platform (wheels with C code are built per version)
+PYTHON_VERSION ?= 3.12
+PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+WHEELS ?= .whl
+GPU_CHECK_ARGS ?=
 
-.PHONY: help install run table test test-fast lint ui clean
+.PHONY: help install run table test test-fast lint ui clean offline-wheels gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,11 +42,22 @@ test-fast:  ## unit tests only (skips the end-to-end CLI runs)
 	$(PY) -m pytest -q -m "not slow"
 
 lint:  ## ruff
-	$(PY) -m ruff check ftsweep tests
+	$(PY) -m ruff check ftsweep tests benchmarks
 
 ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(UI_PORT)
 	@mkdir -p $(OUTPUTS)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+offline-wheels:  ## wheels an offline GPU box lacks (Python $(PYTHON_VERSION), manylinux x86_64) into $(WHEELS)/
+	@mkdir -p $(WHEELS)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(PYTHON_VERSION) --implementation cp \
+		$(addprefix --platform ,$(PLATFORMS)) -d $(WHEELS) -r benchmarks/offline-wheels.txt
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELS) antlr4-python3-runtime==4.9.3  # sdist only: pure Python, built here
+	@echo "$$(ls $(WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1); on the box:"
+	@echo "  pip install --no-index --no-deps --target .whl/site .whl/*.whl && make gpu-check"
+
+gpu-check:  ## the GPU check (benchmarks/gpu_check.py, <= 8 min on one H100): JSON in benchmarks/results/
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove outputs/ (runs, MLflow store, demo data cache) and caches
 	rm -rf $(OUTPUTS) .pytest_cache .ruff_cache

@@ -1,8 +1,8 @@
 """Training throughput of ftsweep's trainer against a plain PyTorch loop and the HF Trainer,
 the cost of frequent evaluation, and the wall time of a full CV. Prints its numbers.
 
-Batches use CommonLit's token lengths (../shared/data/commonlit_token_lengths.txt, or
-a built-in sample of them) with random token ids; weights are random (the shape is
+Batches use CommonLit's token lengths (../shared/data/commonlit_token_lengths.txt, else
+the copy in benchmarks/data/) with random token ids; weights are random (the shape is
 what costs). On a GPU run it at full size:
 
     python benchmarks/throughput.py                       # roberta-base shape, batch 8, 200 steps
@@ -17,6 +17,7 @@ MiniLM on 2,834 rows of those lengths, through `run_cv` (tokenisation and MLflow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -37,10 +38,13 @@ from ftsweep.devices import resolve_device
 from ftsweep.model import build_regressor, load_backbone
 from ftsweep.param_groups import build_optimizer
 from ftsweep.schedule import plan_steps
+from ftsweep.speed import prepare_model
 from ftsweep.trainer import fit_fold
 
 ROOT = Path(__file__).resolve().parents[1]
-LENGTHS_FILE = ROOT.parent / "shared" / "data" / "commonlit_token_lengths.txt"
+# The shared file when this checkout sits beside ../shared, else the repo's copy (a GPU box has only the repo).
+LENGTHS_FILES = [ROOT.parent / "shared" / "data" / "commonlit_token_lengths.txt",
+                 ROOT / "benchmarks" / "data" / "commonlit_token_lengths.txt"]
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
@@ -61,8 +65,9 @@ class Quiet:
 
 
 def commonlit_lengths(n: int, rng: np.random.Generator, cap: int) -> np.ndarray:
-    if LENGTHS_FILE.exists():
-        pool = np.loadtxt(LENGTHS_FILE, dtype=int)
+    found = [f for f in LENGTHS_FILES if f.exists()]
+    if found:
+        pool = np.loadtxt(found[0], dtype=int)
     else:  # CommonLit's range: 158-314 tokens, mean 217
         pool = np.clip(rng.normal(217, 28, 2834).round(), 158, 314).astype(int)
     return np.minimum(rng.choice(pool, n), cap)
@@ -86,23 +91,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_ftsweep(cfg, encoded, targets, rows, device, dtype, steps) -> float:
-    """Seconds for `steps` optimizer steps of ftsweep's fit_fold (after a short warm-up)."""
+def time_ftsweep(cfg, encoded, targets, rows, device, dtype, steps, warmup: int = 10,
+                 around=contextlib.nullcontext) -> tuple[float, float]:
+    """Seconds for `warmup` optimizer steps of ftsweep's fit_fold (kernel plans, allocator, compiling),
+    then for `steps` more, inside `around()` (e.g. a profiler). The model gets the config's
+    trainer.compile / gradient_checkpointing."""
     val = rows[:8]
     torch.manual_seed(0)
-    model = build_regressor(load_backbone(cfg.model), cfg.head).to(device)
+    model = prepare_model(build_regressor(load_backbone(cfg.model), cfg.head).to(device), cfg.trainer)
     timings = []
-    for n in (min(10, steps), steps):  # first call: warm-up (kernel plans, allocator)
+    for n, context in ((min(warmup, steps), contextlib.nullcontext), (steps, around)):
         with open_dict(cfg):
             cfg.trainer.max_steps = n
         optimizer = build_optimizer(model, cfg.optimizer, device)
         plan = plan_steps(cfg, steps_per_epoch(len(rows), int(cfg.trainer.batch_size)))
         sync(device)
         t = time.perf_counter()
-        fit_fold(model, optimizer, plan, cfg, encoded, rows, val, targets, device, dtype, 0, NullSink(), Quiet())
-        sync(device)
+        with context():
+            fit_fold(model, optimizer, plan, cfg, encoded, rows, val, targets, device, dtype, 0, NullSink(), Quiet())
+            sync(device)
         timings.append(time.perf_counter() - t)
-    return timings[-1]
+    return timings[0], timings[1]
 
 
 def padded_batches(encoded: Encoded, rows: np.ndarray, batch_size: int, width: int):
@@ -139,8 +148,10 @@ def time_plain_loop(cfg, encoded, targets, rows, device, dtype, steps, width) ->
     return time.perf_counter() - t
 
 
-def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width) -> float:
-    """transformers.Trainer on the same model, batch size and optimizer, padding to `width`."""
+def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width, best: bool = False) -> float:
+    """transformers.Trainer on the same model, batch size and optimizer, padding to `width`; with `best`,
+    its fastest settings for this job: length-grouped sampling and padding to the batch's longest row
+    (rounded up to 32), two data-loader workers on a GPU."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     class WithLoss(torch.nn.Module):
@@ -158,6 +169,10 @@ def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width) ->
     def collate(items):
         ids = torch.zeros((len(items), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
+        if best:
+            longest = max(len(it["input_ids"]) for it in items)
+            n_cols = min(width, -(-longest // 32) * 32)
+            ids, mask = ids[:, :n_cols], mask[:, :n_cols]
         for i, it in enumerate(items):
             n = min(len(it["input_ids"]), width)
             ids[i, :n], mask[i, :n] = torch.as_tensor(it["input_ids"][:n]), 1
@@ -167,13 +182,17 @@ def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width) ->
     torch.manual_seed(0)
     model = WithLoss(build_regressor(load_backbone(cfg.model), cfg.head))
     timings = []
+    fields = TrainingArguments.__dataclass_fields__  # transformers 5 renamed group_by_length
+    grouping = {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields else {
+        "group_by_length": True}
+    extra = {**grouping, "dataloader_num_workers": 2 if device.type == "cuda" else 0} if best else {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (min(10, steps), steps):
             args = TrainingArguments(
                 output_dir=tmp, max_steps=n, per_device_train_batch_size=int(cfg.trainer.batch_size),
                 learning_rate=1e-5, bf16=dtype is not None and device.type == "cuda", report_to=[],
                 save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=device.type == "cpu",
-                optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", dataloader_num_workers=0,
+                optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", **extra,
             )
             trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
             trainer.remove_callback(PrinterCallback)
@@ -198,7 +217,7 @@ def fold_eval_cost(overrides, root, encoded, targets, device, dtype) -> tuple[fl
     for ev in ("eval=epoch", "eval=frequent"):
         cfg = compose_cfg([*overrides, ev], root)
         torch.manual_seed(0)
-        model = build_regressor(load_backbone(cfg.model), cfg.head).to(device)
+        model = prepare_model(build_regressor(load_backbone(cfg.model), cfg.head).to(device), cfg.trainer)
         optimizer = build_optimizer(model, cfg.optimizer, device)
         plan = plan_steps(cfg, steps_per_epoch(len(train), int(cfg.trainer.batch_size)))
         sync(device)
@@ -216,7 +235,12 @@ def full_cv(overrides: list[str], n_rows: int, root: Path, rng: np.random.Genera
                           "target": rng.normal(-0.96, 1.03, n_rows)})
     path = root / "bench.csv"
     frame.to_csv(path, index=False)
-    cfg = compose_cfg([*overrides, "data=commonlit", f"data.path={path}", "tracking.log_lr=true"], root)
+    return timed_cv([*overrides, "data=commonlit", f"data.path={path}", "tracking.log_lr=true"], root)
+
+
+def timed_cv(overrides: list[str], root: Path) -> tuple[float, float]:
+    """Wall seconds and mean RMSE of one `run_cv` (data, tokenisation, folds, MLflow: all of it)."""
+    cfg = compose_cfg(overrides, root)
     t = time.perf_counter()
     result = run_cv(cfg)
     return time.perf_counter() - t, result.mean()
@@ -258,7 +282,7 @@ def main(argv: list[str]) -> None:
     results = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    results["ftsweep"] = args.batch_size * steps / time_ftsweep(cfg, encoded, targets, rows, device, dtype, steps)
+    results["ftsweep"] = args.batch_size * steps / time_ftsweep(cfg, encoded, targets, rows, device, dtype, steps)[1]
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
     results[f"plain loop (pad {width})"] = args.batch_size * steps / time_plain_loop(
         cfg, encoded, targets, rows, device, dtype, steps, width)

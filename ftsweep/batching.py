@@ -68,4 +68,5 @@ def eval_batches(rows: np.ndarray, lengths: np.ndarray, batch_size: int) -> list
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Batches of batch_size per epoch (optimizer steps unless trainer.grad_accum_steps > 1: see plan_steps)."""
     return -(-n_rows // batch_size)

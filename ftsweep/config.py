@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
+from ftsweep.speed import COMPILE_CHOICES
 
 log = logging.getLogger("ftsweep")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -172,6 +173,7 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
             f"use trainer.max_length<={max_tokens} (longer texts are truncated)."
         )
     _check_cv(cfg)
+    _check_speed_and_memory(cfg)
     _check_optimizer(cfg, n_layers)
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
@@ -281,3 +283,12 @@ def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
     n = cfg.reinit.n
     if n_layers is not None and n > n_layers:
         raise ConfigError(f"reinit.n={n} but {cfg.model.name} has {n_layers} encoder layers; use 0..{n_layers}.")
+
+
+def _check_speed_and_memory(cfg: DictConfig) -> None:
+    tcfg = cfg.trainer
+    _positive(cfg, "trainer.grad_accum_steps", integer=True)
+    if not isinstance(tcfg.gradient_checkpointing, bool):
+        raise ConfigError(f"trainer.gradient_checkpointing={tcfg.gradient_checkpointing!r} must be true or false.")
+    if isinstance(tcfg.compile, int | float) and not isinstance(tcfg.compile, bool) or tcfg.compile not in COMPILE_CHOICES:
+        raise ConfigError(f"trainer.compile={tcfg.compile!r} is not one of false, true (= default), default, reduce-overhead.")

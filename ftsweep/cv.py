@@ -31,6 +31,7 @@ from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
+from ftsweep.speed import prepare_model
 from ftsweep.sweep import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking import (
     FoldSink,
@@ -197,8 +198,7 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     if cfg.head.init_bias_to_target_mean:
         torch.nn.init.constant_(model.regressor.bias, float(targets[train_rows].mean()))
     model.to(device)
-    if cfg.trainer.get("compile"):
-        model.backbone.compile(dynamic=False)  # in place: state_dict keys and SWA copies stay as they are
+    prepare_model(model, cfg.trainer)  # gradient checkpointing, torch.compile (opt-in)
     optimizer = build_optimizer(model, cfg.optimizer, device)
     plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(cfg.trainer.batch_size)))
     sink = FoldSink(tracker, child, log_lr=bool(cfg.tracking.log_lr))

@@ -1,8 +1,11 @@
 """Device, precision and CPU threads for one job, aware of parallel local launchers.
 
 Parallel jobs on one machine (hydra/launcher=joblib or submitit_local) each get one
-torch thread on the CPU, and on a multi-GPU box each worker process claims a GPU of
-its own for its lifetime (a file lock per GPU), so jobs never share a card.
+torch thread on the CPU. On a one-GPU box they share the card: no claim, CUDA
+time-slices between the processes, which keeps a small model's card busy while each
+job waits on Python. On a multi-GPU box each worker process claims a GPU of its own
+for its lifetime (a file lock per GPU and slot): every GPU gets one job before any
+gets a second.
 """
 
 from __future__ import annotations
@@ -34,23 +37,27 @@ def parallel_local() -> bool:
     return any(name in launcher_target() for name in PARALLEL_LAUNCHERS)
 
 
-def claim_gpu(n_gpus: int) -> int:
-    """The first GPU no other process of this user has claimed; held until the process exits."""
+def claim_gpu(n_gpus: int, max_per_gpu: int = 64) -> int:
+    """The least-claimed GPU (slot 0 of every GPU, then slot 1, ...); held until the process exits."""
     global _claimed
     if _claimed is not None:
         return _claimed[0]
     folder = os.path.join(tempfile.gettempdir(), f"ftsweep-gpu-locks-{os.getuid()}")
     os.makedirs(folder, exist_ok=True)
-    for index in range(n_gpus):
-        handle = open(os.path.join(folder, f"gpu{index}.lock"), "w")  # noqa: SIM115 (held for the process's life)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _claimed = (index, handle)
-        return index
-    log.warning("more parallel jobs than GPUs (%d): this job shares GPU 0", n_gpus)
+    for slot in range(max_per_gpu):
+        for index in range(n_gpus):
+            name = f"gpu{index}.lock" if slot == 0 else f"gpu{index}.{slot}.lock"
+            handle = open(os.path.join(folder, name), "w")  # noqa: SIM115 (held for the process's life)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            if slot:
+                log.info("more parallel jobs than GPUs (%d): this job shares GPU %d", n_gpus, index)
+            _claimed = (index, handle)
+            return index
+    log.warning("over %d jobs per GPU: this job shares GPU 0 unclaimed", max_per_gpu)
     return 0
 
 
@@ -63,7 +70,7 @@ def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
         torch.set_num_threads(int(tcfg.num_threads))
     elif parallel_local() and not use_cuda:
         torch.set_num_threads(1)  # n parallel jobs x all cores each would thrash
-    if use_cuda and parallel_local() and torch.cuda.device_count() > 1:
+    if use_cuda and parallel_local() and torch.cuda.device_count() > 1:  # one GPU: the jobs share it, no claim
         device = torch.device("cuda", claim_gpu(torch.cuda.device_count()))
         torch.cuda.set_device(device)
     else:

@@ -103,9 +103,20 @@ def token_limit(config) -> int | None:
     return int(n)
 
 
+def with_sdpa(build):
+    """build(attn_implementation="sdpa"): fused attention kernels (flash / memory-efficient on a GPU)
+    where the architecture has them (BERT, RoBERTa, ...); build() where it has not (DeBERTa)."""
+    try:
+        return build(attn_implementation="sdpa")
+    except ValueError as exc:
+        if "attention implementation" not in str(exc):
+            raise
+        return build()
+
+
 def random_backbone(model_cfg: DictConfig) -> nn.Module:
     """The architecture with fresh weights (call under `torch.device("meta")` for a weightless shell)."""
-    return AutoModel.from_config(architecture_config(model_cfg))
+    return with_sdpa(lambda **kw: AutoModel.from_config(architecture_config(model_cfg), **kw))  # fresh config per try
 
 
 def load_backbone(model_cfg: DictConfig) -> nn.Module:
@@ -116,7 +127,7 @@ def load_backbone(model_cfg: DictConfig) -> nn.Module:
     overrides = _overrides(model_cfg)
     where = _where(model_cfg)
     try:
-        return AutoModel.from_pretrained(where, **overrides)
+        return with_sdpa(lambda **kw: AutoModel.from_pretrained(where, **overrides, **kw))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {where!r} ({_first_line(exc)}); {OFFLINE_HINT}") from None
 

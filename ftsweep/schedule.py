@@ -25,8 +25,14 @@ class StepPlan:
     swa_start: int | None  # first optimizer step (0-based) taken at the SWA rate; None: no SWA
 
 
-def plan_steps(cfg: DictConfig, steps_per_epoch: int) -> StepPlan:
-    """Turn epochs / ratios / caps into step counts (validated, one place)."""
+def plan_steps(cfg: DictConfig, batches_per_epoch: int) -> StepPlan:
+    """Turn epochs / ratios / caps into optimizer-step counts (validated, one place).
+
+    `batches_per_epoch` counts batches of trainer.batch_size rows; with trainer.grad_accum_steps=k
+    every k of them make one optimizer step (the epoch's last, shorter group steps too), and every
+    count here (warm-up, SWA start, max_steps) is in optimizer steps.
+    """
+    steps_per_epoch = -(-batches_per_epoch // int(cfg.trainer.get("grad_accum_steps") or 1))
     total = steps_per_epoch * int(cfg.trainer.epochs)
     if cfg.trainer.get("max_steps") is not None:
         total = min(total, int(cfg.trainer.max_steps))

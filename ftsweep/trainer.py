@@ -99,6 +99,25 @@ def _eval_due(cfg: DictConfig, epoch: int, batch_in_epoch: int, last_in_epoch: b
     return last_in_epoch
 
 
+def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: int, y_all: torch.Tensor,
+              tcfg: DictConfig, device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Forward + backward of one micro-batch; returns its share of the step's loss (on the device).
+
+    Squared errors are summed and divided by the rows of the whole optimizer step, so every row
+    weighs the same however the step is cut: micro-batches of 4 + 3 rows give exactly the gradient
+    of one batch of 7 (a mean per micro-batch would count each of the 3 rows 4/3 times as much).
+    """
+    ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
+    if device.type == "cuda":
+        ids, mask = ids.pin_memory(), mask.pin_memory()
+    y = y_all[rows].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+    loss = nn.functional.mse_loss(pred.float(), y, reduction="sum") / step_rows
+    loss.backward()
+    return loss.detach()
+
+
 def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan, cfg: DictConfig,
              encoded: Encoded, train_rows: np.ndarray, val_rows: np.ndarray, targets: np.ndarray,
              device: torch.device, autocast_dtype: torch.dtype | None, seed: int, sink, progress,
@@ -148,25 +167,21 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
     model.train()
     step = 0
     last_eval_step, last_pred = -1, None
+    micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
     for epoch in range(int(tcfg.epochs)):
-        batches = train_batches(train_rows, encoded.lengths, int(tcfg.batch_size), rng)
+        # Each optimizer step's rows are drawn as one batch of batch_size x grad_accum_steps (same order
+        # as without accumulation), then run as micro-batches; the epoch's last, smaller batch steps too.
+        batches = train_batches(train_rows, encoded.lengths, micro * accum, rng)
         for i, rows in enumerate(batches):
             if step >= plan.total_steps:
                 break
             lr_rows.append([g["lr"] for g in first_group])
-            ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
-            if device.type == "cuda":
-                ids, mask = ids.pin_memory(), mask.pin_memory()
-            y = y_all[rows].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
-            loss = nn.functional.mse_loss(pred.float(), y)
-            loss.backward()
+            losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, device,
+                                         autocast_dtype) for k in range(0, len(rows), micro))
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses[step] = loss.detach()
             if schedule.swa_active(step):
                 if swa_model is None:
                     swa_model = WeightAverager(model)

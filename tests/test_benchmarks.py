@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -33,3 +34,20 @@ def test_lr_logging_overhead_smoke():
                 "trainer.max_length=32")
     assert re.search(r"overhead \(wall, noisy\)\s+:\s+[+-][\d.]+ %", text), text
     assert re.search(r"time in LR logging calls\s+:\s+[\d.]+ s = [\d.]+ % of the fold", text)
+
+
+def test_gpu_check_smoke(tmp_path):
+    out = tmp_path / "check.json"
+    text = _run("benchmarks/gpu_check.py", "--smoke", "--out", str(out))
+    report = json.loads(out.read_text())
+    sections = report["sections"]
+    assert list(sections) == ["throughput", "eval_cost", "memory", "cv", "cli", "jobs", "large", "cv_compiled"]
+    assert not [s for s in sections.values() if "error" in s], text
+    assert "skipped" in sections["cv_compiled"]  # no compiling on the CPU
+    tp = sections["throughput"]
+    assert set(tp["samples_per_s"]) == {"ftsweep eager", "plain bf16 loop", "HF Trainer pad", "HF Trainer best"}
+    assert tp["ratio_vs_hf_best"] > 0 and tp["profile_eager"]["wall_ms_per_step"] > 0
+    assert sections["eval_cost"]["evaluations"] >= 1 and sections["cv"]["seconds"] > 0
+    assert sections["cli"]["runs_by_status"] == {"FINISHED": 22} and sections["cli"]["table_printed"]
+    assert sections["jobs"]["jobs_2"]["samples_per_s"] > 0 and sections["large"]["tiny"]["gradient_checkpointing"]
+    assert re.search(r"ratio_vs_hf_best\s+[\d.]+\s+>= 3\s+n/a \(smoke\)", text)
