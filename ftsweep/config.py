@@ -38,7 +38,7 @@ CHOICES = {
     "tracking.resume": ("auto", True, False),
 }
 # Switches: a typo such as `trainer.save_models=yes` must not be read as "true".
-BOOLEANS = ("trainer.save_models", "tracking.log_lr", "reinit.pooler", "swa.enabled", "head.init_bias_to_target_mean")
+BOOLEANS = ("trainer.save_models", "trainer.gradient_checkpointing", "tracking.log_lr", "reinit.pooler", "swa.enabled", "head.init_bias_to_target_mean")
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ RANGES: dict[str, Range] = {
     "trainer.grad_clip": Range(low=0, low_open=True, nullable=True),  # a negative norm flips the gradient
     "trainer.max_steps": Range(integer=True, low=1, nullable=True),
     "trainer.num_threads": Range(integer=True, low=1, nullable=True),
+    "trainer.grad_accum_steps": POSITIVE_INT,
     "cv.n_folds": Range(integer=True, low=2),
     "cv.fold_seed": SEED,
     "cv.n_bins": Range(integer=True, low=1, nullable=True),
@@ -287,8 +288,5 @@ def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
 
 def _check_speed_and_memory(cfg: DictConfig) -> None:
     tcfg = cfg.trainer
-    _positive(cfg, "trainer.grad_accum_steps", integer=True)
-    if not isinstance(tcfg.gradient_checkpointing, bool):
-        raise ConfigError(f"trainer.gradient_checkpointing={tcfg.gradient_checkpointing!r} must be true or false.")
     if isinstance(tcfg.compile, int | float) and not isinstance(tcfg.compile, bool) or tcfg.compile not in COMPILE_CHOICES:
         raise ConfigError(f"trainer.compile={tcfg.compile!r} is not one of false, true (= default), default, reduce-overhead.")
