@@ -23,7 +23,9 @@ from ftsweep.batching import encode, steps_per_epoch
 from ftsweep.checkpoints import MODEL_FOLDER, checkpoint_name, save_state
 from ftsweep.config import validate
 from ftsweep.data import ID, TARGET, TEXT, fingerprint, load_frame, resolve_path
+from ftsweep.describe import run_description
 from ftsweep.devices import resolve_device
+from ftsweep.export import log_cv_model
 from ftsweep.folds import assign_folds
 from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
 from ftsweep.model import build_regressor, known_architecture, load_backbone, load_tokenizer, token_limit
@@ -42,11 +44,13 @@ from ftsweep.tracking import (
     git_commit,
     row_key,
     setup_key,
+    source_tags,
 )
 from ftsweep.trainer import FoldResult, fit_fold, rmse
 from ftsweep.units import Claim, claim, inspect
 
 log = logging.getLogger("ftsweep")
+DIGEST_CHARS = 16  # the MLflow dataset digest: the data fingerprint's first hex digits
 PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resume rebuilds OOF from them)
 
 
@@ -108,8 +112,9 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     tags = {**(tags or {}), "ftsweep.config_key": key, "ftsweep.row_key": row_key(cfg, data_fp),
             "ftsweep.setup_key": setup_key(cfg), "ftsweep.data_fingerprint": data_fp, "ftsweep.label": label,
             "ftsweep.overrides": " ".join(overrides), "ftsweep.device": str(device),
-            "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown"}
-    unit = claim(tracker, key, folds, label, tags, resume)
+            "ftsweep.seed": str(cfg.trainer.seed), "ftsweep.git_commit": git_commit() or "unknown", **source_tags()}
+    unit = claim(tracker, key, folds, label, {**tags, "mlflow.note.content": run_description(cfg, label, overrides)},
+                 resume)
     if unit.state != "run":  # taken or finished between the first look and the claim
         return _unclaimed(tracker, unit, folds)
     parent = unit.parent_id
@@ -119,6 +124,8 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     else:
         log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
     result = CvResult(parent, tracking_uri=tracker.uri)
+    inputs = FoldInputs(cfg, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, parent, use_bar,
+                        label)
     open_runs = [parent]
     try:
         with Heartbeat(lambda: tracker.set_tags(parent, {HEARTBEAT_TAG: f"{time.time():.0f}"})):
@@ -129,19 +136,24 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
                     frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
                     tracker.log_artifact(parent, Path(tmp) / "config.yaml")
                     tracker.log_artifact(parent, Path(tmp) / "folds.csv")
+                tracker.log_dataset(parent, frame[[ID, TEXT, TARGET]], str(path), data_fp[:DIGEST_CHARS],
+                                    name=path.stem, targets=TARGET)
+            fold_runs: dict[int, str] = {}  # fold -> the run that holds its result (and weights)
             for fold in folds:
                 stored = _stored_fold(tracker, done[fold], frame, fold) if fold in done else None
                 if stored is not None:
-                    result.folds[fold] = stored
+                    result.folds[fold], fold_runs[fold] = stored, done[fold].info.run_id
                     continue
                 child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
                 open_runs.append(child)
                 tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
-                result.folds[fold] = _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device,
-                                               autocast_dtype, tracker, child, use_bar, label)
+                result.folds[fold] = _run_fold(inputs, fold, child)
                 tracker.finish(child, "FINISHED")
                 open_runs.remove(child)
+                fold_runs[fold] = child
             result.rmse_oof = _log_summary(tracker, parent, frame, result)
+            if cfg.trainer.save_models:
+                log_cv_model(tracker, parent, cfg, fold_runs, base_backbone.config, tokenizer, frame[TEXT].tolist())
             tracker.finish(parent, "FINISHED")
             open_runs.remove(parent)
     except KeyboardInterrupt:
@@ -188,12 +200,32 @@ def _unclaimed(tracker: Tracker, unit: Claim, folds: list[int]) -> CvResult:
     return CvResult(unit.parent_id, tracking_uri=tracker.uri, held_by=unit.holder)
 
 
-def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, child, use_bar, label):
+@dataclass
+class FoldInputs:
+    """What every fold of one CV run shares."""
+
+    cfg: DictConfig
+    frame: pd.DataFrame
+    encoded: object  # batching.Encoded
+    targets: np.ndarray
+    base_backbone: torch.nn.Module
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    tracker: Tracker
+    parent: str
+    use_bar: bool
+    label: str
+
+
+def _run_fold(inputs: FoldInputs, fold: int, child: str) -> FoldResult:
+    cfg, frame, encoded, targets, device, tracker = (inputs.cfg, inputs.frame, inputs.encoded, inputs.targets,
+                                                     inputs.device, inputs.tracker)
+    autocast_dtype = inputs.autocast_dtype
     seed = int(cfg.trainer.seed) + fold
     torch.manual_seed(seed)
     train_rows = np.flatnonzero(frame["fold"].to_numpy() != fold)
     val_rows = np.flatnonzero(frame["fold"].to_numpy() == fold)
-    model = build_regressor(copy.deepcopy(base_backbone), cfg.head)
+    model = build_regressor(copy.deepcopy(inputs.base_backbone), cfg.head)
     reinit_top_layers(model, int(cfg.reinit.n), bool(cfg.reinit.pooler))
     if cfg.head.init_bias_to_target_mean:
         torch.nn.init.constant_(model.regressor.bias, float(targets[train_rows].mean()))
@@ -202,7 +234,7 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     optimizer = build_optimizer(model, cfg.optimizer, device)
     plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(cfg.trainer.batch_size)))
     sink = FoldSink(tracker, child, log_lr=bool(cfg.tracking.log_lr))
-    progress = Progress(fold, plan.total_steps, use_bar)
+    progress = Progress(fold, plan.total_steps, inputs.use_bar)
     try:
         res = fit_fold(model, optimizer, plan, cfg, encoded, train_rows, val_rows, targets, device, autocast_dtype,
                        seed, sink, progress, keep_best_state=bool(cfg.trainer.save_models))
@@ -217,8 +249,10 @@ def _run_fold(cfg, fold, frame, encoded, targets, base_backbone, device, autocas
     res.val_rows = val_rows
     with tempfile.TemporaryDirectory() as tmp:
         png = plots.lr_curves(sink.lr_history(), Path(tmp) / f"lr_curves_fold{fold}.png",
-                              title=f"{label}: learning rate per layer, fold {fold}")
+                              title=f"{inputs.label}: learning rate per layer, fold {fold}")
         tracker.log_artifact(child, png)
+        # every layer in one chart on the parent too (MLflow's UI draws one chart per lr/<layer>)
+        tracker.log_artifact(inputs.parent, png.rename(png.with_name("lr_curves.png")))
         _fold_predictions(frame, res).to_csv(Path(tmp) / PREDICTIONS, index=False)
         tracker.log_artifact(child, Path(tmp) / PREDICTIONS)
         if cfg.trainer.save_models:  # the best checkpoint's weights: what rmse_best scored

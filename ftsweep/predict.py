@@ -1,8 +1,8 @@
 """`python -m ftsweep.predict run_id=<parent run> data.path=test.csv`: average the fold models.
 
-Reads the run's resolved config and each fold's saved weights (safetensors) from
-MLflow, predicts every row of the CSV with every fold model, and writes the mean
-as submission.csv (id,target), CommonLit's submission format.
+A thin CLI over the run's MLflow model (the CV ensemble, runs:/<id>/model): predicts every
+row of the CSV with every fold model and writes the mean as submission.csv (id,target),
+CommonLit's submission format. Runs are checked first (see fold_checkpoints).
 """
 
 from __future__ import annotations
@@ -12,21 +12,18 @@ import tempfile
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ftsweep.batching import encode
-from ftsweep.checkpoints import MODEL_FOLDER, load_state
+from ftsweep.checkpoints import MODEL_FOLDER
 from ftsweep.cli import guarded
 from ftsweep.cv import folds_to_run
 from ftsweep.data import ID, TEXT, load_texts
 from ftsweep.devices import resolve_device
+from ftsweep.ensemble import from_run
 from ftsweep.errors import ConfigError, FtsweepError
-from ftsweep.model import build_regressor, load_tokenizer, random_backbone
 from ftsweep.tracking import Tracker
-from ftsweep.trainer import predict as predict_rows
 
 log = logging.getLogger("ftsweep")
 
@@ -81,23 +78,21 @@ def _check_args(cfg: DictConfig) -> Path:
 
 
 def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
+    """The run's MLflow model (runs:/<id>/model) on the CSV; a run without one (saved by an older
+    ftsweep, or unfinished with allow_partial=true) is averaged from its fold checkpoints by the
+    same Ensemble code the model wraps."""
     frame = load_texts(Path(str(cfg.data.path)).expanduser(), cfg.data.id_column, cfg.data.text_column)
     tracker = Tracker(cfg.tracking.uri, experiment=None, create=False)
     device, autocast_dtype = resolve_device(OmegaConf.create({"device": cfg.device, "precision": "auto"}))
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg, checkpoints = fold_checkpoints(tracker, str(cfg.run_id), Path(tmp), bool(cfg.allow_partial))
-        tokenizer = load_tokenizer(run_cfg.model)
-        encoded = encode(frame[TEXT].tolist(), tokenizer, int(run_cfg.trainer.max_length))
-        rows = np.arange(len(frame))
-        preds = []
-        for path in checkpoints:
-            model = build_regressor(random_backbone(run_cfg.model), run_cfg.head)  # weights: below
-            load_state(model, path)
-            model.to(device)
-            preds.append(predict_rows(model, encoded, rows, int(cfg.batch_size), int(run_cfg.trainer.pad_to_multiple_of),
-                                      device, autocast_dtype))
-            log.info("predicted with %s", path.name)
-    return pd.DataFrame({ID: frame[ID], "target": np.mean(preds, axis=0)}), len(checkpoints)
+        model = tracker.load_pyfunc(str(cfg.run_id))
+        if model is not None and len(checkpoints) == len(folds_to_run(run_cfg)):
+            preds = model.predict(pd.DataFrame({str(run_cfg.data.text_column): frame[TEXT]}))["target"].to_numpy()
+        else:
+            preds = from_run(run_cfg, checkpoints).predict(frame[TEXT].tolist(), device, autocast_dtype,
+                                                           int(cfg.batch_size))
+    return pd.DataFrame({ID: frame[ID], "target": preds}), len(checkpoints)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +166,23 @@ def setup_key(cfg: DictConfig) -> str:
     return config_key(cfg, "")
 
 
+SOURCE_NAME = "python -m ftsweep"
+MODEL_NAME = "model"  # the parent run's pyfunc model: runs:/<parent id>/model
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own tags (the UI's Source and User columns); the fluent API would set them."""
+    return {"mlflow.source.name": SOURCE_NAME, "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": git_commit() or "", "mlflow.user": _user()}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
+
+
 @dataclass
 class PreviousRun:
     """Earlier runs of the same config in this experiment (for resuming)."""
@@ -268,6 +287,40 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, str(path), folder))
+
+    def log_dataset(self, run_id: str, frame, source: str, digest: str, name: str, targets: str) -> None:
+        """The rows a run used as an MLflow dataset input (the UI's Dataset column and filters)."""
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a local file, either way
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
+        _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]))
+
+    def log_pyfunc(self, run_id: str, python_model, artifacts: dict[str, str], code_paths: list[str], signature,
+                   input_example, pip_requirements: list[str], register_as: str | None) -> str:
+        """Log an MLflow pyfunc model under the run (and register a new version); returns its URI."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=run_id):  # the fluent API is the only way to log a model to a run
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME, python_model=python_model, artifacts=artifacts, code_paths=code_paths,
+                signature=signature, input_example=input_example, pip_requirements=pip_requirements,
+                registered_model_name=register_as)
+        return info.model_uri
+
+    def load_pyfunc(self, run_id: str):
+        """The run's pyfunc model, or None when it has none (saved by an older ftsweep, or unfinished)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            return mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
+        except (MlflowException, OSError):
+            return None
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""

@@ -1,0 +1,69 @@
+"""The fold models of one CV run as one predictor: each fold's weights, the mean of their outputs.
+
+One loader serves both ways in: `python -m ftsweep.predict` (fold checkpoints read from
+MLflow) and the logged MLflow pyfunc model (a self-contained folder, see pyfunc_model.py).
+The folder holds everything to rebuild the models offline: the run's config, the backbone's
+Hugging Face config, the tokenizer and every fold's safetensors.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from ftsweep.batching import encode
+from ftsweep.checkpoints import load_state
+from ftsweep.model import architecture_config, build_regressor, load_tokenizer
+from ftsweep.trainer import predict as predict_rows
+
+CONFIG, BACKBONE, TOKENIZER, FOLDS = "config.yaml", "backbone", "tokenizer", "folds"
+
+
+@dataclass
+class Ensemble:
+    run_cfg: DictConfig
+    backbone_config: object  # transformers PretrainedConfig
+    tokenizer: object
+    checkpoints: list[Path]
+
+    def predict(self, texts: list[str], device: torch.device, autocast_dtype: torch.dtype | None = None,
+                batch_size: int = 128) -> np.ndarray:
+        """Mean prediction of the fold models for each text (one model in memory at a time)."""
+        encoded = encode(list(texts), self.tokenizer, int(self.run_cfg.trainer.max_length))
+        rows = np.arange(len(texts))
+        preds = []
+        for path in self.checkpoints:
+            model = build_regressor(AutoModel.from_config(self.backbone_config), self.run_cfg.head)
+            load_state(model, path)
+            model.to(device)
+            preds.append(predict_rows(model, encoded, rows, batch_size, int(self.run_cfg.trainer.pad_to_multiple_of),
+                                      device, autocast_dtype))
+        return np.mean(preds, axis=0)
+
+
+def from_run(run_cfg: DictConfig, checkpoints: list[Path]) -> Ensemble:
+    """From a run's config and its downloaded fold checkpoints (model and tokenizer as configured)."""
+    return Ensemble(run_cfg, architecture_config(run_cfg.model), load_tokenizer(run_cfg.model), list(checkpoints))
+
+
+def write_folder(folder: Path, run_cfg: DictConfig, backbone_config, tokenizer, checkpoints: list[Path]) -> Path:
+    """Lay out a self-contained ensemble folder (what the MLflow model ships)."""
+    (folder / FOLDS).mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG).write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    backbone_config.save_pretrained(folder / BACKBONE)
+    tokenizer.save_pretrained(folder / TOKENIZER)
+    for path in checkpoints:
+        shutil.copy(path, folder / FOLDS / path.name)
+    return folder
+
+
+def from_folder(folder: Path) -> Ensemble:
+    folder = Path(folder)
+    return Ensemble(OmegaConf.load(folder / CONFIG), AutoConfig.from_pretrained(folder / BACKBONE),
+                    AutoTokenizer.from_pretrained(folder / TOKENIZER), sorted((folder / FOLDS).glob("*.safetensors")))
