@@ -17,7 +17,7 @@ PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 WHEELS ?= .whl
 GPU_CHECK_ARGS ?=
 
-.PHONY: help install run table test test-fast lint ui clean offline-wheels gpu-check
+.PHONY: help install run table test test-fast lint ui browser clean offline-wheels gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,7 +46,11 @@ lint:  ## ruff
 
 ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(UI_PORT)
 	@mkdir -p $(OUTPUTS)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host 127.0.0.1 --port $(UI_PORT) --workers 1
+	$(PY) -m ftsweep.ui --tracking-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --port $(UI_PORT)
+
+browser:  ## Debian's chromium, for the test that opens the UI link headless (it skips without one)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@chromium --version 2>/dev/null | head -1
 
 offline-wheels:  ## wheels an offline GPU box lacks (Python $(PYTHON_VERSION), manylinux x86_64) into $(WHEELS)/
 	@mkdir -p $(WHEELS)

@@ -60,6 +60,7 @@ class CvResult:
     folds: dict[int, FoldResult] = field(default_factory=dict)
     rmse_oof: float = float("nan")
     tracking_uri: str = ""
+    link: str = ""  # the experiment's runs in the MLflow UI
     held_by: str | None = None  # another live process is running this unit: nothing was run here
 
     def mean(self, attr: str = "rmse_best") -> float:
@@ -123,7 +124,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
         log.info("MLflow run %s in experiment %r at %s", parent, tracker.experiment_name, tracker.uri)
     else:
         log.info("resuming MLflow run %s: folds %s already finished", parent, sorted(f for f in done if f in folds))
-    result = CvResult(parent, tracking_uri=tracker.uri)
+    result = CvResult(parent, tracking_uri=tracker.uri, link=tracker.runs_link())
     inputs = FoldInputs(cfg, frame, encoded, targets, base_backbone, device, autocast_dtype, tracker, parent, use_bar,
                         label)
     open_runs = [parent]
@@ -197,7 +198,7 @@ def _unclaimed(tracker: Tracker, unit: Claim, folds: list[int]) -> CvResult:
         return _stored_result(tracker, unit.previous, folds)
     log.warning("skipped: run %s of this config is being run by a live process (%s); rerun this command "
                 "when it has finished to collect its result", unit.parent_id, unit.holder)
-    return CvResult(unit.parent_id, tracking_uri=tracker.uri, held_by=unit.holder)
+    return CvResult(unit.parent_id, tracking_uri=tracker.uri, link=tracker.runs_link(), held_by=unit.holder)
 
 
 @dataclass
@@ -292,7 +293,7 @@ def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None, fold: int | 
 
 
 def _stored_result(tracker: Tracker, previous: PreviousRun, folds: list[int]) -> CvResult:
-    result = CvResult(previous.parent_id, tracking_uri=tracker.uri)
+    result = CvResult(previous.parent_id, tracking_uri=tracker.uri, link=tracker.runs_link())
     result.folds = {f: _stored_fold(tracker, previous.finished_folds[f], None) for f in folds}
     parent = tracker.client.get_run(previous.parent_id)
     result.rmse_oof = parent.data.metrics.get("rmse_oof", float("nan"))

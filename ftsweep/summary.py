@@ -22,7 +22,6 @@ def print_summary(cfg: DictConfig, result: CvResult) -> None:
     uri = result.tracking_uri or cfg.tracking.uri
     lines.append(f"  MLflow run {result.parent_run_id} in experiment '{cfg.tracking.experiment}'")
     if sqlite_path(uri) is not None:
-        lines.append(f"  open the UI:  mlflow ui --backend-store-uri {uri}  then http://127.0.0.1:5000")
-    else:
-        lines.append(f"  open the UI:  {uri}")
+        lines.append(f"  open the UI:  make ui  (or: python -m ftsweep.ui --tracking-uri {uri}), then")
+    lines.append(f"  the runs:     {result.link}")
     print("\n".join(lines), flush=True)

@@ -124,7 +124,8 @@ class SweepCallback(Callback):
             tracker = Tracker(config.tracking.uri, name, create=False)
             markdown, paths = write_table(tracker, sweep_dir / "table")
             print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
-                  f"Again later: python -m ftsweep.table --experiment '{name}' --tracking-uri {tracker.uri}")
+                  f"Again later: python -m ftsweep.table --experiment '{name}' --tracking-uri {tracker.uri}\n"
+                  f"The runs in the MLflow UI (make ui): {tracker.runs_link()}")
         except FtsweepError as exc:
             print(f"ftsweep: no results table: {exc}")
         outcomes = job_outcomes(sweep_dir, os.environ.get(SWEEP_ID_ENV, ""), getattr(self, "started", 0.0))

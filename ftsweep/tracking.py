@@ -167,6 +167,22 @@ def setup_key(cfg: DictConfig) -> str:
 
 
 SOURCE_NAME = "python -m ftsweep"
+UI_BASE = "http://127.0.0.1:5000"  # `make ui` on a SQLite store
+# MLflow 3 opens an experiment on its GenAI overview; these open the runs table ("Model training")
+# sorted by mean CV RMSE with the columns that answer the question, via MLflow's shared view state.
+VIEW_KEY = "ftsweep"
+_COLUMNS = ["metrics.`rmse_mean`", "metrics.`rmse_std`", "metrics.`rmse_last_mean`",
+            "metrics.`rmse_oof`", "attributes.`Dataset`", "attributes.`Models`", "attributes.`Source`"]
+VIEW_STATE = {  # one row per config (fold runs and the results-table run filtered out), best first
+    "searchFilter": "tags.`ftsweep.fold` IS NULL AND tags.`ftsweep.kind` IS NULL",
+    "orderByKey": "metrics.`rmse_mean`", "orderByAsc": True, "lifecycleFilter": "Active",
+    "selectedColumns": _COLUMNS, "columnOrder": _COLUMNS,
+}
+
+
+def runs_link(tracking_uri: str, experiment_id: str, ui_base: str | None = None) -> str:
+    base = ui_base or (tracking_uri if tracking_uri.startswith("http") else UI_BASE)
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 MODEL_NAME = "model"  # the parent run's pyfunc model: runs:/<parent id>/model
 
 
@@ -236,6 +252,13 @@ class Tracker:
         # Next to a SQLite store, not in whatever cwd the job has (Hydra sweeps change it).
         artifacts = (db.parent / "artifacts").as_uri() if db is not None else None
         self.experiment_id = _retry(lambda: self._experiment(experiment, artifacts))
+        view = f"mlflow.sharedViewState.{VIEW_KEY}"
+        if view not in _retry(lambda: self.client.get_experiment(self.experiment_id)).tags:
+            _retry(lambda: self.client.set_experiment_tag(self.experiment_id, view, json.dumps(VIEW_STATE)))
+
+    def runs_link(self, ui_base: str | None = None) -> str:
+        """The UI page of this experiment's runs (for SQLite stores, as `make ui` serves it)."""
+        return runs_link(self.uri, self.experiment_id, ui_base)
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
