@@ -156,8 +156,7 @@ def _check_range(cfg: DictConfig, key: str, rule: Range) -> None:
 
 def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | None = None) -> None:
     """Raise ConfigError on the first impossible setting. `n_layers`, `max_tokens`: the model's, when known."""
-    _check_required(cfg)
-    check_known_keys(cfg)
+    check_structure(cfg)
     for key, allowed in CHOICES.items():
         if _has(cfg, key) and not any(_get(cfg, key) is a or (isinstance(a, str) and _get(cfg, key) == a) for a in allowed):
             shown = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
@@ -183,6 +182,12 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
             raise ConfigError(f"{key}={_get(cfg, key)!r} must name a CSV column.")
 
 
+def check_structure(cfg: DictConfig) -> None:
+    """Every group and key present, none unknown, no `???` left: before anything reads the config."""
+    check_known_keys(cfg)
+    _check_required(cfg)
+
+
 def _check_required(cfg: DictConfig) -> None:
     """`???` values Hydra leaves for the user (data=commonlit needs data.path)."""
     if _has(cfg, "data.path") and OmegaConf.is_missing(cfg.data, "path"):
@@ -194,37 +199,52 @@ def _check_required(cfg: DictConfig) -> None:
 
 
 @lru_cache(maxsize=1)
-def known_keys() -> dict[str, frozenset[str]]:
-    """Every key any file under conf/ sets, per group: what `+group.key=...` may add.
-    Keys nothing reads (`+trainer.epoch=3`, a typo of epochs) would otherwise pass silently."""
-    found: dict[str, set[str]] = {group: set() for group in GROUPS}
+def known_keys() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """Per group (and "" for the top level): the keys any file under conf/ sets — what
+    `+group.key=...` may add — and the keys every option of the group sets — what `~` may not
+    remove. Keys nothing reads (`+trainer.epoch=3`, a typo of epochs) would otherwise pass silently."""
+    known: dict[str, set[str]] = {group: set() for group in ("", *GROUPS)}
+    options: dict[str, list[set[str]]] = {group: [] for group in GROUPS}
     for path in CONF_DIR.rglob("*.yaml"):
         rel = path.relative_to(CONF_DIR)
         node = OmegaConf.to_container(OmegaConf.load(path))
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or rel.name == "predict.yaml":
             continue
         node.pop("defaults", None)
-        is_global = "@package _global_" in path.read_text().split("\n", 3)[0] or len(rel.parts) == 1
-        if is_global:
+        node.pop("hydra", None)
+        if "@package _global_" in path.read_text().split("\n", 3)[0] or len(rel.parts) == 1:
+            known[""] |= set(node)
             for group in GROUPS:
                 if isinstance(node.get(group), dict):
-                    found[group] |= set(node[group])
-        elif rel.parts[0] in found:
-            found[rel.parts[0]] |= set(node)
-    return {group: frozenset(keys) for group, keys in found.items()}
+                    known[group] |= set(node[group])
+        elif rel.parts[0] in options:
+            known[rel.parts[0]] |= set(node)
+            options[rel.parts[0]].append(set(node))
+    known[""] |= set(GROUPS)
+    required = {g: frozenset(set.intersection(*sets)) if sets else frozenset() for g, sets in options.items()}
+    return {g: (frozenset(keys), required.get(g, frozenset())) for g, keys in known.items()}
 
 
 def check_known_keys(cfg: DictConfig) -> None:
-    known = known_keys()
-    for group in GROUPS:
-        node = cfg.get(group)
+    table = known_keys()
+    for group in ("", *GROUPS):
+        node = cfg.get(group) if group else cfg
         if not isinstance(node, DictConfig):
+            if group in cfg:
+                raise ConfigError(f"{group}={node!r} must be the config group {group}, not a value.")
             continue
-        for key in node:
-            if key not in known[group]:
-                near = difflib.get_close_matches(str(key), sorted(known[group]), n=1)
-                hint = f" (did you mean {group}.{near[0]}?)" if near else f"; {group} keys: {', '.join(sorted(known[group]))}"
-                raise ConfigError(f"unknown key {group}.{key}: nothing reads it{hint}.")
+        known, required = table[group]
+        prefix = f"{group}." if group else ""
+        for key in node.keys():
+            if key not in known:
+                near = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
+                raise ConfigError(f"unknown key {prefix}{key}: nothing reads it{hint}.")
+        for key in sorted(required - set(node.keys())):
+            raise ConfigError(f"{prefix}{key} is missing (removed with ~?); every run needs it: put it back.")
+    for group in GROUPS:
+        if group not in cfg:
+            raise ConfigError(f"the config group {group} is missing; put it back (e.g. {group}=<option>).")
 
 
 def _check_cv(cfg: DictConfig) -> None:

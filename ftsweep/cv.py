@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ftsweep import plots
 from ftsweep.batching import encode, steps_per_epoch
 from ftsweep.checkpoints import MODEL_FOLDER, checkpoint_name, save_state
-from ftsweep.config import validate
+from ftsweep.config import check_structure, validate
 from ftsweep.data import ID, TARGET, TEXT, fingerprint, load_frame, resolve_path
 from ftsweep.describe import run_description
 from ftsweep.devices import resolve_device
@@ -90,6 +90,7 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
     and seed in this experiment are reused, not rerun; a finished config returns at once; a config
     that another live process is running is left to it."""
     overrides = overrides or []
+    check_structure(cfg)
     arch = known_architecture(cfg.model)
     validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
     device, autocast_dtype = resolve_device(cfg.trainer)

@@ -89,7 +89,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         # Every column as text: ids such as 00017 or 0.10 stay as written (numbers are parsed
         # where they are meant, the target), so outputs join back to the user's ids.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")  # BOM-safe
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8 CSV.") from None
     except (pd.errors.ParserError, csv.Error) as exc:
@@ -105,7 +105,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _numeric_targets(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
-    values = pd.to_numeric(frame[TARGET], errors="coerce").astype(float)
+    values = pd.to_numeric(frame[TARGET].str.strip(), errors="coerce").astype(float)
     bad = ~np.isfinite(values.to_numpy())
     if bad.any():
         first = frame.index[bad][0]

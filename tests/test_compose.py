@@ -88,6 +88,8 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["tracking.resume=sometimes"], "tracking.resume='sometimes' is not one of auto, true, false"),
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
+        (["+lable=x"], "unknown key lable: nothing reads it (did you mean label?)"),
+        (["~trainer.seed"], "trainer.seed is missing (removed with ~?)"),
         (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),
     ],
 )
