@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
 from ftsweep.speed import COMPILE_CHOICES
@@ -137,13 +137,20 @@ def _has(cfg: DictConfig, key: str) -> bool:
     return isinstance(node, DictConfig) and leaf in node.keys()  # `in node` is False for ??? values
 
 
+def show(value) -> str:
+    """A value as the user types it on the command line: null, true, 'abc', [0.9, 1.5]."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _shown(cfg: DictConfig, key: str) -> str:
     """`key=value`, plus where the value came from when it is an interpolation (${model.lr})."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     raw = node._get_node(leaf)._value() if isinstance(node, DictConfig) else None
     origin = f" (from {raw})" if isinstance(raw, str) and "${" in raw else ""
-    return f"{key}={_get(cfg, key)!r}{origin}"
+    return f"{key}={show(_get(cfg, key))}{origin}"
 
 
 def _check_range(cfg: DictConfig, key: str, rule: Range) -> None:
@@ -160,13 +167,17 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
     for key, allowed in CHOICES.items():
         if _has(cfg, key) and not any(_get(cfg, key) is a or (isinstance(a, str) and _get(cfg, key) == a) for a in allowed):
             shown = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {shown}.")
+            raise ConfigError(f"{key}={show(_get(cfg, key))} is not one of {shown}.")
     for key in BOOLEANS:
         if _has(cfg, key) and not isinstance(_get(cfg, key), bool):
-            raise ConfigError(f"{key}={_get(cfg, key)!r} must be true or false.")
+            raise ConfigError(f"{key}={show(_get(cfg, key))} must be true or false.")
     for key, rule in RANGES.items():
         if _has(cfg, key):
             _check_range(cfg, key, rule)
+    padded = -(-cfg.trainer.max_length // cfg.trainer.pad_to_multiple_of) * cfg.trainer.pad_to_multiple_of
+    if max_tokens is not None and cfg.trainer.max_length <= max_tokens < padded:
+        raise ConfigError(f"trainer.pad_to_multiple_of={cfg.trainer.pad_to_multiple_of} pads batches to {padded} tokens, "
+                          f"beyond {cfg.model.name}'s limit of {max_tokens}; use a divisor of {max_tokens} such as 8 or 64.")
     if max_tokens is not None and cfg.trainer.max_length > max_tokens:
         raise ConfigError(
             f"trainer.max_length={cfg.trainer.max_length} exceeds {cfg.model.name}'s limit of {max_tokens} tokens; "
@@ -177,6 +188,7 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
     _check_optimizer(cfg, n_layers)
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
+    _check_model_overrides(cfg)
     for key in ("data.id_column", "data.text_column", "data.target_column"):
         if not isinstance(_get(cfg, key), str) or not _get(cfg, key).strip():
             raise ConfigError(f"{key}={_get(cfg, key)!r} must name a CSV column.")
@@ -250,6 +262,8 @@ def check_known_keys(cfg: DictConfig) -> None:
 def _check_cv(cfg: DictConfig) -> None:
     n = cfg.cv.n_folds
     folds = cfg.cv.get("folds")
+    if folds is not None and not isinstance(folds, ListConfig):
+        raise ConfigError(f"cv.folds={show(folds)} must be a list of fold numbers, e.g. cv.folds=[0] (or null for all).")
     if folds is not None:
         bad = [f for f in folds if not isinstance(f, int) or isinstance(f, bool) or not 0 <= f < n]
         if bad or len(folds) == 0 or len(set(folds)) != len(folds):
@@ -300,6 +314,14 @@ def _check_schedule(cfg: DictConfig) -> None:
             raise ConfigError("swa.start_fraction=None must be in (0, 1) when swa.start_epoch is null.")
 
 
+def _check_model_overrides(cfg: DictConfig) -> None:
+    """Dropout rates passed to the model's config: torch would refuse them only once a run exists."""
+    overrides = cfg.model.get("config_overrides") or {}
+    for key, value in overrides.items():
+        if "dropout" in str(key) and value is not None and not FRACTION.admits(value):
+            raise ConfigError(f"model.config_overrides.{key}={show(value)} must be a number in [0, 1).")
+
+
 def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
     n = cfg.reinit.n
     if n_layers is not None and n > n_layers:
@@ -310,3 +332,21 @@ def _check_speed_and_memory(cfg: DictConfig) -> None:
     tcfg = cfg.trainer
     if isinstance(tcfg.compile, int | float) and not isinstance(tcfg.compile, bool) or tcfg.compile not in COMPILE_CHOICES:
         raise ConfigError(f"trainer.compile={tcfg.compile!r} is not one of false, true (= default), default, reduce-overhead.")
+
+
+PREDICT_RANGES = {"batch_size": POSITIVE_INT}
+
+
+def validate_predict(cfg: DictConfig) -> None:
+    """`python -m ftsweep.predict`'s own keys, with the same one-line errors as training."""
+    for key, rule in PREDICT_RANGES.items():
+        _check_range(cfg, key, rule)
+    if cfg.device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"device={show(cfg.device)} is not one of auto, cuda, cpu.")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or cpu.")
+    if not isinstance(cfg.allow_partial, bool):
+        raise ConfigError(f"allow_partial={show(cfg.allow_partial)} must be true or false.")

@@ -47,7 +47,7 @@ from ftsweep.tracking import (
     source_tags,
 )
 from ftsweep.trainer import FoldResult, fit_fold, rmse
-from ftsweep.units import Claim, claim, inspect
+from ftsweep.units import Claim, claim, close_abandoned, inspect
 
 log = logging.getLogger("ftsweep")
 DIGEST_CHARS = 16  # the MLflow dataset digest: the data fingerprint's first hex digits
@@ -183,9 +183,10 @@ def _before_loading(tracker: Tracker, cfg: DictConfig, key: str, folds: list[int
     if unit.state != "run":
         return _unclaimed(tracker, unit, folds)
     if unit.previous is None:
-        older = [r for r in tracker.runs_tagged("ftsweep.setup_key", setup_key(cfg))
-                 if r.data.tags.get("ftsweep.data_fingerprint") not in (None, data_fp)
-                 and "ftsweep.fold" not in r.data.tags]
+        other_data = [r for r in tracker.runs_tagged("ftsweep.setup_key", setup_key(cfg))
+                      if r.data.tags.get("ftsweep.data_fingerprint") not in (None, data_fp)]
+        close_abandoned(tracker, other_data)  # a run killed before the data changed is never resumed
+        older = [r for r in other_data if "ftsweep.fold" not in r.data.tags]
         if older:
             was = older[0].data.tags["ftsweep.data_fingerprint"]
             log.warning("the data changed since run %s (rows fingerprint %s -> %s): starting fresh, nothing reused",

@@ -97,6 +97,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable comma-separated file ({first}).") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} has no header row or data; expected a CSV (id,excerpt,target,...).") from None
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once; rename or drop the copies.")
     if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
         raise DataError(f"{path}: one column {frame.columns[0]!r} — the file is not comma-separated; save it as CSV.")
     if frame.empty:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.checkpoints import MODEL_FOLDER
 from ftsweep.cli import guarded
+from ftsweep.config import validate_predict
 from ftsweep.cv import folds_to_run
 from ftsweep.data import ID, TEXT, load_texts
 from ftsweep.devices import resolve_device
@@ -64,6 +65,7 @@ def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial:
 
 def _check_args(cfg: DictConfig) -> Path:
     """Before anything is downloaded or predicted: the arguments a run needs, and where it writes."""
+    validate_predict(cfg)
     for key, hint in (("run_id", "run_id=<parent run id> (the run's name is its row label; `make ui` lists them)"),
                       ("data.path", "data.path=/path/to/test.csv")):
         parent, _, leaf = key.rpartition(".")

@@ -26,6 +26,11 @@ def default_outputs() -> str:
     return os.path.join(cwd, "outputs")
 
 
-for _name, _fn in (("mul", _mul), ("ftsweep_outputs", default_outputs)):
+def tracking_uri_env(default: str) -> str:
+    """$MLFLOW_TRACKING_URI when set and not empty (an empty one means unset), else `default`."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or default
+
+
+for _name, _fn in (("mul", _mul), ("ftsweep_outputs", default_outputs), ("tracking_uri_env", tracking_uri_env)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

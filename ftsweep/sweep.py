@@ -136,5 +136,6 @@ class SweepCallback(Callback):
         if outcomes["failed"]:
             lines = "\n".join(f"  job {line}" for line in outcomes["failed"])
             print(f"ftsweep: error: {len(outcomes['failed'])} of {n_jobs} sweep job(s) failed; the table holds "
-                  f"only what finished. Rerun the same command to redo just those:\n{lines}", file=sys.stderr)
+                  f"only what finished. Fix what they say and rerun the same command: finished units are kept, "
+                  f"only these run again:\n{lines}", file=sys.stderr)
             sys.exit(1)

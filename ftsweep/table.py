@@ -45,6 +45,8 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
         if run.info.status != "FINISHED" or "ftsweep.fold" not in tags or "rmse_best" not in metrics:
             continue
         parent = parents.get(tags.get("mlflow.parentRunId", ""))
+        if parent is None or parent.info.status != "FINISHED":  # a config still running, killed or failed: not a row
+            continue
         reference = parent.data.params.get("reference_rmse", "None") if parent else "None"
         records.append({
             "row_key": tags.get("ftsweep.row_key", tags.get("ftsweep.config_key")),
@@ -91,7 +93,8 @@ def _stats(group: pd.DataFrame, column: str) -> tuple[float, float, float]:
 
 
 def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    if "data" in folds and folds["data"].nunique() > 1:  # same labels on other data: say which rows saw what
+    folds = folds if "data" in folds else folds.assign(data="")
+    if folds["data"].nunique() > 1:  # same labels on other data: say which rows saw what
         folds = folds.assign(label=folds["label"] + " [data " + folds["data"].str[:8] + "]")
     rows = []
     for key, group in folds.groupby("row_key", sort=False):
@@ -105,23 +108,27 @@ def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFram
     table = pd.DataFrame(rows)
     table["order"] = table["reference"].fillna(np.inf)
     table = table.sort_values(["order", "job_num", "start_time"], ascending=[False, True, True]).drop(columns="order")
-    base_key = _baseline_key(table, baseline)
-    base = folds[folds["row_key"] == base_key]
-    for i, key in zip(table.index, table["row_key"], strict=True):
-        diff = paired_difference(folds[folds["row_key"] == key], base)
+    table["data"] = [folds.loc[folds["row_key"] == key, "data"].iloc[0] for key in table["row_key"]]
+    if baseline and not (_plain_labels(table) == baseline).any():
+        raise FtsweepError(f"--baseline {baseline!r} is not a row label; labels: {list(table['label'])}")
+    # Δ pairs (seed, fold) of one data set only: each data set has its own baseline row
+    base_keys = {data: _baseline_key(table[table["data"] == data], baseline) for data in table["data"].unique()}
+    for i, key, data in zip(table.index, table["row_key"], table["data"], strict=True):
+        diff = paired_difference(folds[folds["row_key"] == key], folds[folds["row_key"] == base_keys[data]])
         table.loc[i, ["delta", "delta_low", "delta_high", "pairs"]] = [diff.mean, diff.low, diff.high, diff.n]
-    table["baseline"] = table["row_key"] == base_key
+    table["baseline"] = table["row_key"].isin(base_keys.values())
     return table.reset_index(drop=True)
 
 
 def _baseline_key(table: pd.DataFrame, baseline: str | None) -> str:
-    wanted = baseline or BASELINE_LABEL
-    match = table[table["label"] == wanted]
+    match = table[_plain_labels(table) == (baseline or BASELINE_LABEL)]
     if len(match):
         return match["row_key"].iloc[0]
-    if baseline:
-        raise FtsweepError(f"--baseline {baseline!r} is not a row label; labels: {list(table['label'])}")
     return table["row_key"].iloc[0]  # the first row in sweep order
+
+
+def _plain_labels(table: pd.DataFrame) -> pd.Series:
+    return table["label"].str.replace(r" \[data \w+\]$", "", regex=True)
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -158,7 +165,7 @@ def write_table(tracker: Tracker, out_dir: Path, baseline: str | None = None, lo
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
     paths["md"].write_text(f"# {tracker.experiment_name}\n\n{markdown}\n")
-    table.drop(columns=["start_time", "job_num"]).to_csv(paths["csv"], index=False)
+    table.drop(columns=["start_time", "job_num", "data"]).to_csv(paths["csv"], index=False)
     plots.results_bars(table, paths["png"], title=f"{tracker.experiment_name}: mean CV RMSE")
     if log_to_mlflow:
         run_id = tracker.start_run("results table", {"ftsweep.kind": "table"})

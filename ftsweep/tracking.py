@@ -52,6 +52,8 @@ def normalize_uri(uri: str) -> str:
     to the launch folder, so every sweep job means the same file); forms MLflow 3 refuses or
     that keep nothing are reported with the form to use."""
     uri = str(uri).strip()
+    if not uri:
+        raise ConfigError("tracking.uri is empty; use sqlite:///path/to/mlflow.db or http://host:port")
     db = sqlite_path(uri)
     if db is not None:
         if str(db) in ("", ":memory:"):
@@ -62,8 +64,8 @@ def normalize_uri(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
     if "://" not in uri and not uri.startswith(("databricks", "file:")):
-        raise ConfigError(f"tracking.uri={uri!r} is not a store address; use sqlite:///{uri.rstrip('/')}/mlflow.db "
-                          f"or http://host:port")
+        where = f"sqlite:///{uri}" if uri.endswith(".db") or Path(uri).is_file() else f"sqlite:///{uri.rstrip('/')}/mlflow.db"
+        raise ConfigError(f"tracking.uri={uri!r} is not a store address; use {where} or http://host:port")
     if uri.startswith("file:"):
         raise ConfigError(f"tracking.uri={uri!r}: MLflow 3 refuses the file store; use sqlite:///<folder>/mlflow.db")
     return uri
@@ -89,11 +91,15 @@ def _check_sqlite_file(db: Path) -> None:
 
 
 def _check_server(uri: str) -> None:
-    """Any HTTP answer means a server is there; only a failed connection is reported."""
+    """One quick request the MLflow REST API answers; only a failed connection or a server that
+    is not MLflow is reported (401/403: a server behind auth, which MLflow's client handles)."""
+    probe = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        urllib.request.urlopen(f"{uri}/health", timeout=REACH_TIMEOUT).close()
-    except urllib.error.HTTPError:
-        return
+        urllib.request.urlopen(probe, timeout=REACH_TIMEOUT).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            raise FtsweepError(f"{uri} answers, but not as an MLflow tracking server (HTTP {exc.code} for "
+                               f"/api/2.0/mlflow/experiments/search); check tracking.uri / MLFLOW_TRACKING_URI.") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it (README: A shared "

@@ -61,8 +61,12 @@ def claim(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[st
 
 def _kill_stale(tracker: Tracker, previous: PreviousRun, keep: str) -> None:
     """Runs of this unit left RUNNING by a process that is gone (kill -9, a lost node)."""
-    stale = [r for r in previous.running_folds] + [
-        p for p in previous.parents if p.info.status == "RUNNING" and p.info.run_id != keep]
+    close_abandoned(tracker, [r for r in previous.running_folds + previous.parents if r.info.run_id != keep])
+
+
+def close_abandoned(tracker: Tracker, runs: list) -> None:
+    """Mark KILLED the runs that still say RUNNING but whose owner process is gone."""
+    stale = [r for r in runs if r.info.status == "RUNNING" and not owner_alive(r.data.tags)]
     for run in stale:
         owner = run.data.tags.get(OWNER_TAG, "an earlier process")
         tracker.finish(run.info.run_id, "KILLED", f"its process ({owner}) is gone; the unit was taken over")

@@ -44,6 +44,24 @@ def test_unusable_stores_are_one_line(tmp_path, uri, message):
     assert time.perf_counter() - started < tracking.REACH_TIMEOUT + 5  # no minutes of retries
 
 
+def test_a_server_that_is_not_mlflow_is_one_line(tmp_path):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(FtsweepError, match=r"answers, but not as an MLflow tracking server \(HTTP 404"):
+            Tracker(f"http://127.0.0.1:{server.server_port}", "x")
+    finally:
+        server.shutdown()
+
+
+def test_padding_beyond_the_model_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match="pads batches to 1000 tokens, beyond tiny-bert's limit of 512"):
+        run_cv(make_cfg("trainer.pad_to_multiple_of=1000"))
+
+
 def test_relative_sqlite_uri_is_relative_to_the_launch_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert normalize_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
@@ -112,12 +130,17 @@ def test_predict_refuses_runs_it_cannot_use(saved_run, tmp_path):
 
 
 def test_predict_checks_its_arguments_first(tmp_path):
-    base = {"run_id": "abc", "data": {"path": "t.csv"}, "output": str(tmp_path / "sub.csv")}
+    base = {"run_id": "abc", "data": {"path": "t.csv"}, "output": str(tmp_path / "sub.csv"), "batch_size": 128,
+            "device": "auto", "allow_partial": False}
     assert _check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
     for changes, message in (({"run_id": "???"}, "run_id is not set; add run_id=<parent run id>"),
                              ({"data": {"path": "???"}}, "data.path is not set"),
                              ({"output": str(tmp_path)}, "is a folder; name a file"),
-                             ({"output": str(tmp_path / "no" / "sub.csv")}, "does not exist")):
+                             ({"output": str(tmp_path / "no" / "sub.csv")}, "does not exist"),
+                             ({"batch_size": -1}, "batch_size=-1 must be a positive integer"),
+                             ({"batch_size": "abc"}, "batch_size='abc' must be a positive integer"),
+                             ({"device": "gpu"}, "device='gpu' is not one of auto, cuda, cpu"),
+                             ({"allow_partial": "no"}, "allow_partial='no' must be true or false")):
         with pytest.raises(ConfigError, match=message):
             _check_args(OmegaConf.create({**base, **changes}))
 

@@ -125,3 +125,8 @@ def test_fingerprint_follows_the_rows_not_the_file(tmp_path):
     renamed = base.copy()
     renamed.loc[0, "id"] = "other"
     assert fingerprint(renamed) != fingerprint(base)
+
+
+def test_a_repeated_column_name_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"names column\(s\) \['target'\] more than once"):
+        _load(tmp_path, text="id,excerpt,target,target\na,one,1,5\nb,two,2,6\n")

@@ -71,3 +71,7 @@ def test_rows_on_different_data_are_told_apart():
     table = build_table(pd.concat([folds.assign(data="abcdef0123new"), older]))
     assert {"Basic fine-tuning [data abcdef01]", "Basic fine-tuning [data 01234567]", "LLRD [data abcdef01]"} == set(
         table["label"])
+    # each data set has its own baseline: no Δ pairs folds of different data
+    assert table["baseline"].sum() == 2
+    llrd = table[table["label"] == "LLRD [data abcdef01]"].iloc[0]
+    assert llrd["delta"] == pytest.approx(build_table(folds)["delta"].iloc[1])
