@@ -56,7 +56,10 @@ class Cluster:
         return subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=60).stdout
 
     def job_states(self, sweep_dir: Path) -> dict[str, str]:
-        """SLURM's final word (sacct) on every job submitit sent for this sweep, e.g. {'12_0': 'COMPLETED'}."""
+        """SLURM's final word (sacct) on every job submitit sent for this sweep, e.g. {'12_0': 'COMPLETED'}.
+        Waits for the queue to drain: submitit returns once a job wrote its result, while SLURM
+        may still be finishing the job (RUNNING / COMPLETING) for a moment."""
+        self.wait_for_no_jobs()
         arrays = {job.split("_")[0] for job in slurm_jobs(sweep_dir)}
         out = self.slurm("sacct", "-n", "-P", "-o", "JobID,State", *(f"-j{i}" for i in arrays))
         return {job: state.split()[0] for job, state in (line.split("|") for line in out.splitlines()) if "." not in job}

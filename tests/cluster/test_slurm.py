@@ -19,8 +19,10 @@ pytestmark = pytest.mark.cluster
 TABLE1 = ["-m", "+sweep=table1", "model=tiny", "model.architecture.num_hidden_layers=3", "cv.n_folds=2",
           "data.max_rows=192", "trainer.batch_size=8", "trainer.max_length=32", "trainer.num_threads=1",
           "trainer.save_models=true"]
-# Two configs whose folds last long enough (130 steps, ~10 s each) to be caught midway.
-LONG = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=10", "trainer.max_length=32",
+# Two configs whose folds last long enough to be caught midway: 520 steps, 15 s (idle machine) to
+# 45 s (busy). scancel sends SIGTERM, which submitit ignores, and SIGKILL KillWait=5 s later: a
+# fold that ends within those seconds still finishes.
+LONG = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=40", "trainer.max_length=32",
         "optimizer=adamw,llrd"]
 
 
@@ -102,7 +104,6 @@ def test_scancel_midway_then_rerun_leaves_one_finished_run_per_unit(cluster, tmp
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, output[-3000:]
     assert "CANCELLED" in output, output[-3000:]  # submitit reads the state from sacct and says so
-    cluster.wait_for_no_jobs()
     assert cluster.job_states(sweep_dir(tmp_path))[job] == "CANCELLED"
     _, folds = experiment_runs(cluster.uri, experiment)
     assert len(finished_units(folds)) < 4
