@@ -17,10 +17,10 @@ PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 WHEELS ?= .whl
 GPU_CHECK_ARGS ?=
 
-.PHONY: help install run table test test-fast lint ui browser clean offline-wheels gpu-check
+.PHONY: help install run table test test-fast test-cluster cluster-up cluster-down lint ui browser clean offline-wheels gpu-check
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install:  ## create .venv and install ftsweep (editable) with its dev tools
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,16 @@ test:  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest -q
 
 test-fast:  ## unit tests only (skips the end-to-end CLI runs)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not cluster"
+
+cluster-up:  ## single-node SLURM + PostgreSQL-backed MLflow server on 127.0.0.1 (root; apt-installs what is missing)
+	deploy/cluster-up.sh
+
+cluster-down:  ## stop what cluster-up started (data kept in /var/lib/ftsweep-cluster)
+	deploy/cluster-down.sh
+
+test-cluster:  ## integration tests against the services of make cluster-up (tests/cluster)
+	$(PY) -m pytest -q -m cluster --durations=0 tests/cluster
 
 lint:  ## ruff
 	$(PY) -m ruff check ftsweep tests benchmarks

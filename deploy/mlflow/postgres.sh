@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# PostgreSQL 15 for the MLflow server: a private cluster in $STATE/postgres on
+# 127.0.0.1:$FTSWEEP_PG_PORT, role and database `mlflow` (password in $STATE/secrets).
+#   deploy/mlflow/postgres.sh up | down
+# On a real site point --backend-store-uri at the database your admins give you.
+source "$(dirname "$0")/../lib.sh"
+
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+PG_DATA="$STATE/postgres/data"
+PG_SOCKETS="$STATE/postgres/run"
+AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups)
+psql_admin() { "${AS_POSTGRES[@]}" "$PG_BIN/psql" -h "$PG_SOCKETS" -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+up() {
+    install -d -o postgres -g postgres -m 755 "$STATE/postgres" "$PG_SOCKETS"
+    if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+        # local socket: peer (only the OS user postgres); TCP: passwords.
+        "${AS_POSTGRES[@]}" "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+            >"$LOG/postgres-initdb.log" 2>&1
+    fi
+    start postgres postgres "$PG_BIN/postgres" -D "$PG_DATA" -c listen_addresses=127.0.0.1 -c port="$PG_PORT" \
+        -c unix_socket_directories="$PG_SOCKETS" -c max_connections=100
+    wait_for postgres 60 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
+    local password
+    password="$(secret postgres-mlflow)"
+    if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'mlflow'")" ]]; then
+        psql_admin -c "CREATE ROLE mlflow LOGIN"
+    fi
+    psql_admin -c "ALTER ROLE mlflow PASSWORD '$password'"
+    if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'")" ]]; then
+        psql_admin -c "CREATE DATABASE mlflow OWNER mlflow"
+    fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) stop postgres ;;
+    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
