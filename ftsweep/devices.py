@@ -68,6 +68,8 @@ def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
     use_cuda = tcfg.device in ("auto", "cuda") and torch.cuda.is_available()
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg.num_threads))
+    elif os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))  # torch would take every core of the node
     elif parallel_local() and not use_cuda:
         torch.set_num_threads(1)  # n parallel jobs x all cores each would thrash
     if use_cuda and parallel_local() and torch.cuda.device_count() > 1:  # one GPU: the jobs share it, no claim

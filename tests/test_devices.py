@@ -52,3 +52,18 @@ def test_each_job_claims_its_own_gpu_before_any_gpu_gets_two(gpus):
     assert _worker(running)[0] == torch.device("cuda", 0)
     for _, handle in running:
         handle.close()
+
+
+def test_a_slurm_job_uses_the_cpus_it_was_given(monkeypatch):
+    import torch
+    from omegaconf import OmegaConf
+
+    from ftsweep.devices import resolve_device
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    try:
+        resolve_device(OmegaConf.create({"device": "cpu", "precision": "auto", "num_threads": None}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
