@@ -34,6 +34,7 @@ from ftsweep.errors import ConfigError, FtsweepError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between ftsweep's own lines
 MAX_METRICS, MAX_PARAMS = 1000, 100
 # Where output goes and how fast, not what is computed: left out of the keys.
 _NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds")
@@ -104,6 +105,23 @@ def _check_server(uri: str) -> None:
         reason = getattr(exc, "reason", exc)
         raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it (README: A shared "
                            f"tracking server) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
+
+
+@contextlib.contextmanager
+def _fluent(uri: str) -> Iterator:
+    """MLflow's fluent API pointed at `uri` for a moment. set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which later jobs of this process and its children would inherit."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    env_before, global_before = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(global_before)
+        if env_before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
 
 
 @contextlib.contextmanager
@@ -331,10 +349,7 @@ class Tracker:
     def log_pyfunc(self, run_id: str, python_model, artifacts: dict[str, str], code_paths: list[str], signature,
                    input_example, pip_requirements: list[str], register_as: str | None) -> str:
         """Log an MLflow pyfunc model under the run (and register a new version); returns its URI."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):  # the fluent API is the only way to log a model to a run
+        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id):  # the only way to log a model to a run
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME, python_model=python_model, artifacts=artifacts, code_paths=code_paths,
                 signature=signature, input_example=input_example, pip_requirements=pip_requirements,
@@ -343,13 +358,11 @@ class Tracker:
 
     def load_pyfunc(self, run_id: str):
         """The run's pyfunc model, or None when it has none (saved by an older ftsweep, or unfinished)."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)
-        try:
-            return mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
-        except (MlflowException, OSError):
-            return None
+        with _fluent(self.uri) as mlflow:
+            try:
+                return mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
+            except (MlflowException, OSError):
+                return None
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""

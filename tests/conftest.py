@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,10 +37,34 @@ def make_cfg(tmp_path):
     return lambda *overrides: compose_cfg([*TINY, *overrides], tmp_path)
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line, as a user types it (`python -m ftsweep ...`)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+def cli_env(extra: dict | None = None) -> dict:
+    """This environment without what would redirect a child ftsweep (store, outputs, debug)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra or {}))
     for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
         full_env.pop(name, None)
+    return full_env
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command line, as a user types it (`python -m ftsweep ...`)."""
+    full_env = cli_env(env)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, seconds: float = 60) -> bool:
+    """True once `url`/health answers (an MLflow server or UI that has started)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False

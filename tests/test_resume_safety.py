@@ -17,7 +17,7 @@ from ftsweep.demo_data import generate
 from ftsweep.lease import HEARTBEAT_TAG, OWNER_TAG, _machine, _start_time, owner_alive, owner_tags
 from ftsweep.tracking import Tracker
 
-from conftest import TINY, run_cli
+from conftest import TINY, cli_env, run_cli
 
 
 def _csv(tmp_path, name="train.csv", ids=None):
@@ -154,7 +154,7 @@ def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
     grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=30", "trainer.batch_size=2",
             "trainer.max_length=32", "optimizer=adamw,llrd", "tracking.experiment=twice", f"paths.output_root={tmp_path}"]
     env = dict(PYTHONUNBUFFERED="1")
-    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     second = run_cli("ftsweep", *grid, cwd=tmp_path, timeout=300)
     out, err = first.communicate(timeout=300)
@@ -171,15 +171,6 @@ def _cli(args):
     import sys
 
     return [sys.executable, "-m", "ftsweep", *args]
-
-
-def _env(extra):
-    import os
-
-    env = dict(os.environ, **extra)
-    for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
-        env.pop(name, None)
-    return env
 
 
 assert TINY  # the shrunk config every in-process test here composes (conftest.make_cfg)

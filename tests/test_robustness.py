@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pandas as pd
 import pytest
@@ -22,7 +19,7 @@ from ftsweep.demo_data import generate
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import load_tokenizer
 
-from conftest import TINY, run_cli
+from conftest import TINY, free_port, run_cli, wait_for_server
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
@@ -93,15 +90,9 @@ def test_predict_averages_the_saved_fold_models(tmp_path):
         f"ftsweep: error: run {parent_id} was saved without fold models; rerun it with trainer.save_models=true.")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     proc = subprocess.Popen(
@@ -110,14 +101,7 @@ def mlflow_server(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
+        if not wait_for_server(url):
             pytest.fail("mlflow server did not start in 60 s")
         yield url
     finally:  # stop the whole process group, also when the test fails

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
     args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
             "tracking.experiment=resume", f"paths.output_root={tmp_path}"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 180
@@ -142,7 +142,7 @@ def _group_alive(pgid: int) -> list[str]:
 def test_killing_a_joblib_driver_ends_its_workers_and_their_runs(tmp_path):
     args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=orphans", f"paths.output_root={tmp_path}"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = cli_env()
     proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180

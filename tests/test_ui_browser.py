@@ -8,27 +8,18 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ftsweep.cv import run_cv
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_for_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `make browser` installs Debian's")]
 DOCS_SHOT = ROOT / "docs" / "mlflow-runs.png"  # FTSWEEP_UPDATE_DOCS=1 refreshes the README's screenshot
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -42,7 +33,7 @@ def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
     results = [run_cv(make_cfg(f"optimizer={name}", "tracking.experiment=browser"), [f"optimizer={name}"])
                for name in ("adamw", "llrd")]
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(["make", "-s", "ui", f"OUTPUTS={tmp_path}", f"UI_PORT={port}"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -53,12 +44,7 @@ def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
             found = re.search(r"browser: (http://\S+viewStateShareKey=\S+)", line)
             link = found.group(1) if found else None
         assert link and "workflowType=machine_learning" in link, "make ui printed no link"
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+        assert wait_for_server(f"http://127.0.0.1:{port}", max(1.0, deadline - time.time()))
         dom = _chromium("--dump-dom", link).stdout
         for result in results:  # both rows, by their run names, with their mean RMSE
             assert f"{result.mean():.4f}"[:5] in dom or f"{result.mean():.3f}" in dom, result.mean()
