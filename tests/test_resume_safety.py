@@ -151,10 +151,9 @@ def test_many_processes_create_one_new_store_at_once(tmp_path):
 
 @pytest.mark.slow
 def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
-    grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=30", "trainer.batch_size=2",
+    grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=16", "trainer.batch_size=2",
             "trainer.max_length=32", "optimizer=adamw,llrd", "tracking.experiment=twice", f"paths.output_root={tmp_path}"]
-    env = dict(PYTHONUNBUFFERED="1")
-    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     second = run_cli("ftsweep", *grid, cwd=tmp_path, timeout=300)
     out, err = first.communicate(timeout=300)
