@@ -12,7 +12,7 @@ from .conftest import experiment_runs, finished_units, sweep_dir, unique, wait_m
 
 pytestmark = pytest.mark.cluster
 
-STEPS, EVERY = 200, 15
+STEPS, EVERY, PER_EPOCH = 200, 15, 25
 # 200 training rows per fold at batch 8 are 25 steps an epoch; 8 epochs are capped at STEPS.
 POINTS = ["model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.batch_size=8", "trainer.max_length=32",
           "trainer.epochs=8", f"trainer.max_steps={STEPS}", "eval=frequent", f"eval.every_n_batches={EVERY}"]
@@ -21,9 +21,11 @@ LAYERS = ["embeddings", "layer_0", "layer_1", "head"]  # model=tiny: 2 encoder l
 
 def expected_points() -> dict[str, list[int]]:
     """The steps at which a fold of POINTS logs each metric, from the config alone: train/loss and
-    lr/<layer> at every step (0-based), val/rmse after every EVERY steps and once more at the end."""
-    evals = list(range(EVERY, STEPS + 1, EVERY))
-    evals += [] if STEPS % EVERY == 0 else [STEPS]
+    lr/<layer> at every step (0-based), val/rmse after every EVERY-th batch of each epoch (as the
+    write-up counts) and once more at the end."""
+    evals = [start + b for start in range(0, STEPS, PER_EPOCH) for b in range(EVERY, PER_EPOCH + 1, EVERY)
+             if start + b <= STEPS]
+    evals += [] if evals[-1] == STEPS else [STEPS]
     return {"train/loss": list(range(STEPS)), **{f"lr/{name}": list(range(STEPS)) for name in LAYERS}, "val/rmse": evals}
 
 
@@ -42,7 +44,8 @@ def test_four_parallel_jobs_lose_no_metric_point(cluster, tmp_path):
     assert len(parents) == 4 and len(folds) == 8 and len(set(finished_units(folds))) == 8
     assert {r.info.status for r in parents + folds} == {"FINISHED"}
     client, expected = MlflowClient(cluster.uri), expected_points()
-    assert sum(len(v) for v in expected.values()) == 5 * 200 + 14  # > 1,000: several log_batch calls per fold
+    assert expected["val/rmse"] == [15, 40, 65, 90, 115, 140, 165, 190, 200]
+    assert sum(len(v) for v in expected.values()) == 5 * 200 + 9  # > 1,000: several log_batch calls per fold
     for fold in folds:
         assert logged_points(client, fold) == expected, fold.data.tags["ftsweep.label"]
         assert fold.data.metrics["rmse_best"] == min(m.value for m in client.get_metric_history(fold.info.run_id, "val/rmse"))
