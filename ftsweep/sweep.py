@@ -86,7 +86,10 @@ def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, li
     outcomes: dict[str, list[str]] = {"ok": [], "held": [], "failed": []}
     for job_dir in sorted(p for p in sweep_dir.glob("*") if (p / ".hydra").is_dir()):
         status_file = job_dir / JOB_STATUS
-        record = json.loads(status_file.read_text()) if status_file.exists() else {}
+        try:
+            record = json.loads(status_file.read_text()) if status_file.exists() else {}
+        except (OSError, ValueError):  # a job killed while writing it: counted as died below
+            record = {}
         if record.get("sweep") == sweep_id:
             outcomes.setdefault(record["status"], []).append(f"{job_dir.name}: {record.get('detail', '')}".rstrip(": "))
         elif (job_dir / ".hydra").stat().st_mtime >= started:

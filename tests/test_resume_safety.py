@@ -163,7 +163,9 @@ def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
     units = [(c.data.tags["ftsweep.config_key"], c.data.tags["ftsweep.fold"]) for c in children]
     assert len(units) == len(set(units)) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    assert "skipped" in out + err + second.stdout + second.stderr  # one sweep left a live unit to the other
+    # the later sweep left each unit to the other: skipped while it ran, or found finished after
+    said = out + err + second.stdout + second.stderr
+    assert said.count("skipped") + said.count("already finished") >= 2
 
 
 def _cli(args):
