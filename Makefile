@@ -51,7 +51,7 @@ test-cluster:  ## integration tests against the services of make cluster-up (tes
 	$(PY) -m pytest -q -m cluster --durations=0 tests/cluster
 
 lint:  ## ruff
-	$(PY) -m ruff check ftsweep tests benchmarks
+	$(PY) -m ruff check ftsweep hydra_plugins tests benchmarks
 
 ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(UI_PORT)
 	@mkdir -p $(OUTPUTS)

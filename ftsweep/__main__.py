@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ftsweep.cli import guarded, in_multirun, job_number, task_overrides
+from ftsweep.cli import check_command_line, guarded, in_multirun, job_number, task_overrides
 from ftsweep.cv import run_cv
 from ftsweep.progress import want_bar
+from ftsweep.pruning import fold_reporter, trial_tags
 from ftsweep.summary import print_summary
 from ftsweep.sweep import experiment_name, record_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    def job() -> float:
+def main(cfg: DictConfig) -> float | dict:
+    def job() -> float | dict:
         multirun = in_multirun()
         with open_dict(cfg):
             cfg.tracking.experiment = experiment_name(cfg, multirun)
         resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
         result = run_cv(cfg, task_overrides(), use_bar=want_bar(multirun), resume=resume,
-                        tags={"ftsweep.job_num": str(job_number())})
+                        tags={"ftsweep.job_num": str(job_number()), **trial_tags(cfg)}, after_fold=fold_reporter(cfg))
         print_summary(cfg, result)
         if multirun:
             record_job("held" if result.held_by else "ok", result.held_by or "")
+        if cfg.search.get("trial_id") is not None:  # what the search sweeper tells its study
+            return {"value": result.mean("rmse_best"), "pruned_at": result.pruned_at, "held": bool(result.held_by)}
         return result.mean("rmse_best")
 
     return guarded(job, float("nan"))
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

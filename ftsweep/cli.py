@@ -36,6 +36,30 @@ def job_number() -> int:
     return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
 
 
+def check_command_line(argv: list[str]) -> None:
+    """Hydra reports an override it cannot read in four lines and exit 1; say it in one, exit 2."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    parser = OverridesParser.create()
+    for text in args.overrides or []:
+        try:
+            parser.parse_overrides([text])
+        except HydraException as exc:
+            print(f"ftsweep: error: {unreadable_override(text, exc)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def unreadable_override(text: str, exc: Exception) -> str:
+    """Hydra's parse error in one line: its reason, not its 'Error parsing override' header."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error parsing") else lines[0]
+    return (f"cannot read the override {text!r}: {reason} (Hydra's override grammar: "
+            f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt  # the same clean-up as Ctrl-C: open runs are marked KILLED
 

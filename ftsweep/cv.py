@@ -31,11 +31,13 @@ from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
 from ftsweep.model import build_regressor, known_architecture, load_backbone, load_tokenizer, token_limit
 from ftsweep.param_groups import build_optimizer
 from ftsweep.progress import Progress
+from ftsweep.pruning import FoldReport
 from ftsweep.reinit import reinit_top_layers
 from ftsweep.schedule import plan_steps
 from ftsweep.speed import prepare_model
 from ftsweep.sweep import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking import (
+    PRUNED_TAG,
     FoldSink,
     PreviousRun,
     Tracker,
@@ -62,6 +64,7 @@ class CvResult:
     tracking_uri: str = ""
     link: str = ""  # the experiment's runs in the MLflow UI
     held_by: str | None = None  # another live process is running this unit: nothing was run here
+    pruned_at: int | None = None  # a search's pruner stopped the run after this fold
 
     def mean(self, attr: str = "rmse_best") -> float:
         return float(np.mean([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
@@ -84,15 +87,22 @@ def load_data(cfg: DictConfig) -> tuple[Path, pd.DataFrame]:
     return path, frame
 
 
-def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False,
-           tags: dict[str, str] | None = None) -> CvResult:
-    """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config, data
-    and seed in this experiment are reused, not rerun; a finished config returns at once; a config
-    that another live process is running is left to it."""
-    overrides = overrides or []
+def check_config(cfg: DictConfig) -> None:
+    """Every setting, against the model's depth and token limit where they are known (ConfigError)."""
     check_structure(cfg)
     arch = known_architecture(cfg.model)
     validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
+
+
+def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = False, resume: bool = False,
+           tags: dict[str, str] | None = None, after_fold: FoldReport | None = None) -> CvResult:
+    """Cross-validate `cfg`. With `resume`, folds that already FINISHED for the same config, data
+    and seed in this experiment are reused, not rerun; a finished config returns at once; a config
+    that another live process is running is left to it. `after_fold` (a search's pruner) sees the
+    running mean RMSE after each fold; when it says stop, the parent ends KILLED, tagged
+    ftsweep.pruned=<fold>, with the finished folds kept."""
+    overrides = overrides or []
+    check_config(cfg)
     device, autocast_dtype = resolve_device(cfg.trainer)
     path, frame = load_data(cfg)  # bad data stops here, before any store or run exists
     data_fp = fingerprint(frame)
@@ -141,18 +151,25 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
                 tracker.log_dataset(parent, frame[[ID, TEXT, TARGET]], str(path), data_fp[:DIGEST_CHARS],
                                     name=path.stem, targets=TARGET)
             fold_runs: dict[int, str] = {}  # fold -> the run that holds its result (and weights)
-            for fold in folds:
+            for position, fold in enumerate(folds):
                 stored = _stored_fold(tracker, done[fold], frame, fold) if fold in done else None
                 if stored is not None:
                     result.folds[fold], fold_runs[fold] = stored, done[fold].info.run_id
-                    continue
-                child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}), parent_id=parent)
-                open_runs.append(child)
-                tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
-                result.folds[fold] = _run_fold(inputs, fold, child)
-                tracker.finish(child, "FINISHED")
-                open_runs.remove(child)
-                fold_runs[fold] = child
+                else:
+                    child = tracker.start_run(f"fold {fold}", dict(tags, **{"ftsweep.fold": str(fold)}),
+                                              parent_id=parent)
+                    open_runs.append(child)
+                    tracker.log_params(child, {"fold": str(fold), "seed": str(int(cfg.trainer.seed) + fold)})
+                    result.folds[fold] = _run_fold(inputs, fold, child)
+                    tracker.finish(child, "FINISHED")
+                    open_runs.remove(child)
+                    fold_runs[fold] = child
+                stop = after_fold is not None and after_fold(position, result.mean("rmse_best"))
+                if stop and position < len(folds) - 1:
+                    result.pruned_at = fold
+                    _end_pruned(tracker, parent, result)
+                    open_runs.remove(parent)
+                    return result
             result.rmse_oof = _log_summary(tracker, parent, frame, result)
             if cfg.trainer.save_models:
                 log_cv_model(tracker, parent, cfg, fold_runs, base_backbone.config, tokenizer, frame[TEXT].tolist())
@@ -165,6 +182,16 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
         _close(tracker, open_runs, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     return result
+
+
+def _end_pruned(tracker: Tracker, parent: str, result: CvResult) -> None:
+    """A pruned run keeps its folds but no rmse_mean: a mean of the first folds is not comparable
+    with a full CV mean (and would sort to the top of the MLflow UI)."""
+    log.info("pruned after fold %d: running mean RMSE %.4f over %d fold(s) cannot win this search",
+             result.pruned_at, result.mean("rmse_best"), len(result.folds))
+    tracker.log_values(parent, {"rmse_running_mean": result.mean("rmse_best"), "n_folds_run": len(result.folds)})
+    tracker.set_tags(parent, {PRUNED_TAG: str(result.pruned_at)})
+    tracker.finish(parent, "KILLED")
 
 
 def _close(tracker: Tracker, run_ids: list[str], status: str, reason: str) -> None:

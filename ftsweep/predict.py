@@ -8,6 +8,7 @@ CommonLit's submission format. Runs are checked first (see fold_checkpoints).
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.checkpoints import MODEL_FOLDER
-from ftsweep.cli import guarded
+from ftsweep.cli import check_command_line, guarded
 from ftsweep.config import validate_predict
 from ftsweep.cv import folds_to_run
 from ftsweep.data import ID, TEXT, load_texts
@@ -110,4 +111,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

@@ -17,8 +17,12 @@ def print_summary(cfg: DictConfig, result: CvResult) -> None:
     for fold, res in sorted(result.folds.items()):
         swa = "  (SWA weights)" if res.rmse_swa is not None else ""
         lines.append(f"  fold {fold}: RMSE best {res.rmse_best:.4f}  last {res.rmse_last:.4f}{swa}  [{res.seconds:.0f}s]")
-    lines.append(f"  mean RMSE {result.mean():.4f} ± {result.std():.4f} (best checkpoint per fold)")
-    lines.append(f"  last weights {result.mean('rmse_last'):.4f} ± {result.std('rmse_last'):.4f};  OOF {result.rmse_oof:.4f}")
+    if result.pruned_at is not None:  # a partial mean: not a CV result
+        lines.append(f"  pruned after fold {result.pruned_at}: running mean RMSE {result.mean():.4f} (not a CV mean)")
+    else:
+        lines.append(f"  mean RMSE {result.mean():.4f} ± {result.std():.4f} (best checkpoint per fold)")
+        lines.append(f"  last weights {result.mean('rmse_last'):.4f} ± {result.std('rmse_last'):.4f};  "
+                     f"OOF {result.rmse_oof:.4f}")
     uri = result.tracking_uri or cfg.tracking.uri
     lines.append(f"  MLflow run {result.parent_run_id} in experiment '{cfg.tracking.experiment}'")
     if sqlite_path(uri) is not None:

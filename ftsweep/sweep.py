@@ -27,10 +27,12 @@ EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
 SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
 SWEEP_ID_ENV = "FTSWEEP_SWEEP_ID"
 JOB_STATUS = "ftsweep_job.json"  # in each job's output folder: how the job ended
-_SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval)\(")
+_SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval|tag)\(")
 _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
+_LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
-DEFAULT_EXPERIMENT = "ftsweep"  # single runs, when tracking.experiment is null
+DEFAULT_EXPERIMENT = "ftsweep"
+SEARCH_ENV = "FTSWEEP_SEARCH_STUDY"  # set by a search (ftsweep.search): it prints its own summary  # single runs, when tracking.experiment is null
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -57,13 +59,18 @@ def experiment_name(cfg: DictConfig, multirun: bool) -> str:
 
 
 def row_label(cfg: DictConfig, job_overrides: list[str]) -> str:
-    """A preset's label, else the swept overrides of this job, else all of its overrides."""
+    """A preset's label, else the swept overrides of this job, else all of its overrides;
+    a search trial's label starts with its trial number (its lineage: retries keep it)."""
+    lineage = (cfg.get("search") or {}).get("lineage")
+    prefix = f"trial {lineage}: " if lineage is not None else ""
     if cfg.get("label"):
-        return str(cfg.label)
+        return prefix + str(cfg.label)
+    job_overrides = [o for o in job_overrides if not _split(o)[0].startswith("search.")]
     keys = set(json.loads(os.environ.get(SWEPT_ENV, "[]"))) - {"trainer.seed"}  # seeds pool into one row
     swept = [o for o in job_overrides if _split(o)[0] in keys]
     chosen = swept or [o for o in job_overrides if _split(o)[0] != "trainer.seed"]
-    return " ".join(chosen) if chosen else "default"
+    label = " ".join(chosen) if chosen else "default"
+    return prefix + _LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}", label) if prefix else label
 
 
 def record_job(status: str, detail: str = "") -> None:
@@ -117,12 +124,18 @@ class SweepCallback(Callback):
         log.info("sweep: MLflow experiment %r at %s", name, config.tracking.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        name = os.environ.get(EXPERIMENT_ENV, "sweep")
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if os.environ.pop(SEARCH_ENV, None) is None:  # a search printed its own summary (ftsweep.search)
+            self._print_table(config, name, sweep_dir)
+        self._report_jobs(sweep_dir)
+
+    @staticmethod
+    def _print_table(config: DictConfig, name: str, sweep_dir: Path) -> None:
         from ftsweep.errors import FtsweepError
         from ftsweep.table import write_table
         from ftsweep.tracking import Tracker
 
-        name = os.environ.get(EXPERIMENT_ENV, "sweep")
-        sweep_dir = Path(config.hydra.sweep.dir)
         try:
             tracker = Tracker(config.tracking.uri, name, create=False)
             markdown, paths = write_table(tracker, sweep_dir / "table")
@@ -131,6 +144,8 @@ class SweepCallback(Callback):
                   f"The runs in the MLflow UI (make ui): {tracker.runs_link()}")
         except FtsweepError as exc:
             print(f"ftsweep: no results table: {exc}")
+
+    def _report_jobs(self, sweep_dir: Path) -> None:
         outcomes = job_outcomes(sweep_dir, os.environ.get(SWEEP_ID_ENV, ""), getattr(self, "started", 0.0))
         n_jobs = sum(len(v) for v in outcomes.values())
         if outcomes["held"]:

@@ -24,7 +24,7 @@ from scipy import stats
 from ftsweep import plots
 from ftsweep.errors import FtsweepError
 from ftsweep.resolvers import default_outputs
-from ftsweep.tracking import Tracker
+from ftsweep.tracking import PRUNED_TAG, STUDY_TAG, TRIAL_TAG, Tracker
 
 BASELINE_LABEL = "Basic fine-tuning"
 
@@ -45,9 +45,10 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
         if run.info.status != "FINISHED" or "ftsweep.fold" not in tags or "rmse_best" not in metrics:
             continue
         parent = parents.get(tags.get("mlflow.parentRunId", ""))
-        if parent is None or parent.info.status != "FINISHED":  # a config still running, killed or failed: not a row
+        pruned = parent is not None and PRUNED_TAG in parent.data.tags
+        if parent is None or (parent.info.status != "FINISHED" and not pruned):  # running, killed or failed
             continue
-        reference = parent.data.params.get("reference_rmse", "None") if parent else "None"
+        reference = parent.data.params.get("reference_rmse", "None")
         records.append({
             "row_key": tags.get("ftsweep.row_key", tags.get("ftsweep.config_key")),
             "label": tags.get("ftsweep.label", ""), "seed": int(tags.get("ftsweep.seed", 0)),
@@ -55,6 +56,7 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
             "swa": "rmse_swa" in metrics, "start_time": run.info.start_time,
             "job_num": int(tags.get("ftsweep.job_num", 0)), "data": tags.get("ftsweep.data_fingerprint", ""),
             "reference": float(reference) if reference not in ("None", "", "null") else math.nan,
+            "pruned": pruned, "study": tags.get(STUDY_TAG, ""), "trial": int(tags.get(TRIAL_TAG, -1)),
         })
     frame = pd.DataFrame(records)
     if frame.empty:
@@ -93,7 +95,12 @@ def _stats(group: pd.DataFrame, column: str) -> tuple[float, float, float]:
 
 
 def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """The ranked rows: configs that ran every fold (a pruned search trial is listed apart)."""
     folds = folds if "data" in folds else folds.assign(data="")
+    if "pruned" in folds:
+        folds = folds[~folds["pruned"]]
+    if folds.empty:
+        raise FtsweepError("no config has finished all its folds yet (pruned trials are listed apart).")
     if folds["data"].nunique() > 1:  # same labels on other data: say which rows saw what
         folds = folds.assign(label=folds["label"] + " [data " + folds["data"].str[:8] + "]")
     rows = []
@@ -159,9 +166,25 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def pruned_markdown(folds: pd.DataFrame) -> str:
+    """Search trials a pruner stopped: how far each got. Not ranked: a mean of the first folds is
+    not comparable with a full CV mean."""
+    stopped = folds[folds["pruned"]] if "pruned" in folds else folds.iloc[:0]
+    if stopped.empty:
+        return ""
+    lines = ["Pruned trials (stopped early, not ranked):", "",
+             "| Trial | folds run | running mean RMSE | stopped after fold |", "|---|---|---|---|"]
+    for _, group in stopped.groupby("row_key", sort=False):
+        group = group.sort_values("fold")
+        lines.append(f"| {group['label'].iloc[0]} | {len(group)} | {_fmt(group['rmse_best'].mean())} | "
+                     f"{int(group['fold'].iloc[-1])} |")
+    return "\n".join(lines)
+
+
 def write_table(tracker: Tracker, out_dir: Path, baseline: str | None = None, log_to_mlflow: bool = True) -> tuple[str, dict]:
-    table = build_table(fold_frame(tracker), baseline)
-    markdown = to_markdown(table)
+    folds = fold_frame(tracker)
+    table = build_table(folds, baseline)
+    markdown = "\n\n".join(part for part in (to_markdown(table), pruned_markdown(folds)) if part)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}
     paths["md"].write_text(f"# {tracker.experiment_name}\n\n{markdown}\n")

@@ -37,8 +37,12 @@ T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between ftsweep's own lines
 MAX_METRICS, MAX_PARAMS = 1000, 100
 # Where output goes and how fast, not what is computed: left out of the keys.
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds")
+# search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage")
 
+
+# A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after.
+STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "ftsweep.study", "ftsweep.trial", "ftsweep.pruned"
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REACH_TIMEOUT = 5.0  # seconds: an unreachable server is reported at once, not after minutes of retries
@@ -141,14 +145,20 @@ def store_lock(uri: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _retry(fn: Callable[[], T], attempts: int = 8) -> T:
-    """SQLite allows one writer; parallel sweep jobs wait their turn instead of failing."""
+# Errors worth another try. SQLite allows one writer; parallel sweep jobs wait their turn.
+_LOCKED = ("database is locked", "database is busy")
+# Parallel jobs that log the same dataset race on its insert (SQLite / PostgreSQL / MySQL words);
+# the loser's second try finds the row there and only links it.
+_DUPLICATE_ROW = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value", "Duplicate entry")
+
+
+def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = _LOCKED) -> T:
+    """`fn`, tried again (with back-off) while it fails with one of the `transient` messages."""
     for attempt in range(attempts):
         try:
             return fn()
-        except Exception as exc:  # MlflowException or SQLAlchemy's OperationalError
-            transient = "database is locked" in str(exc) or "database is busy" in str(exc)
-            if not transient or attempt == attempts - 1:
+        except Exception as exc:  # MlflowException, RestException or SQLAlchemy's OperationalError
+            if attempt == attempts - 1 or not any(word in str(exc) for word in transient):
                 raise
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
@@ -344,7 +354,7 @@ class Tracker:
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(frame, source=source, targets=targets, name=name, digest=digest)
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
-        _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]))
+        _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]), transient=_LOCKED + _DUPLICATE_ROW)
 
     def log_pyfunc(self, run_id: str, python_model, artifacts: dict[str, str], code_paths: list[str], signature,
                    input_example, pip_requirements: list[str], register_as: str | None) -> str:

@@ -175,3 +175,40 @@ def _cli(args):
 
 
 assert TINY  # the shrunk config every in-process test here composes (conftest.make_cfg)
+
+
+def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(tmp_path, monkeypatch):
+    """Parallel jobs log one dataset: the second insert of (experiment, name, digest) fails on
+    a server store (seen under SLURM on PostgreSQL); the job must link the row, not fail."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+    frame = generate(8, words_per_passage=5, seed=1)
+    first, second = tracker.start_run("a", {}), tracker.start_run("b", {})
+    tracker.log_dataset(first, frame, "/data/train.csv", "0123456789abcdef", "train", "target")
+    real, calls = tracker.client.log_inputs, []
+
+    def lose_once(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise RuntimeError('(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
+                               'constraint "dataset_pk"')
+        return real(run_id, datasets=datasets)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", lose_once)
+    tracker.log_dataset(second, frame, "/data/train.csv", "0123456789abcdef", "train", "target")
+    assert calls == [second, second]
+    digests = [[d.dataset.digest for d in tracker.get_run(r).inputs.dataset_inputs] for r in (first, second)]
+    assert digests == [["0123456789abcdef"], ["0123456789abcdef"]]
+
+
+def test_other_errors_are_not_retried(tmp_path, monkeypatch):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+    run, calls = tracker.start_run("a", {}), []
+
+    def broken(run_id, datasets):
+        calls.append(run_id)
+        raise RuntimeError("INVALID_PARAMETER_VALUE: schema too long")
+
+    monkeypatch.setattr(tracker.client, "log_inputs", broken)
+    with pytest.raises(RuntimeError, match="schema too long"):
+        tracker.log_dataset(run, generate(4, words_per_passage=5, seed=1), "/d.csv", "ab" * 8, "d", "target")
+    assert calls == [run]

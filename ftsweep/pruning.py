@@ -1,0 +1,58 @@
+"""Inside a search trial's job: report the running mean validation RMSE after every fold and
+ask the sweeper's pruner whether the trial should stop there.
+
+The job may run in another process or on another node (joblib, SLURM), so it reaches the
+trial through the study's storage; the pruner is the one the sweeper was configured with.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("ftsweep")
+FoldReport = Callable[[int, float], bool]  # (folds finished - 1, running mean RMSE) -> stop now?
+
+
+def trial_tags(cfg: DictConfig) -> dict[str, str]:
+    """A search trial's runs name their study and trial: the search summary finds them by these."""
+    from ftsweep.tracking import STUDY_TAG, TRIAL_TAG
+
+    search = cfg.get("search")
+    if search is None or search.get("lineage") is None:
+        return {}
+    return {STUDY_TAG: str(search.study), TRIAL_TAG: str(search.lineage)}
+
+
+def fold_reporter(cfg: DictConfig) -> FoldReport | None:
+    """None outside a search (every fold runs)."""
+    search = cfg.get("search")
+    if search is None or search.get("trial_id") is None:
+        return None
+    import optuna
+
+    from ftsweep.study import open_storage
+
+    pruner = _configured_pruner()
+    study = optuna.load_study(study_name=str(search.study), storage=open_storage(str(search.storage)), pruner=pruner)
+    trial = optuna.trial.Trial(study, int(search.trial_id))
+
+    def report(step: int, running_mean: float) -> bool:
+        trial.report(running_mean, step)
+        return trial.should_prune()
+
+    return report
+
+
+def _configured_pruner():
+    """The sweeper's `pruner` (hydra.sweeper.pruner), or none when the job runs without one."""
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    if not HydraConfig.initialized():
+        return optuna.pruners.NopPruner()
+    node = HydraConfig.get().sweeper.get("pruner")
+    return instantiate(node) if node is not None else optuna.pruners.NopPruner()

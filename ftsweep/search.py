@@ -1,0 +1,249 @@
+"""A search: ask the study for trials, launch them as Hydra jobs `n_jobs` at a time through
+whatever launcher the sweep uses, tell the study how each ended, until `n_trials` trials
+are complete or pruned (counted over every run of the same command).
+
+Everything a user can get wrong is checked before the first trial: the space, each key and
+the values at its bounds (composed and validated like a run), the settings, the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import TrialState
+
+from ftsweep.errors import FtsweepError
+from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
+from ftsweep.search_space import SearchSpace, bounds_and_choices, format_value, parse
+from ftsweep.study import (
+    default_storage,
+    in_progress,
+    lineage,
+    open_storage,
+    open_study,
+    own,
+    retry_interrupted,
+)
+from ftsweep.sweep import SEARCH_ENV
+from ftsweep.tracking import normalize_uri
+
+log = logging.getLogger("ftsweep")
+Compose = Callable[[list[str]], DictConfig]  # overrides -> the job's config (hydra node removed)
+Launch = Callable[[list[list[str]], int], Sequence[JobReturn]]
+
+
+@dataclass
+class Settings:
+    """hydra.sweeper's keys (hydra-optuna-sweeper's names), checked."""
+
+    direction: str
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    study_name: str
+    storage: str
+    sampler: DictConfig | optuna.samplers.BaseSampler | None
+    custom_search_space: str | None
+    top: int
+
+    @classmethod
+    def read(cls, sweeper: DictConfig, job_cfg: DictConfig, default_study: str) -> Settings:
+        get = sweeper.get
+        direction = get("direction") or "minimize"
+        if not isinstance(direction, str):
+            directions = list(direction)
+            if len(directions) != 1:
+                raise FtsweepError(f"hydra.sweeper.direction={directions}: ftsweep optimises one value, the CV RMSE.")
+            direction = directions[0]
+        direction = str(direction).lower()
+        if direction != "minimize":
+            raise FtsweepError(f"hydra.sweeper.direction={direction}: the objective is the CV RMSE, lower is "
+                               f"better; use direction=minimize.")
+        n_trials, n_jobs = _positive_int("n_trials", get("n_trials")), _positive_int("n_jobs", get("n_jobs", 1))
+        rate = get("max_failure_rate", 0.0)
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= float(rate) <= 1.0:
+            raise FtsweepError(f"hydra.sweeper.max_failure_rate={rate!r} must be a number from 0 to 1.")
+        tracking = normalize_uri(str(job_cfg.tracking.uri))
+        storage = get("storage") or default_storage(tracking, str(job_cfg.paths.output_root))
+        top = _positive_int("top", get("top", 10))
+        return cls(direction, n_trials, n_jobs, float(rate), str(get("study_name") or default_study), str(storage),
+                   get("sampler"), get("custom_search_space"), top)
+
+
+def _positive_int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FtsweepError(f"hydra.sweeper.{key}={value!r} must be a whole number >= 1.")
+    return value
+
+
+def searched(sweeper: DictConfig) -> dict:
+    """hydra.sweeper.params (and search_space, its old name)."""
+    return dict(sweeper.get("search_space") or {}, **(sweeper.get("params") or {}))
+
+
+def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[SearchSpace, DictConfig]:
+    """The space, with every key and the values at its bounds composed and validated as a run
+    would be; and the config every trial shares (the fixed overrides applied)."""
+    from ftsweep.cv import check_config
+
+    probe = parse(arguments, params)  # key names first, then which of them hold ints
+    shared = compose(probe.fixed)
+    int_keys = {key for key in probe.params if _is_int(OmegaConf.select(shared, key, default=None))}
+    space = parse(arguments, params, int_keys)
+    check_config(shared)
+    for key, dist in space.params.items():
+        for value in bounds_and_choices(dist):
+            check_config(compose([*space.fixed, *space.overrides({key: value})[len(space.fixed):]]))
+    return space, shared
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def composer(config_loader, sweep_config: DictConfig) -> Compose:
+    """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with
+    the hydra node, whose runtime.choices say which config group options were taken)."""
+    def compose(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
+        try:
+            cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
+        except HydraException as exc:
+            said = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+            hint = (" (a key of another config group option? e.g. optimizer.layer_decay exists with optimizer=llrd)"
+                    if "not in struct" in said else "")
+            raise FtsweepError(f"the search cannot use {' '.join(overrides) or 'the config'}: {said}{hint}") from None
+        if not keep_hydra:
+            with open_dict(cfg):
+                del cfg["hydra"]
+        return cfg
+
+    return compose
+
+
+def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
+    """A seeded sampler restarted on a study with trials would propose its first trials again:
+    its seed moves on by the trials already there (reruns stay reproducible)."""
+    if spec is None:
+        return optuna.samplers.TPESampler()
+    if isinstance(spec, optuna.samplers.BaseSampler):
+        return spec
+    spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True)) if not isinstance(spec, DictConfig) else spec
+    if existing_trials and spec.get("seed") is not None:
+        spec = OmegaConf.merge(spec, {"seed": int(spec.seed) + existing_trials})
+    try:
+        sampler = instantiate(spec)
+    except Exception as exc:  # noqa: BLE001 (a bad _target_ or argument: one line)
+        raise FtsweepError(f"hydra.sweeper.sampler: {str(exc).splitlines()[0][:300]}") from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise FtsweepError(f"hydra.sweeper.sampler._target_ must be an Optuna sampler, not {type(sampler).__name__}.")
+    return sampler
+
+
+def check_pruner(spec) -> None:
+    """The pruner each job builds (ftsweep.pruning), built once here so a typo fails before any trial."""
+    if spec is None:
+        return
+    try:
+        pruner = instantiate(spec)
+    except Exception as exc:  # noqa: BLE001
+        raise FtsweepError(f"hydra.sweeper.pruner: {str(exc).splitlines()[0][:300]}") from None
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise FtsweepError(f"hydra.sweeper.pruner._target_ must be an Optuna pruner, not {type(pruner).__name__}.")
+
+
+@dataclass
+class Outcome:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+
+    @property
+    def told(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, launch: Launch, full_config: DictConfig,
+               first_job: int = 0) -> Outcome:
+    retry_interrupted(study)
+    extend = get_method(settings.custom_search_space) if settings.custom_search_space else None
+    outcome, job = Outcome(), first_job
+    while (remaining := settings.n_trials - in_progress(study)) > 0:
+        batch = []
+        for _ in range(min(settings.n_jobs, remaining)):
+            trial = study.ask(dict(space.params))
+            if extend is not None:
+                extend(full_config, trial)  # hydra-optuna-sweeper's custom_search_space(cfg, trial)
+            own(trial)
+            batch.append(trial)
+        jobs = [[*space.overrides(t.params), *_trial_overrides(settings, t)] for t in batch]
+        log.info("search: trials %s of %d", [t.number for t in batch], settings.n_trials)
+        with Heartbeat(lambda held=tuple(batch): [t.set_user_attr(HEARTBEAT_TAG, f"{time.time():.0f}") for t in held]):
+            returns = launch(jobs, job)
+        job += len(returns)
+        for trial, ret in zip(batch, returns, strict=True):
+            _tell(study, trial, ret, outcome)
+        if outcome.failed and outcome.failed / outcome.told > settings.max_failure_rate:
+            log.error("search: %d of %d trial(s) failed (hydra.sweeper.max_failure_rate=%s): stopping; the "
+                      "failed jobs are listed below", outcome.failed, outcome.told, settings.max_failure_rate)
+            break
+    return outcome
+
+
+def _trial_overrides(settings: Settings, trial: optuna.trial.Trial) -> list[str]:
+    """Where the job reports its folds (ftsweep.pruning) and which MLflow run is the trial's."""
+    return [f"search.study={format_value(settings.study_name)}", f"search.storage={format_value(settings.storage)}",
+            f"search.trial_id={trial._trial_id}", f"search.lineage={lineage(trial)}"]
+
+
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome) -> None:
+    value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    if isinstance(value, dict) and value.get("pruned_at") is not None:
+        study.tell(trial, state=TrialState.PRUNED)
+        outcome.pruned += 1
+    elif isinstance(value, dict) and isinstance(value.get("value"), float) and math.isfinite(value["value"]):
+        study.tell(trial, value["value"])
+        outcome.complete += 1
+    else:  # the job failed (its reason is in its folder; the sweep lists it) or was held
+        study.tell(trial, state=TrialState.FAIL)
+        outcome.failed += 1
+
+
+def open_search(settings: Settings) -> optuna.Study:
+    storage = open_storage(settings.storage)
+    known = settings.study_name in optuna.study.get_all_study_names(storage)
+    existing = optuna.load_study(study_name=settings.study_name, storage=storage) if known else None
+    sampler = make_sampler(settings.sampler, len(existing.trials) if existing is not None else 0)
+    study = open_study(settings.study_name, storage, settings.direction, sampler=sampler)
+    os.environ[SEARCH_ENV] = settings.study_name
+    return study
+
+
+def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config_loader, launch: Launch,
+           default_study: str) -> Outcome:
+    """The whole search; a setting, key or value that cannot work is one line and exit 2 here."""
+    from ftsweep.search_summary import summarize
+
+    compose = composer(config_loader, config)
+    try:
+        space, shared = build_space(arguments, searched(sweeper), compose)
+        settings = Settings.read(sweeper, shared, default_study)
+        check_pruner(sweeper.get("pruner"))
+        study = open_search(settings)
+    except FtsweepError as exc:
+        print(f"ftsweep: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    outcome = run_trials(study, space, settings, launch, config)
+    summarize(study, space, settings, shared, compose, Path(config.hydra.sweep.dir) / "search")
+    return outcome

@@ -1,0 +1,153 @@
+"""The answer of a search: the best config (best.yaml, and as overrides), the top trials with the
+fold-paired comparison of the results table, the optimisation history and the parameter
+importances as PNGs, all logged to MLflow as one "search summary" run in the sweep's experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from ftsweep.errors import FtsweepError  # noqa: E402
+from ftsweep.study import lineage  # noqa: E402
+from ftsweep.sweep import experiment_name  # noqa: E402
+from ftsweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
+from ftsweep.tracking import STUDY_TAG, Tracker  # noqa: E402
+
+log = logging.getLogger("ftsweep")
+SUMMARY_KIND = "search summary"
+
+
+def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose, out_dir: Path) -> None:
+    """Write, log and print the search's answer. A summary that cannot be made (no trial
+    finished, a store gone) is said in one line; the trials stay in the study and MLflow."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    head = (f"\nSearch {study.study_name!r}: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "
+            f"pruned, {counts[TrialState.FAIL]} failed trial(s); storage {settings.storage}")
+    print(head)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        print("ftsweep: no trial has finished all its folds: no best config yet. Raise hydra.sweeper.n_trials "
+              "(the study goes on from here) or prune less (hydra/sweeper/pruner=...).")
+        return
+    best = min(complete, key=lambda t: t.value)
+    files = {"best": _write_best(best, study.study_name, space, compose, out_dir)}
+    tracker = Tracker(str(shared.tracking.uri), experiment_name(shared, True))
+    folds = _study_folds(tracker, study.study_name)
+    top, folds_trained = "", 0
+    if folds is not None:
+        folds_trained = len(folds)
+        top = _top_trials(folds, f"trial {lineage(best)}", settings.top, out_dir, files)
+    files.update(_figures(study, out_dir))
+    n_folds = int(shared.cv.n_folds) if shared.cv.get("folds") is None else len(shared.cv.folds)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    overrides = " ".join(space.overrides(best.params))
+    print(f"Folds trained: {folds_trained} of {finished} x {n_folds} = {finished * n_folds} without pruning\n"
+          f"Best: trial {lineage(best)}, mean CV RMSE {best.value:.4f}\n"
+          f"  python -m ftsweep {overrides}\n"
+          f"  python -m ftsweep --config-dir {out_dir} --config-name best\n")
+    if top:
+        print(top + "\n")
+    values = {"best_rmse": best.value, "trials_complete": counts[TrialState.COMPLETE],
+              "trials_pruned": counts[TrialState.PRUNED], "trials_failed": counts[TrialState.FAIL],
+              "folds_trained": folds_trained, "folds_without_pruning": finished * n_folds}
+    _log_run(tracker, study.study_name, best, values, files)
+    print(f"written: {out_dir}\nThe search summary and the trials in the MLflow UI (make ui): {tracker.runs_link()}")
+
+
+def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose, out_dir: Path) -> Path:
+    """A primary config: ftsweep's config, the trial's config group choices, then its values."""
+    overrides = space.overrides(best.params)
+    cfg = compose(overrides, keep_hydra=True)
+    choices = {g: c for g, c in cfg.hydra.runtime.choices.items() if c is not None and not g.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.pop("search", None)
+    lines = [f"# Best trial (trial {lineage(best)}) of the study {study_name!r}",
+             f"# mean CV RMSE {best.value:.6f}",
+             f"# Run it:  python -m ftsweep --config-dir {out_dir} --config-name best",
+             f"# or:      python -m ftsweep {' '.join(overrides)}",
+             "defaults:", "  - config"]
+    lines += [f"  - override {group}: {json.dumps(str(choice))}" for group, choice in choices.items()]  # "off"
+    lines += ["  - _self_", "", OmegaConf.to_yaml(cfg)]
+    path = out_dir / "best.yaml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _study_folds(tracker: Tracker, study_name: str) -> pd.DataFrame | None:
+    try:
+        folds = fold_frame(tracker)
+    except FtsweepError:
+        return None
+    folds = folds[folds["study"] == study_name]
+    return folds if not folds.empty else None
+
+
+def _top_trials(folds: pd.DataFrame, best_label_prefix: str, top: int, out_dir: Path, files: dict) -> str:
+    """Ranked by mean CV RMSE; Δ is each trial against the best, paired by fold: is the winner
+    ahead of the runners-up by more than the fold-to-fold noise?"""
+    complete = folds[~folds["pruned"]]
+    parts = []
+    if not complete.empty:
+        labels = complete["label"].unique()
+        best_label = next((lab for lab in labels if lab.startswith(best_label_prefix + ":")), labels[0])
+        table = build_table(complete, baseline=best_label).sort_values("rmse_best").head(top)
+        parts.append(to_markdown(table.reset_index(drop=True)))
+        table.drop(columns=["start_time", "job_num", "data"]).to_csv(out_dir / "top_trials.csv", index=False)
+        files["top_csv"] = out_dir / "top_trials.csv"
+    parts.append(pruned_markdown(folds))
+    markdown = "\n\n".join(p for p in parts if p)
+    (out_dir / "top_trials.md").write_text(markdown + "\n")
+    files["top_md"] = out_dir / "top_trials.md"
+    return markdown
+
+
+def _figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
+    """Optimisation history and parameter importances; importances need two complete trials
+    with different values, and are skipped (with a line) until then."""
+    from optuna.visualization import matplotlib as plots
+
+    made = {}
+    for name, draw in (("optimization_history", plots.plot_optimization_history),
+                       ("param_importances", plots.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna.exceptions.ExperimentalWarning
+                ax = draw(study)
+            figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            figure.savefig(out_dir / f"{name}.png", dpi=110)
+            plt.close(figure)
+            made[name] = out_dir / f"{name}.png"
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            log.warning("search: no %s figure yet (%s)", name.replace("_", " "), str(exc).splitlines()[0][:200])
+    return made
+
+
+def _log_run(tracker: Tracker, study_name: str, best, values: dict, files: dict) -> None:
+    """One summary run per study: an earlier one (a previous run of the same command) is replaced."""
+    for old in tracker.runs_tagged(STUDY_TAG, study_name):
+        if old.data.tags.get("ftsweep.kind") == SUMMARY_KIND:
+            tracker.delete_run(old.info.run_id)
+    run = tracker.start_run(SUMMARY_KIND, {"ftsweep.kind": SUMMARY_KIND, STUDY_TAG: study_name,
+                                           "mlflow.note.content": f"Best trial of the Optuna study {study_name!r}."})
+    tracker.log_params(run, {f"best.{key}": str(value) for key, value in best.params.items()})
+    tracker.log_values(run, values)
+    for path in files.values():
+        tracker.log_artifact(run, path)
+    tracker.finish(run, "FINISHED")

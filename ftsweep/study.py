@@ -1,0 +1,93 @@
+"""The Optuna study behind a search: where it lives, which trials count, and retrying the
+trials a killed sweep left RUNNING.
+
+A trial belongs to the sweep process that asked for it (its owner token and heartbeat are
+trial attributes, with the same rules as a unit's lease: exact on one machine, a heartbeat
+elsewhere). A RUNNING trial whose owner is gone was interrupted, not bad: it is marked FAIL
+and its parameters are queued again under the same lineage, so the retry resumes the
+interrupted trial's MLflow run and keeps the folds it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ftsweep.errors import FtsweepError
+from ftsweep.lease import owner_alive, owner_tags
+from ftsweep.tracking import sqlite_path, store_lock
+
+log = logging.getLogger("ftsweep")
+LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage
+INTERRUPTED = "ftsweep.interrupted"
+PRUNED_AT = "ftsweep.pruned_at"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def default_storage(tracking_uri: str, output_root: str) -> str:
+    """An SQLite file beside the MLflow store (under output_root when the store is a server)."""
+    db = sqlite_path(tracking_uri)
+    folder = db.parent if db is not None else Path(output_root)
+    return f"sqlite:///{folder.expanduser().absolute()}/optuna.db"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    db = sqlite_path(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    # parallel trials write to one SQLite file: wait for the lock instead of failing
+    engine = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
+    try:
+        with store_lock(url):  # two sweeps creating one new SQLite schema at once
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except Exception as exc:  # noqa: BLE001 (SQLAlchemy, driver and OS errors: one line)
+        raise FtsweepError(f"cannot open the Optuna storage {url}: {str(exc).splitlines()[0][:300]}; set "
+                           f"hydra.sweeper.storage to sqlite:///path/optuna.db or a postgresql:// URL.") from None
+
+
+def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, sampler=None,
+               pruner=None) -> optuna.Study:
+    with store_lock(storage.url):
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise FtsweepError(f"study {name!r} in {storage.url} was created to {study.direction.name.lower()}; "
+                           f"use that direction or another hydra.sweeper.study_name.")
+    return study
+
+
+def lineage(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get(LINEAGE, trial.number))
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """FAIL the RUNNING trials whose sweep died and queue their parameters again (same lineage).
+    Returns the lineages queued."""
+    queued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_alive(trial.user_attrs):
+            continue
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(trial.params, user_attrs={LINEAGE: lineage(trial)})
+        queued.append(lineage(trial))
+    if queued:
+        log.info("search: trial(s) %s were interrupted; they run again and keep their finished folds", queued)
+    return queued
+
+
+def in_progress(study: optuna.Study) -> int:
+    """Trials that count toward n_trials: finished (complete or pruned) or run by a live sweep."""
+    trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
+    return sum(1 for t in trials if t.state in COUNTED or owner_alive(t.user_attrs))
+
+
+def own(trial: optuna.trial.Trial) -> None:
+    """This process holds the trial: what retry_interrupted checks."""
+    for key, value in owner_tags().items():
+        trial.set_user_attr(key, value)
+    if LINEAGE not in trial.user_attrs:
+        trial.set_user_attr(LINEAGE, trial.number)

@@ -1,0 +1,31 @@
+"""`hydra/sweeper=optuna`: Hydra's side of a search. The work is in ftsweep.search."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, **settings: Any) -> None:
+        # The settings are read from the composed config in sweep(), where errors are one line.
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from ftsweep.search import search
+        from ftsweep.sweep import EXPERIMENT_ENV
+
+        assert self.config is not None
+        return search(self.config.hydra.sweeper, list(arguments), self.config, self.hydra_context.config_loader,
+                      lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
+                      default_study=os.environ.get(EXPERIMENT_ENV, "search"))

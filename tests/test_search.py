@@ -1,0 +1,249 @@
+"""Search end to end through the real command line (tiny model, 3 folds): fold-level pruning,
+one MLflow parent per trial, the summary and best.yaml, resuming a killed search, seeds,
+hydra-optuna-sweeper style configs, and one-line errors before any trial."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from ftsweep.search import make_sampler
+
+from conftest import ROOT, TINY, cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = [*TINY, "cv.n_folds=3", "data.max_rows=48"]
+
+
+def readme_search(start: str) -> list[str]:
+    """A command of the README's Search section, as its words (shell quoting undone)."""
+    section = (ROOT / "README.md").read_text().split("## Search:", 1)[1].split("\n## ", 1)[0]
+    line = next(line for line in section.splitlines() if line.startswith(f"python -m ftsweep {start}"))
+    return shlex.split(line.split("  #")[0])[3:]
+
+
+def tiny(words: list[str]) -> list[str]:
+    """A README command for the tiny 2-layer model (re-init depth at most 2; trial counts set by the test)."""
+    words = [w.replace("reinit.n=range(0, 4)", "reinit.n=range(0, 3)") for w in words if "n_trials" not in w]
+    return [*words, *SMALL]
+
+
+README_SEARCH = tiny(readme_search("-m hydra/sweeper=optuna"))
+
+
+def _study(out, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out}/optuna.db")
+
+
+def _runs(out, experiment):
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=5000)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """6 trials, median pruning from the second trial on."""
+    out = tmp_path_factory.mktemp("search")
+    args = [*README_SEARCH, "tracking.experiment=s6", "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.pruner.n_startup_trials=1", f"paths.output_root={out}"]
+    done = run_cli("ftsweep", *args, cwd=out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, args, done
+
+
+def test_pruned_trials_stop_after_a_fold_and_mlflow_holds_one_parent_per_trial(searched):
+    out, _, done = searched
+    trials = _study(out, "s6").get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(max(t.intermediate_values) in (0, 1) for t in pruned)  # stopped after fold 0 or 1
+
+    _, runs = _runs(out, "s6")
+    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.trial" in r.data.tags]
+    assert sorted(int(r.data.tags["ftsweep.trial"]) for r in parents) == list(range(6))  # one per trial
+    for trial in trials:
+        (parent,) = [r for r in parents if r.data.tags["ftsweep.trial"] == str(trial.number)]
+        folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert all(r.info.status == "FINISHED" for r in folds)
+        if trial.state == TrialState.PRUNED:
+            stopped = max(trial.intermediate_values)
+            assert parent.info.status == "KILLED" and parent.data.tags["ftsweep.pruned"] == str(stopped)
+            assert len(folds) == stopped + 1 and "rmse_mean" not in parent.data.metrics
+        else:
+            assert parent.info.status == "FINISHED" and len(folds) == 3
+            assert parent.data.metrics["rmse_mean"] == pytest.approx(trial.value)
+    assert "Pruned trials (stopped early, not ranked)" in done.stdout
+
+
+def test_the_summary_names_the_best_config_and_best_yaml_composes_to_it(searched):
+    out, _, done = searched
+    study = _study(out, "s6")
+    best = study.best_trial
+    assert f"Best: trial {best.number}, mean CV RMSE {best.value:.4f}" in done.stdout
+    folder = next(out.glob("multirun/*/*/search"))
+    assert {p.name for p in folder.iterdir()} >= {"best.yaml", "top_trials.md", "top_trials.csv",
+                                                   "optimization_history.png", "param_importances.png"}
+    top = (folder / "top_trials.md").read_text().splitlines()
+    assert top[2].startswith(f"| trial {best.number}: ") and top[2].endswith("| baseline |")  # ranked first
+
+    client, runs = _runs(out, "s6")
+    (summary,) = [r for r in runs if r.data.tags.get("ftsweep.kind") == "search summary"]
+    assert summary.data.metrics["best_rmse"] == pytest.approx(best.value)
+    assert summary.data.metrics["folds_trained"] < 6 * 3  # pruning saved folds
+    assert {a.path for a in client.list_artifacts(summary.info.run_id)} >= {
+        "best.yaml", "top_trials.md", "optimization_history.png", "param_importances.png"}
+
+    composed = run_cli("ftsweep", "--config-dir", str(folder), "--config-name", "best", "--cfg", "job", cwd=out)
+    assert composed.returncode == 0, composed.stderr[-2000:]
+    cfg = yaml.safe_load(composed.stdout)
+    (parent,) = [r for r in runs if r.data.tags.get("ftsweep.trial") == str(best.number)
+                 and "ftsweep.fold" not in r.data.tags]
+    for key, value in best.params.items():  # the best trial's values, and its logged config
+        section, name = key.split(".")
+        assert cfg[section][name] == value
+        assert parent.data.params[key] == str(value)
+    assert cfg["optimizer"]["name"] == parent.data.params["optimizer.name"] and cfg["trainer"]["max_steps"] == 6
+
+
+def test_the_same_sampler_seed_proposes_the_same_first_trials(searched):
+    """A new study with tpe.yaml's sampler (seed 42) asks what the CLI's search asked first."""
+    out, _, _ = searched
+    trials = _study(out, "s6").get_trials()[:3]
+    spec = OmegaConf.load(ROOT / "conf" / "hydra" / "sweeper" / "sampler" / "tpe.yaml")
+    again = optuna.create_study(sampler=make_sampler(spec, 0))
+    assert [again.ask(t.distributions).params for t in trials] == [t.params for t in trials]
+
+
+def test_a_rerun_continues_the_same_study_up_to_n_trials(searched):
+    out, args, _ = searched
+    more = run_cli("ftsweep", *[a for a in args if "n_trials" not in a], "hydra.sweeper.n_trials=7", cwd=out)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert len(_study(out, "s6").get_trials()) == 7  # one more trial, not seven
+
+
+def _intermediate_steps(db, number):
+    """Read-only, closed at once: an open connection would hold up the search's writes."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+        try:
+            return con.execute("SELECT count(*) FROM trial_intermediate_values v JOIN trials t "
+                               "ON v.trial_id = t.trial_id WHERE t.number = ?", (number,)).fetchone()[0]
+        except sqlite3.OperationalError:  # no schema yet, or busy: look again
+            return 0
+
+
+def test_a_search_killed_midway_resumes_without_duplicates(tmp_path):
+    args = [*tiny(readme_search("+sweep=search_llrd ")), "trainer.max_steps=10", "reinit.n=range(0, 3)",
+            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:  # trial 1 has finished its first fold
+        if (tmp_path / "optuna.db").exists() and _intermediate_steps(tmp_path / "optuna.db", 1) >= 1:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "interrupted" in err
+    assert _study(tmp_path, "search_llrd").get_trials()[1].state == TrialState.RUNNING
+
+    rerun = run_cli("ftsweep", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = _study(tmp_path, "search_llrd").get_trials()
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == 2
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.number == 1 and failed.user_attrs["ftsweep.interrupted"]
+    # trial 2 is trial 1's retry: its lineage, its parameters
+    assert [(t.number, t.user_attrs["ftsweep.lineage"]) for t in counted] == [(0, 0), (2, 1)]
+    assert trials[2].params == failed.params
+
+    _, runs = _runs(tmp_path, "search_llrd")
+    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.trial" in r.data.tags]
+    assert sorted(r.data.tags["ftsweep.trial"] for r in parents) == ["0", "1"]  # one parent per lineage
+    assert all(r.info.status == "FINISHED" for r in parents)
+    finished = [(r.data.tags["ftsweep.trial"], r.data.tags["ftsweep.fold"]) for r in runs
+                if "ftsweep.fold" in r.data.tags and r.info.status == "FINISHED"]
+    assert sorted(finished) == [(str(t), str(f)) for t in (0, 1) for f in range(3)]  # fold 0 of trial 1 reused
+
+
+def test_parallel_trials_through_joblib_report_their_folds(tmp_path):
+    words = tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib"))
+    assert "hydra.sweeper.n_jobs=2" in words and "hydra/launcher=joblib" in words
+    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "hydra.sweeper.n_trials=2",
+                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _study(tmp_path, "search_llrd").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)  # reported from the workers
+    assert len({t.user_attrs["ftsweep.owner"] for t in trials}) == 1  # held by the sweep, not the workers
+
+
+def test_a_hydra_optuna_sweeper_config_works_unchanged(tmp_path):
+    """lightning-hydra-template's hparams_search shape, with that plugin's class path."""
+    (tmp_path / "extra" / "hparams_search").mkdir(parents=True)
+    (tmp_path / "extra" / "hparams_search" / "optuna.yaml").write_text("""# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+hydra:
+  mode: "MULTIRUN"
+  sweeper:
+    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper
+    storage: null
+    study_name: lightning_style
+    n_jobs: 1
+    direction: minimize
+    n_trials: 2
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10
+    params:
+      model.lr: interval(0.0001, 0.1)
+      trainer.grad_accum_steps: choice(1, 2)
+""")
+    done = run_cli("ftsweep", "--config-dir", str(tmp_path / "extra"), "+hparams_search=optuna", *SMALL,
+                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _study(tmp_path, "lightning_style").get_trials()
+    assert len(trials) == 2 and {type(t.params["trainer.grad_accum_steps"]) for t in trials} == {int}
+
+
+# Empty intervals, n_trials=0 and the rest: tests/test_search_space.py; here, that the CLI says them in one line.
+BAD_SEARCHES = [
+    (["model.lrr=interval(1e-5, 1e-4)"], "Could not override 'model.lrr'"),
+    (["model.lr=interval(1e-5, 3e-4)", "hydra.sweeper.n_trials=0"], "n_trials=0 must be a whole number >= 1"),
+    (["model.lr=interval(1e-5"], "cannot read the override 'model.lr=interval(1e-5'"),
+    (["reinit.n=range(0, 5)"], "reinit.n=4"),  # beyond the tiny model's 2 layers, at the range's end
+]
+
+
+def test_bad_searches_are_one_line_and_exit_2_before_any_trial(tmp_path):
+    procs = []
+    for i, (extra, _) in enumerate(BAD_SEARCHES):  # at once: each is mostly start-up time
+        (tmp_path / str(i)).mkdir()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ftsweep", "-m", "hydra/sweeper=optuna", *SMALL, *extra,
+             f"paths.output_root={tmp_path / str(i)}"], cwd=tmp_path / str(i), env=cli_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for i, (proc, (extra, words)) in enumerate(zip(procs, BAD_SEARCHES, strict=True)):
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 2, (extra, err[-2000:])
+        lines = [line for line in err.splitlines() if line.startswith("ftsweep: error:")]
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, (extra, err[-2000:])
+        db = tmp_path / str(i) / "optuna.db"
+        assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")  # no trial, no study

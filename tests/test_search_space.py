@@ -1,0 +1,120 @@
+"""The search space read from Hydra's sweep syntax, the sweeper's settings, and what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from ftsweep.errors import FtsweepError
+from ftsweep.search import Settings, make_sampler
+from ftsweep.search_space import format_value, parse
+
+
+def test_hydra_sweep_syntax_becomes_optuna_distributions():
+    space = parse(["model=tiny", "model.lr=tag(log, interval(1e-5, 3e-4))", "reinit.n=range(0, 4)",
+                   "optimizer=adamw,llrd", "+extra.x=choice(1, 2.5, abc)"],
+                  {"optimizer.layer_decay": "interval(0.7, 1.0)", "eval.every_n_batches": "interval(5, 50)"},
+                  int_keys={"eval.every_n_batches"})
+    assert space.fixed == ["model=tiny"]
+    assert space.params == {
+        "optimizer.layer_decay": FloatDistribution(0.7, 1.0),
+        "eval.every_n_batches": IntDistribution(5, 50),
+        "model.lr": FloatDistribution(1e-5, 3e-4, log=True),
+        "reinit.n": IntDistribution(0, 3),  # Hydra's range stops before its end
+        "optimizer": CategoricalDistribution(["adamw", "llrd"]),
+        "extra.x": CategoricalDistribution([1, 2.5, "abc"]),
+    }
+    assert space.adds == {"extra.x"}
+    overrides = space.overrides({"model.lr": 3.2e-05, "reinit.n": 2, "extra.x": "abc", "optimizer": "llrd"})
+    assert overrides == ["model=tiny", "model.lr=3.2e-05", "reinit.n=2", "+extra.x=abc", "optimizer=llrd"]
+
+
+def test_the_command_line_wins_over_params_and_ranges_keep_their_step():
+    space = parse(["model.lr=interval(1e-5, 2e-5)", "swa.lr_scale=range(0.1, 0.5, 0.1)"],
+                  {"model.lr": "interval(1e-3, 1e-2)"})
+    assert space.params["model.lr"] == FloatDistribution(1e-5, 2e-5)
+    assert space.params["swa.lr_scale"] == FloatDistribution(0.1, 0.4, step=0.1)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.lr=interval(3e-4, 1e-5)", "interval is empty"),
+    ("model.lr=interval(1e-4, 1e-4)", "interval is empty"),
+    ("model.lr=tag(log, interval(0, 1e-4))", "lower bound > 0"),
+    ("reinit.n=range(3, 3)", "range is empty"),
+    ("reinit.n=tag(log, choice(1, 2))", "needs an interval or a range"),
+    ("reinit.n=choice(1, 1)", "lists a value twice"),
+    ("data.path=glob(*)", "interval(...), range(...), choice(...)"),
+    ("model.lr=interval(1e-5", "cannot read the override"),
+    ("eval.every_n_batches=interval(2.5, 10)", "give integer bounds"),
+])
+def test_bad_search_spaces_are_refused(override, words):
+    with pytest.raises(FtsweepError, match=words.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        parse([override], None, int_keys={"eval.every_n_batches"})
+
+
+def test_an_empty_space_is_refused():
+    with pytest.raises(FtsweepError, match="search space is empty"):
+        parse(["model=tiny", "trainer.epochs=2"], None)
+
+
+@pytest.mark.parametrize("value", ["sweep model.lr=tag(log, interval(1e-5, 3e-4)) a,b", "it's", "back\\slash",
+                                   "ends\\", "q\\'x", "null", "true", "12", " padded ", "ünï", "a=b"])
+def test_values_survive_hydra_quoting(value):
+    parsed = OverridesParser.create().parse_overrides([f"search.study={format_value(value)}"])[0]
+    assert parsed.value() == value
+
+
+@pytest.mark.parametrize("value", [1.0000000000000002e-05, 0.1, 3, True, None, -2.5e-300])
+def test_sampled_numbers_keep_every_digit(value):
+    assert OverridesParser.create().parse_overrides([f"x={format_value(value)}"])[0].value() == value
+
+
+def _job_cfg():
+    return OmegaConf.create({"tracking": {"uri": "sqlite:////tmp/x/mlflow.db"}, "paths": {"output_root": "/tmp/x"}})
+
+
+def test_settings_default_to_a_study_beside_the_mlflow_store():
+    settings = Settings.read(OmegaConf.create({"n_trials": 3}), _job_cfg(), "sweep x")
+    assert (settings.storage, settings.study_name, settings.n_jobs, settings.direction) == (
+        "sqlite:////tmp/x/optuna.db", "sweep x", 1, "minimize")
+
+
+@pytest.mark.parametrize("sweeper, words", [
+    ({"n_trials": 0}, "n_trials=0 must be a whole number >= 1"),
+    ({"n_trials": 2.5}, "n_trials=2.5"),
+    ({"n_trials": 2, "n_jobs": 0}, "n_jobs=0"),
+    ({"n_trials": 2, "direction": "maximize"}, "use direction=minimize"),
+    ({"n_trials": 2, "direction": ["minimize", "minimize"]}, "optimises one value"),
+    ({"n_trials": 2, "max_failure_rate": 1.5}, "max_failure_rate=1.5"),
+])
+def test_impossible_settings_are_refused(sweeper, words):
+    with pytest.raises(FtsweepError, match=words.replace("[", r"\[")):
+        Settings.read(OmegaConf.create(sweeper), _job_cfg(), "s")
+
+
+def test_a_resumed_seeded_sampler_moves_its_seed_on():
+    spec = OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 42})
+    assert make_sampler(spec, 0)._rng.rng.random() == make_sampler(spec, 0)._rng.rng.random()
+    assert make_sampler(spec, 5)._rng.rng.random() != make_sampler(spec, 0)._rng.rng.random()
+    with pytest.raises(FtsweepError, match="must be an Optuna sampler"):
+        make_sampler(OmegaConf.create({"_target_": "collections.OrderedDict"}), 0)
+
+
+@pytest.mark.parametrize("kind", ["sampler", "pruner"])
+def test_every_shipped_sampler_and_pruner_config_builds(kind):
+    from ftsweep.search import check_pruner
+
+    folder = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "sweeper" / kind
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        spec = OmegaConf.load(path)
+        if kind == "sampler":
+            assert isinstance(make_sampler(spec, 3), optuna.samplers.BaseSampler)
+        else:
+            check_pruner(spec)
