@@ -33,6 +33,7 @@ export SLURM_CONF=$SLURM_CONF
 export FTSWEEP_CLUSTER_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export FTSWEEP_CLUSTER_PARTITION=$PARTITION
 export FTSWEEP_CLUSTER_DATABASE=postgresql://mlflow@127.0.0.1:$PG_PORT/mlflow
+export FTSWEEP_CLUSTER_STUDY_STORAGE=postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/optuna
 export PGPASSFILE=$STATE/secrets/pgpass
 ENV
 say "cluster up: $(sinfo -h -o '%P %D node(s) %c cpus %T') | MLflow http://127.0.0.1:$MLFLOW_PORT (PostgreSQL :$PG_PORT)"

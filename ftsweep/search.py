@@ -176,6 +176,7 @@ class Outcome:
 
 def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, launch: Launch, full_config: DictConfig,
                first_job: int = 0) -> Outcome:
+    _warn_other_space(study, space)
     retry_interrupted(study)
     extend = get_method(settings.custom_search_space) if settings.custom_search_space else None
     outcome, job = Outcome(), first_job
@@ -199,6 +200,15 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                       "failed jobs are listed below", outcome.failed, outcome.told, settings.max_failure_rate)
             break
     return outcome
+
+
+def _warn_other_space(study: optuna.Study, space: SearchSpace) -> None:
+    """Narrowing an interval between runs is fine; searching other keys in the same study mixes two searches."""
+    before = {key for t in study.get_trials(deepcopy=False) for key in t.distributions}
+    if before and set(space.params) - before:
+        log.warning("search: study %r already has trials over %s; this run searches %s. Set "
+                    "hydra.sweeper.study_name for a study of its own.", study.study_name, sorted(before),
+                    sorted(space.params))
 
 
 def _trial_overrides(settings: Settings, trial: optuna.trial.Trial) -> list[str]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL 15 for the MLflow server: a private cluster in $STATE/postgres on
-# 127.0.0.1:$FTSWEEP_PG_PORT, role and database `mlflow` (password in $STATE/secrets).
+# 127.0.0.1:$FTSWEEP_PG_PORT, role `mlflow` (password in $STATE/secrets) owning the databases
+# `mlflow` (the tracking server's) and `optuna` (search studies: hydra.sweeper.storage).
 #   deploy/mlflow/postgres.sh up | down
 # On a real site point --backend-store-uri at the database your admins give you.
 source "$(dirname "$0")/../lib.sh"
@@ -27,9 +28,12 @@ up() {
         psql_admin -c "CREATE ROLE mlflow LOGIN"
     fi
     psql_admin -c "ALTER ROLE mlflow PASSWORD '$password'"
-    if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'mlflow'")" ]]; then
-        psql_admin -c "CREATE DATABASE mlflow OWNER mlflow"
-    fi
+    local db  # two databases: MLflow and Optuna both keep an alembic_version table
+    for db in mlflow optuna; do
+        if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+            psql_admin -c "CREATE DATABASE $db OWNER mlflow"
+        fi
+    done
 }
 
 case "${1:-}" in

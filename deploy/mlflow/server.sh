@@ -15,7 +15,8 @@ up() {
     mkdir -p "$STATE/mlflow-artifacts"
     # The password comes from a pgpass file, so it never shows in `ps`.
     local pgpass="$STATE/secrets/pgpass"
-    (umask 077; echo "127.0.0.1:$PG_PORT:mlflow:mlflow:$(secret postgres-mlflow)" >"$pgpass")
+    (umask 077; printf '127.0.0.1:%s:%s:mlflow:%s\n' "$PG_PORT" mlflow "$(secret postgres-mlflow)" \
+        "$PG_PORT" optuna "$(secret postgres-mlflow)" >"$pgpass")
     # The job-execution feature (huey workers) is not used; it would start more processes.
     PGPASSFILE="$pgpass" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start mlflow root "$VENV/bin/mlflow" server \
         --backend-store-uri "postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/mlflow" \

@@ -35,6 +35,7 @@ class Cluster:
     database: str   # its PostgreSQL backend (password in $PGPASSFILE)
     partition: str
     env: dict[str, str]  # what clients need: SLURM_CONF, PGPASSFILE
+    study_storage: str = ""  # PostgreSQL database for search studies (hydra.sweeper.storage)
 
     def launcher(self) -> list[str]:
         """Overrides that send every sweep job through sbatch into the shared server. One torch thread
@@ -83,7 +84,8 @@ def cluster() -> Cluster:
         pytest.skip(f"the cluster is not up ({env_file} missing): run `make cluster-up` as root first")
     values = _read_env(env_file)
     found = Cluster(values["FTSWEEP_CLUSTER_TRACKING_URI"], values["FTSWEEP_CLUSTER_DATABASE"],
-                    values["FTSWEEP_CLUSTER_PARTITION"], {k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")})
+                    values["FTSWEEP_CLUSTER_PARTITION"], {k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")},
+                    values.get("FTSWEEP_CLUSTER_STUDY_STORAGE", ""))
     try:
         urllib.request.urlopen(f"{found.uri}/health", timeout=5)
         nodes = found.slurm("sinfo", "-h", "-N", "-o", "%T").split()
