@@ -173,6 +173,8 @@ def run_cv(cfg: DictConfig, overrides: list[str] | None = None, use_bar: bool = 
             result.rmse_oof = _log_summary(tracker, parent, frame, result)
             if cfg.trainer.save_models:
                 log_cv_model(tracker, parent, cfg, fold_runs, base_backbone.config, tokenizer, frame[TEXT].tolist())
+            if not unit.created:  # a resumed run that a pruner had stopped is whole now
+                tracker.delete_tag(parent, PRUNED_TAG)
             tracker.finish(parent, "FINISHED")
             open_runs.remove(parent)
     except KeyboardInterrupt:

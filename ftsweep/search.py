@@ -28,6 +28,7 @@ from ftsweep.errors import FtsweepError
 from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
 from ftsweep.search_space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.study import (
+    OVERRIDES,
     default_storage,
     in_progress,
     lineage,
@@ -180,15 +181,23 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
     retry_interrupted(study)
     extend = get_method(settings.custom_search_space) if settings.custom_search_space else None
     outcome, job = Outcome(), first_job
-    while (remaining := settings.n_trials - in_progress(study)) > 0:
+    launched = 0  # failed trials do not count toward n_trials, so this run also stops after n_trials launches
+    while (remaining := min(settings.n_trials - in_progress(study), settings.n_trials - launched)) > 0:
         batch = []
         for _ in range(min(settings.n_jobs, remaining)):
-            trial = study.ask(dict(space.params))
+            try:
+                trial = study.ask(dict(space.params))
+            except ValueError as exc:  # e.g. a key searched as a choice where the study has it as a range
+                raise FtsweepError(f"study {study.study_name!r} cannot take this search space: {exc}; set "
+                                   f"hydra.sweeper.study_name for a study of its own.") from None
             if extend is not None:
                 extend(full_config, trial)  # hydra-optuna-sweeper's custom_search_space(cfg, trial)
             own(trial)
             batch.append(trial)
         jobs = [[*space.overrides(t.params), *_trial_overrides(settings, t)] for t in batch]
+        for trial, job_overrides in zip(batch, jobs, strict=True):  # what best.yaml rebuilds: this trial's own
+            trial.set_user_attr(OVERRIDES, [o for o in job_overrides if not o.startswith("search.")])
+        launched += len(batch)
         log.info("search: trials %s of %d", [t.number for t in batch], settings.n_trials)
         with Heartbeat(lambda held=tuple(batch): [t.set_user_attr(HEARTBEAT_TAG, f"{time.time():.0f}") for t in held]):
             returns = launch(jobs, job)
@@ -254,6 +263,10 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
     except FtsweepError as exc:
         print(f"ftsweep: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    outcome = run_trials(study, space, settings, launch, config)
+    try:
+        outcome = run_trials(study, space, settings, launch, config)
+    except FtsweepError as exc:
+        print(f"ftsweep: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     summarize(study, space, settings, shared, compose, Path(config.hydra.sweep.dir) / "search")
     return outcome

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from ftsweep.errors import FtsweepError  # noqa: E402
-from ftsweep.study import lineage  # noqa: E402
+from ftsweep.study import OVERRIDES, lineage  # noqa: E402
 from ftsweep.sweep import experiment_name  # noqa: E402
 from ftsweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
 from ftsweep.tracking import STUDY_TAG, Tracker  # noqa: E402
@@ -54,11 +55,11 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
     files.update(_figures(study, out_dir))
     n_folds = int(shared.cv.n_folds) if shared.cv.get("folds") is None else len(shared.cv.folds)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    overrides = " ".join(space.overrides(best.params))
+    overrides = as_command(trial_overrides(best, space))
     print(f"Folds trained: {folds_trained} of {finished} x {n_folds} = {finished * n_folds} without pruning\n"
           f"Best: trial {lineage(best)}, mean CV RMSE {best.value:.4f}\n"
-          f"  python -m ftsweep {overrides}\n"
-          f"  python -m ftsweep --config-dir {out_dir} --config-name best\n")
+          f"  python -m ftsweep --config-dir {out_dir} --config-name best\n"
+          f"  {overrides}\n")
     if top:
         print(top + "\n")
     values = {"best_rmse": best.value, "trials_complete": counts[TrialState.COMPLETE],
@@ -70,22 +71,36 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
 
 def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose, out_dir: Path) -> Path:
     """A primary config: ftsweep's config, the trial's config group choices, then its values."""
-    overrides = space.overrides(best.params)
+    overrides = trial_overrides(best, space)
     cfg = compose(overrides, keep_hydra=True)
-    choices = {g: c for g, c in cfg.hydra.runtime.choices.items() if c is not None and not g.startswith("hydra/")}
+    # sweep/*: a preset whose values and group choices are already here (it would turn multirun on again)
+    choices = {g: c for g, c in cfg.hydra.runtime.choices.items()
+               if c is not None and not g.startswith("hydra/") and g != "sweep"}
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.pop("search", None)
     lines = [f"# Best trial (trial {lineage(best)}) of the study {study_name!r}",
              f"# mean CV RMSE {best.value:.6f}",
              f"# Run it:  python -m ftsweep --config-dir {out_dir} --config-name best",
-             f"# or:      python -m ftsweep {' '.join(overrides)}",
+             f"# or:      {as_command(overrides)}",
              "defaults:", "  - config"]
     lines += [f"  - override {group}: {json.dumps(str(choice))}" for group, choice in choices.items()]  # "off"
     lines += ["  - _self_", "", OmegaConf.to_yaml(cfg)]
     path = out_dir / "best.yaml"
     path.write_text("\n".join(lines))
     return path
+
+
+def as_command(overrides: list[str]) -> str:
+    """The trial as one command line, shell-quoted; a sweep preset would start a search again."""
+    if any(o.lstrip("+").startswith("sweep=") for o in overrides):
+        return "(a sweep preset switches to multirun: run best.yaml as above)"
+    return "python -m ftsweep " + " ".join(shlex.quote(o) for o in overrides)
+
+
+def trial_overrides(trial: optuna.trial.FrozenTrial, space) -> list[str]:
+    """The overrides the trial ran with (a study continued with other fixed overrides keeps each trial's)."""
+    return list(trial.user_attrs.get(OVERRIDES) or space.overrides(trial.params))
 
 
 def _study_folds(tracker: Tracker, study_name: str) -> pd.DataFrame | None:

@@ -23,7 +23,7 @@ from ftsweep.tracking import sqlite_path, store_lock
 log = logging.getLogger("ftsweep")
 LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage
 INTERRUPTED = "ftsweep.interrupted"
-PRUNED_AT = "ftsweep.pruned_at"
+OVERRIDES = "ftsweep.overrides"  # the trial's job overrides: fixed ones may change between runs of a study
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

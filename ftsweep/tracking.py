@@ -320,6 +320,11 @@ class Tracker:
     def get_run(self, run_id: str) -> Run:
         return _retry(lambda: self.client.get_run(run_id))
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Removes the tag if the run has it."""
+        if key in self.get_run(run_id).data.tags:
+            _retry(lambda: self.client.delete_tag(run_id, key))
+
     def delete_run(self, run_id: str) -> None:
         _retry(lambda: self.client.delete_run(run_id))
 

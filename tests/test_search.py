@@ -247,3 +247,14 @@ def test_bad_searches_are_one_line_and_exit_2_before_any_trial(tmp_path):
         assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, (extra, err[-2000:])
         db = tmp_path / str(i) / "optuna.db"
         assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")  # no trial, no study
+
+
+def test_failing_trials_stop_the_search_after_n_trials_launches(tmp_path):
+    """Failed trials do not count toward n_trials; a run still launches no more than n_trials."""
+    done = run_cli("ftsweep", "-m", "hydra/sweeper=optuna", "model.lr=interval(1e-5, 1e-4)", *SMALL,
+                   f"data.path={tmp_path}/missing.csv", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.max_failure_rate=1.0", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 1 and "2 of 2 sweep job(s) failed" in done.stderr, done.stderr[-2000:]
+    assert [t.state for t in _study(tmp_path, "sweep " + " ".join(sorted(
+        o for o in ["model.lr=interval(1e-5, 1e-4)", *SMALL, f"data.path={tmp_path}/missing.csv"])))
+        .get_trials()] == [TrialState.FAIL] * 2
