@@ -164,6 +164,15 @@ def check_pruner(spec) -> None:
         raise FtsweepError(f"hydra.sweeper.pruner._target_ must be an Optuna pruner, not {type(pruner).__name__}.")
 
 
+def _check_extension(path: str | None) -> None:
+    if path:
+        try:
+            get_method(path)
+        except Exception as exc:  # noqa: BLE001 (ImportError, AttributeError, ...: one line)
+            raise FtsweepError(f"hydra.sweeper.custom_search_space={path!r}: {str(exc).splitlines()[0][:200]}; "
+                               f"give module.function(cfg, trial).") from None
+
+
 @dataclass
 class Outcome:
     complete: int = 0
@@ -259,6 +268,7 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
         space, shared = build_space(arguments, searched(sweeper), compose)
         settings = Settings.read(sweeper, shared, default_study)
         check_pruner(sweeper.get("pruner"))
+        _check_extension(settings.custom_search_space)
         study = open_search(settings)
     except FtsweepError as exc:
         print(f"ftsweep: error: {exc}", file=sys.stderr)

@@ -36,11 +36,11 @@ def default_storage(tracking_uri: str, output_root: str) -> str:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     db = sqlite_path(url)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     # parallel trials write to one SQLite file: wait for the lock instead of failing
     engine = {"connect_args": {"timeout": 60}} if db is not None else {"pool_pre_ping": True}
     try:
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         with store_lock(url):  # two sweeps creating one new SQLite schema at once
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as exc:  # noqa: BLE001 (SQLAlchemy, driver and OS errors: one line)

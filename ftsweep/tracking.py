@@ -152,6 +152,13 @@ _LOCKED = ("database is locked", "database is busy")
 _DUPLICATE_ROW = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value", "Duplicate entry")
 
 
+def _quoted(value: str) -> str:
+    """A filter-string literal: MLflow takes '...' or "..." and no escapes, so the quote the value lacks."""
+    if "'" in value and '"' in value:
+        raise FtsweepError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
 def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = _LOCKED) -> T:
     """`fn`, tried again (with back-off) while it fails with one of the `transient` messages."""
     for attempt in range(attempts):
@@ -331,7 +338,7 @@ class Tracker:
     def runs_tagged(self, tag: str, value: str) -> list[Run]:
         """Runs of this experiment whose `tag` equals `value`, newest first."""
         return _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=5000,
+            [self.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}", max_results=5000,
             order_by=["attributes.start_time DESC"]))
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:

@@ -212,3 +212,9 @@ def test_other_errors_are_not_retried(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="schema too long"):
         tracker.log_dataset(run, generate(4, words_per_passage=5, seed=1), "/d.csv", "ab" * 8, "d", "target")
     assert calls == [run]
+
+
+def test_runs_are_found_by_tag_values_with_quotes(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "quotes")
+    run = tracker.start_run("a", {"ftsweep.study": "it's"})
+    assert [r.info.run_id for r in tracker.runs_tagged("ftsweep.study", "it's")] == [run]

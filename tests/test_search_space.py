@@ -118,3 +118,14 @@ def test_every_shipped_sampler_and_pruner_config_builds(kind):
             assert isinstance(make_sampler(spec, 3), optuna.samplers.BaseSampler)
         else:
             check_pruner(spec)
+
+
+def test_a_storage_beside_a_file_and_a_missing_extension_are_one_line(tmp_path):
+    from ftsweep.search import _check_extension
+    from ftsweep.study import open_storage
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FtsweepError, match="cannot open the Optuna storage"):
+        open_storage(f"sqlite:///{tmp_path}/afile/optuna.db")
+    with pytest.raises(FtsweepError, match="custom_search_space='nomod.fn'"):
+        _check_extension("nomod.fn")
