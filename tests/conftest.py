@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -38,8 +40,11 @@ def make_cfg(tmp_path):
 
 
 def cli_env(extra: dict | None = None) -> dict:
-    """This environment without what would redirect a child ftsweep (store, outputs, debug)."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra or {}))
+    """This environment without what would redirect a child ftsweep (store, outputs, debug).
+    One torch thread per child: the tiny model gains nothing from a second one, and children that
+    run at once (or beside other work on a 2-core CI box) with two threads each stall in OpenMP's
+    barriers, many times slower."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(extra or {}))
     for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
         full_env.pop(name, None)
     return full_env
@@ -50,6 +55,26 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | 
     full_env = cli_env(env)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def at_once(most: int = 8):
+    """start(fn, *args, **kwargs) -> a future: subprocesses that run side by side, `most` at a time
+    (a tiny run is mostly imports, single-threaded: two overlap on two cores); leaving the block
+    waits for every one."""
+    with ThreadPoolExecutor(max_workers=most) as pool:
+        yield pool.submit
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread in this process during the test, like the CLI children (cli_env)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def free_port() -> int:

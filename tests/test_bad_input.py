@@ -18,7 +18,7 @@ from ftsweep.predict import _check_args, fold_checkpoints
 from ftsweep.table import write_table
 from ftsweep.tracking import Tracker, normalize_uri
 
-from conftest import TINY, run_cli
+from conftest import TINY, at_once, run_cli
 
 
 @pytest.mark.parametrize(
@@ -147,12 +147,16 @@ def test_predict_checks_its_arguments_first(tmp_path):
 
 @pytest.mark.slow
 def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
-    out = run_cli("ftsweep", *TINY, "data=commonlit", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    with at_once() as start:  # three processes that each stop at their first line: side by side
+        no_path = start(run_cli, "ftsweep", *TINY, "data=commonlit", f"paths.output_root={tmp_path}", cwd=tmp_path)
+        bad_clip = start(run_cli, "ftsweep", *TINY, "trainer.grad_clip=-1", f"paths.output_root={tmp_path}", cwd=tmp_path)
+        no_run = start(run_cli, "ftsweep.predict", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = no_path.result()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "ftsweep: error: data=commonlit needs a file: add data.path=/path/to/train.csv"
-    out = run_cli("ftsweep", *TINY, "trainer.grad_clip=-1", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = bad_clip.result()
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
         "ftsweep: error: trainer.grad_clip=-1 must be a positive number (or null).")
     assert not (tmp_path / "mlflow.db").exists()  # nothing was created for a run that never started
-    out = run_cli("ftsweep.predict", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = no_run.result()
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("ftsweep: error: run_id is not set")

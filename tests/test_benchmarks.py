@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, at_once
 
 pytestmark = pytest.mark.slow
 
 
-def _run(*args: str) -> str:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def _scripts(tmp: Path) -> dict[str, list[str]]:
+    return {"test_throughput_smoke": ["benchmarks/throughput.py", "--smoke"],
+            "test_lr_logging_overhead_smoke": ["benchmarks/lr_logging_overhead.py", "--repeats", "1", "model=tiny",
+                                               "data.max_rows=64", "trainer.max_length=32"],
+            "test_gpu_check_smoke": ["benchmarks/gpu_check.py", "--smoke", "--out", str(tmp / "check.json")]}
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    # one torch thread each: three scripts side by side on two cores would stall in OpenMP's barriers
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request, tmp_path_factory):
+    """The selected tests' scripts, started together (at smoke size they are mostly imports and
+    setup, which overlap): test name -> (future of its CompletedProcess, its folder)."""
+    tmp = tmp_path_factory.mktemp("benchmarks")
+    scripts = _scripts(tmp)
+    wanted = {item.originalname for item in request.session.items
+              if getattr(item, "module", None) is request.module and item.originalname in scripts}
+    with at_once() as start:
+        yield {name: (start(_run, args), tmp) for name, args in scripts.items() if name in wanted}
+
+
+def _stdout(smoke_runs, name: str) -> tuple[str, Path]:
+    future, tmp = smoke_runs[name]
+    out = future.result()
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    return out.stdout, tmp
 
 
-def test_throughput_smoke():
-    text = _run("benchmarks/throughput.py", "--smoke")
+def test_throughput_smoke(smoke_runs):
+    text, _ = _stdout(smoke_runs, "test_throughput_smoke")
     for label in ("ftsweep", "plain loop (pad 64)", "HF Trainer (pad 64)"):
         assert re.search(rf"{re.escape(label)}\s+[\d.]+ samples/s", text), text
     assert re.search(r"ftsweep / HF Trainer\s+[\d.]+x", text)
@@ -29,17 +57,15 @@ def test_throughput_smoke():
     assert re.search(r"\[3\] full CV: .*\n\s+wall time\s+[\d.]+ s", text)
 
 
-def test_lr_logging_overhead_smoke():
-    text = _run("benchmarks/lr_logging_overhead.py", "--repeats", "1", "model=tiny", "data.max_rows=64",
-                "trainer.max_length=32")
+def test_lr_logging_overhead_smoke(smoke_runs):
+    text, _ = _stdout(smoke_runs, "test_lr_logging_overhead_smoke")
     assert re.search(r"overhead \(wall, noisy\)\s+:\s+[+-][\d.]+ %", text), text
     assert re.search(r"time in LR logging calls\s+:\s+[\d.]+ s = [\d.]+ % of the fold", text)
 
 
-def test_gpu_check_smoke(tmp_path):
-    out = tmp_path / "check.json"
-    text = _run("benchmarks/gpu_check.py", "--smoke", "--out", str(out))
-    report = json.loads(out.read_text())
+def test_gpu_check_smoke(smoke_runs):
+    text, tmp = _stdout(smoke_runs, "test_gpu_check_smoke")
+    report = json.loads((tmp / "check.json").read_text())
     sections = report["sections"]
     assert list(sections) == ["throughput", "eval_cost", "memory", "cv", "cli", "jobs", "large", "cv_compiled"]
     assert not [s for s in sections.values() if "error" in s], text

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from ftsweep.demo_data import generate
 
-from conftest import TINY, run_cli
+from conftest import TINY, at_once, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +68,11 @@ def test_tiny_run_logs_parent_and_nested_folds(tmp_path):
 
 def test_folds_do_not_move_with_the_training_seed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    for seed in (1, 2):
-        out = run_cli("ftsweep", *TINY, "trainer.max_steps=1", f"trainer.seed={seed}", f"tracking.uri={uri}",
-                      f"paths.output_root={tmp_path}", cwd=tmp_path)
+    with at_once() as start:  # side by side: one store takes two processes at once (test_resume_safety)
+        launched = [start(run_cli, "ftsweep", *TINY, "trainer.max_steps=1", f"trainer.seed={seed}",
+                          f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path) for seed in (1, 2)]
+    for future in launched:
+        out = future.result()
         assert out.returncode == 0, out.stderr[-2000:]
     client, parents, _ = _runs(uri)
     folds = [pd.read_csv(client.download_artifacts(p.info.run_id, "folds.csv", str(tmp_path / p.info.run_id)))

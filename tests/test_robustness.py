@@ -19,7 +19,7 @@ from ftsweep.demo_data import generate
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import load_tokenizer
 
-from conftest import TINY, free_port, run_cli, wait_for_server
+from conftest import TINY, at_once, free_port, run_cli, wait_for_server
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
@@ -59,32 +59,36 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_averages_the_saved_fold_models(tmp_path):
+def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg, one_thread):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out = run_cli("ftsweep", *TINY, "trainer.save_models=true", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
-                  cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
-    parent = next(r for r in runs if "ftsweep.fold" not in r.data.tags)
-    child = next(r for r in runs if "ftsweep.fold" in r.data.tags)
-    assert [a.path for a in client.list_artifacts(child.info.run_id, "model")][0].endswith(".safetensors")
     test = generate(10, words_per_passage=12, seed=9)[["id", "excerpt"]]
     test.to_csv(tmp_path / "test.csv", index=False)
-    pred = run_cli("ftsweep.predict", f"run_id={parent.info.run_id}", f"data.path={tmp_path}/test.csv",
-                   f"output={tmp_path}/submission.csv", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
-                   cwd=tmp_path)
+    with at_once() as start:  # one store takes several processes at once (test_resume_safety)
+        saved = start(run_cli, "ftsweep", *TINY, "trainer.save_models=true", f"tracking.uri={uri}",
+                      f"paths.output_root={tmp_path}", cwd=tmp_path)
+        # meanwhile, in this process: a run saved without models (make_cfg: the same store), and the
+        # clear line predict gives for it
+        parent_id = run_cv(make_cfg("trainer.seed=5")).parent_run_id
+        refused = start(run_cli, "ftsweep.predict", f"run_id={parent_id}", f"data.path={tmp_path}/test.csv",
+                        f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+        out = saved.result()
+        assert out.returncode == 0, out.stderr[-2000:]
+        client = MlflowClient(uri)
+        runs = [r for r in client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
+                if r.data.tags.get("ftsweep.seed") != "5"]
+        parent = next(r for r in runs if "ftsweep.fold" not in r.data.tags)
+        child = next(r for r in runs if "ftsweep.fold" in r.data.tags)
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "model")][0].endswith(".safetensors")
+        predicted = start(run_cli, "ftsweep.predict", f"run_id={parent.info.run_id}", f"data.path={tmp_path}/test.csv",
+                          f"output={tmp_path}/submission.csv", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
+                          cwd=tmp_path)
+    pred = predicted.result()
     assert pred.returncode == 0, pred.stderr[-2000:]
     sub = pd.read_csv(tmp_path / "submission.csv")
     assert list(sub.columns) == ["id", "target"] and sub["id"].tolist() == test["id"].tolist()
     assert sub["target"].notna().all() and "mean of 2 fold models" in pred.stdout
     # a run saved without models gets a clear line
-    out = run_cli("ftsweep", *TINY, "trainer.seed=5", f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path)
-    bare = MlflowClient(uri).search_runs([client.get_experiment_by_name("ftsweep").experiment_id],
-                                         filter_string="tags.`ftsweep.seed` = '5'")
-    parent_id = next(r for r in bare if "ftsweep.fold" not in r.data.tags).info.run_id
-    pred = run_cli("ftsweep.predict", f"run_id={parent_id}", f"data.path={tmp_path}/test.csv", f"tracking.uri={uri}",
-                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    pred = refused.result()
     assert pred.returncode == 2
     assert pred.stderr.strip().splitlines()[-1] == (
         f"ftsweep: error: run {parent_id} was saved without fold models; rerun it with trainer.save_models=true.")

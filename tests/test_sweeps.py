@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env, run_cli
+from conftest import at_once, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,9 @@ def _experiment_runs(uri: str, name: str):
     return client, [r for r in runs if r.data.tags.get("ftsweep.kind") != "table"]
 
 
-def _check_sweep(tmp_path, out, experiment):
+def _check_sweep(root, out, experiment):
     assert out.returncode == 0, out.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{root}/mlflow.db"
     client, runs = _experiment_runs(uri, experiment)
     parents = [r for r in runs if "ftsweep.fold" not in r.data.tags]
     children = [r for r in runs if "ftsweep.fold" in r.data.tags]
@@ -45,21 +45,59 @@ def _check_sweep(tmp_path, out, experiment):
     return uri, parents
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
-def test_grid_sweep_with_each_launcher(tmp_path, launcher):
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    out = run_cli("ftsweep", "-m", *GRID, f"hydra/launcher={launcher}", *extra, f"paths.output_root={tmp_path}",
-                  cwd=tmp_path, timeout=300)
-    _check_sweep(tmp_path, out, "sweep cv.n_folds=2 data.max_rows=64 model=tiny optimizer=adamw,llrd trainer.max_steps=4")
+LAUNCHERS = ["basic", "joblib", "submitit_local"]
 
 
-def test_seed_sweep_and_the_table_command(tmp_path):
-    out = run_cli("ftsweep", "-m", *GRID, "trainer.seed=0,1", "tracking.experiment=seeds",
-                  f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=300)
+def _sweep_args(name: str) -> list[str]:
+    if name == "seeds":
+        return ["-m", *GRID, "trainer.seed=0,1", "tracking.experiment=seeds"]
+    return ["-m", *GRID, f"hydra/launcher={name}", *(["hydra.launcher.n_jobs=2"] if name == "joblib" else [])]
+
+
+class _Sweeps:
+    """name -> (its output root, the future of its CompletedProcess): one sweep per launcher and
+    the seed sweep, each in a store of its own."""
+
+    def __init__(self, start, tmp_path_factory):
+        self._start, self._factory, self._started = start, tmp_path_factory, {}
+
+    def start(self, name: str) -> None:
+        root = self._factory.mktemp(name)
+        self._started[name] = (root, self._start(run_cli, "ftsweep", *_sweep_args(name), f"paths.output_root={root}",
+                                                 cwd=root, timeout=300))
+
+    def __getitem__(self, name: str):
+        if name not in self._started:
+            self.start(name)
+        return self._started[name]
+
+
+@pytest.fixture(scope="module")
+def sweeps(request, tmp_path_factory):
+    """The sweeps of the selected tests of this module, two at a time (a tiny sweep is mostly
+    imports, and those overlap); each test reads its own one's results."""
+    with at_once(most=2) as start:
+        launched = _Sweeps(start, tmp_path_factory)
+        for item in request.session.items:
+            if getattr(item, "module", None) is request.module and "sweeps" in item.fixturenames:
+                launched[item.callspec.params["launcher"] if hasattr(item, "callspec") else "seeds"]
+        yield launched
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_grid_sweep_with_each_launcher(sweeps, launcher):
+    root, launched = sweeps[launcher]
+    _check_sweep(root, launched.result(),
+                 "sweep cv.n_folds=2 data.max_rows=64 model=tiny optimizer=adamw,llrd trainer.max_steps=4")
+
+
+def test_seed_sweep_and_the_table_command(sweeps):
+    root, launched = sweeps["seeds"]
+    out = launched.result()
     assert out.returncode == 0, out.stderr[-3000:]
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    table_dir = tmp_path / "table"
-    out = run_cli("ftsweep.table", "--experiment", "seeds", "--tracking-uri", uri, "--out", str(table_dir), cwd=tmp_path)
+    uri = f"sqlite:///{root}/mlflow.db"
+    table_dir = root / "table"
+    out = run_cli("ftsweep.table", "--experiment", "seeds", "--tracking-uri", uri, "--out", str(table_dir), cwd=root)
     assert out.returncode == 0, out.stderr
     csv = pd.read_csv(table_dir / "results.csv")
     assert csv["label"].tolist() == ["optimizer=adamw", "optimizer=llrd"]
