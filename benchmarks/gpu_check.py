@@ -6,7 +6,7 @@
 Offline: models are random-init from their configs, the tokenizer and CommonLit's token lengths
 ship in benchmarks/data/. Sections run in priority order while the time budget (--budget-s)
 lasts; each one's numbers are written to the JSON as soon as it ends, so a run cut short keeps
-what it measured. The training code is ftsweep's own (fit_fold, run_cv, the CLI), never a copy.
+what it measured. The training code is ftsweep's own (cv.fold.train_fold, run_cv, the CLI), never a copy.
 
   throughput  roberta-base shape, batch 8, CommonLit lengths: ftsweep (eager and compiled) vs the
               HF Trainer (padded to 256, and its best settings) vs a plain bf16 loop, one process;
@@ -46,17 +46,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from ftsweep.batching import steps_per_epoch  # noqa: E402
-from ftsweep.devices import resolve_device  # noqa: E402
-from ftsweep.model import build_regressor, load_backbone, random_backbone  # noqa: E402
-from ftsweep.param_groups import build_optimizer  # noqa: E402
-from ftsweep.schedule import plan_steps  # noqa: E402
-from ftsweep.trainer import fit_fold  # noqa: E402
+from ftsweep.cv.fold import train_fold  # noqa: E402
+from ftsweep.model.regressor import load_backbone, random_backbone  # noqa: E402
+from ftsweep.train.devices import resolve_device  # noqa: E402
+from ftsweep.train.loop import FoldSplit, Runtime  # noqa: E402
 
 from throughput import (  # noqa: E402
     ROOT,
-    NullSink,
-    Quiet,
     commonlit_lengths,
     compose_cfg,
     fold_eval_cost,
@@ -252,17 +248,13 @@ def section_memory(c: Check) -> dict:
     out = {"steps": c.sizes.memory_steps}
     for name, extra in (("plain", []), ("swa", ["swa=on", "swa.start_epoch=null", "swa.start_fraction=0.5"])):
         cfg = c.cfg(*extra, f"trainer.max_steps={c.sizes.memory_steps}")
-        torch.manual_seed(0)
+        backbone = load_backbone(cfg.model)
         c.reset_peak()
-        model = build_regressor(load_backbone(cfg.model), cfg.head).to(c.device)
-        optimizer = build_optimizer(model, cfg.optimizer, c.device)
-        train, val = rows[:-n_val], rows[-n_val:]
-        plan = plan_steps(cfg, steps_per_epoch(len(train), int(cfg.trainer.batch_size)))
-        res = fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, c.device, c.dtype, 0, NullSink(),
-                       Quiet())
+        split = FoldSplit(encoded, targets, rows[:-n_val], rows[-n_val:])
+        res = train_fold(cfg, backbone, split, Runtime(c.device, c.dtype, 0))
         out[f"peak_gib_{name}"] = c.peak_gib()
         out[f"rmse_{name}"] = res.rmse_last
-        del model, optimizer
+        del backbone, res
     return out
 
 

@@ -21,14 +21,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 import ftsweep  # noqa: F401
-import ftsweep.cv as cv_module
-from ftsweep import tracking
-from ftsweep.cv import run_cv
+import ftsweep.tracking.recorder as recorder_module
+from ftsweep.cv.pipeline import run_cv
+from ftsweep.tracking.sink import FoldSink
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-class TimedSink(tracking.FoldSink):
+class TimedSink(FoldSink):
     """FoldSink that adds up the seconds spent on learning-rate metrics."""
 
     seconds = 0.0
@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     args, overrides = parser.parse_known_args(argv)
-    cv_module.FoldSink = TimedSink  # run_cv builds one sink per fold from this name
+    recorder_module.FoldSink = TimedSink  # the recorder builds one sink per fold from this name
     times = {True: [], False: []}
     direct = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftsweep.table import fold_frame, paired_difference  # noqa: E402
-from ftsweep.tracking import Tracker  # noqa: E402
+from ftsweep.sweep.table import fold_frame, paired_difference  # noqa: E402
+from ftsweep.tracking.store import Tracker  # noqa: E402
 
 
 def run(args: list[str], out: Path) -> float:

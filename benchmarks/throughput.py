@@ -32,36 +32,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import ftsweep  # noqa: F401
-from ftsweep.batching import Encoded, steps_per_epoch
-from ftsweep.cv import run_cv
-from ftsweep.devices import resolve_device
-from ftsweep.model import build_regressor, load_backbone
-from ftsweep.param_groups import build_optimizer
-from ftsweep.schedule import plan_steps
-from ftsweep.speed import prepare_model
-from ftsweep.trainer import fit_fold
+from ftsweep.cv.fold import build_fold_model, train_fold, train_model
+from ftsweep.cv.pipeline import run_cv
+from ftsweep.data.batching import Encoded
+from ftsweep.model.regressor import build_regressor, load_backbone
+from ftsweep.train.devices import resolve_device
+from ftsweep.train.loop import FoldSplit, Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared file when this checkout sits beside ../shared, else the repo's copy (a GPU box has only the repo).
 LENGTHS_FILES = [ROOT.parent / "shared" / "data" / "commonlit_token_lengths.txt",
                  ROOT / "benchmarks" / "data" / "commonlit_token_lengths.txt"]
 H100_BF16_DENSE_TFLOPS = 989.0
-
-
-class NullSink:
-    def log_steps(self, *a):
-        pass
-
-    def log_lr(self, *a):
-        pass
-
-
-class Quiet:
-    def trained(self, *a):
-        pass
-
-    def evaluated(self, *a):
-        pass
 
 
 def commonlit_lengths(n: int, rng: np.random.Generator, cap: int) -> np.ndarray:
@@ -96,19 +78,16 @@ def time_ftsweep(cfg, encoded, targets, rows, device, dtype, steps, warmup: int 
     """Seconds for `warmup` optimizer steps of ftsweep's fit_fold (kernel plans, allocator, compiling),
     then for `steps` more, inside `around()` (e.g. a profiler). The model gets the config's
     trainer.compile / gradient_checkpointing."""
-    val = rows[:8]
-    torch.manual_seed(0)
-    model = prepare_model(build_regressor(load_backbone(cfg.model), cfg.head).to(device), cfg.trainer)
+    split, runtime = FoldSplit(encoded, targets, rows, rows[:8]), Runtime(device, dtype, 0)
+    model = build_fold_model(cfg, load_backbone(cfg.model), split, runtime)  # one model: warm kernels carry over
     timings = []
     for n, context in ((min(warmup, steps), contextlib.nullcontext), (steps, around)):
         with open_dict(cfg):
             cfg.trainer.max_steps = n
-        optimizer = build_optimizer(model, cfg.optimizer, device)
-        plan = plan_steps(cfg, steps_per_epoch(len(rows), int(cfg.trainer.batch_size)))
         sync(device)
         t = time.perf_counter()
         with context():
-            fit_fold(model, optimizer, plan, cfg, encoded, rows, val, targets, device, dtype, 0, NullSink(), Quiet())
+            train_model(model, cfg, split, runtime)
             sync(device)
         timings.append(time.perf_counter() - t)
     return timings[0], timings[1]
@@ -216,13 +195,10 @@ def fold_eval_cost(overrides, root, encoded, targets, device, dtype) -> tuple[fl
     out = []
     for ev in ("eval=epoch", "eval=frequent"):
         cfg = compose_cfg([*overrides, ev], root)
-        torch.manual_seed(0)
-        model = prepare_model(build_regressor(load_backbone(cfg.model), cfg.head).to(device), cfg.trainer)
-        optimizer = build_optimizer(model, cfg.optimizer, device)
-        plan = plan_steps(cfg, steps_per_epoch(len(train), int(cfg.trainer.batch_size)))
+        backbone = load_backbone(cfg.model)
         sync(device)
         t = time.perf_counter()
-        res = fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, device, dtype, 0, NullSink(), Quiet())
+        res = train_fold(cfg, backbone, FoldSplit(encoded, targets, train, val), Runtime(device, dtype, 0))
         sync(device)
         out.append(time.perf_counter() - t)
     return out[0], out[1], res.evaluations

@@ -7,12 +7,12 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ftsweep.cli import check_command_line, guarded, in_multirun, job_number, task_overrides
-from ftsweep.cv import run_cv
-from ftsweep.progress import want_bar
-from ftsweep.pruning import fold_reporter, trial_tags
-from ftsweep.summary import print_summary
-from ftsweep.sweep import experiment_name, record_job
+from ftsweep.cv.pipeline import Job, run_cv
+from ftsweep.cv.summary import print_summary
+from ftsweep.jobs import check_command_line, guarded, in_multirun, job_number, task_overrides
+from ftsweep.search.pruning import fold_reporter, trial_tags
+from ftsweep.sweep.callback import experiment_name, record_job
+from ftsweep.train.progress import want_bar
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -22,8 +22,8 @@ def main(cfg: DictConfig) -> float | dict:
         with open_dict(cfg):
             cfg.tracking.experiment = experiment_name(cfg, multirun)
         resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
-        result = run_cv(cfg, task_overrides(), use_bar=want_bar(multirun), resume=resume,
-                        tags={"ftsweep.job_num": str(job_number()), **trial_tags(cfg)}, after_fold=fold_reporter(cfg))
+        result = run_cv(cfg, Job(task_overrides(), resume, {"ftsweep.job_num": str(job_number()), **trial_tags(cfg)},
+                                 use_bar=want_bar(multirun), after_fold=fold_reporter(cfg)))
         print_summary(cfg, result)
         if multirun:
             record_job("held" if result.held_by else "ok", result.held_by or "")

@@ -18,15 +18,15 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ftsweep import plots
-from ftsweep.batching import steps_per_epoch
-from ftsweep.cli import guarded
-from ftsweep.config import validate
-from ftsweep.data import TARGET, load_frame, resolve_path
-from ftsweep.folds import assign_folds
-from ftsweep.model import architecture_config, build_regressor, random_backbone
-from ftsweep.param_groups import build_optimizer, group_layers
-from ftsweep.schedule import LrSchedule, plan_steps
+from ftsweep.config.checks import validate
+from ftsweep.data.batching import steps_per_epoch
+from ftsweep.data.folds import assign_folds
+from ftsweep.data.loading import TARGET, load_frame, resolve_path
+from ftsweep.jobs import guarded
+from ftsweep.model.param_groups import build_optimizer, group_layers
+from ftsweep.model.regressor import architecture_config, build_regressor, random_backbone
+from ftsweep.train import plots
+from ftsweep.train.schedule import LrSchedule, plan_steps
 
 
 def lr_table(cfg: DictConfig, n_train_rows: int) -> pd.DataFrame:

@@ -9,8 +9,9 @@ import shutil
 import sys
 
 from ftsweep.errors import FtsweepError
-from ftsweep.table import default_tracking_uri
-from ftsweep.tracking import Tracker, runs_link, sqlite_path
+from ftsweep.locks import sqlite_path
+from ftsweep.sweep.table import default_tracking_uri
+from ftsweep.tracking.store import Tracker, runs_link
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ftsweep.ui: error: {exc}", file=sys.stderr)
         return 2
     base = f"http://{args.host}:{args.port}" if sqlite_path(tracker.uri) else tracker.uri
-    experiments = [e for e in tracker.client.search_experiments() if e.name != "Default"]
+    experiments = tracker.experiments()
     print("ftsweep experiments (each link opens its runs):" if experiments else "no ftsweep experiments yet")
-    for exp in experiments:
-        print(f"  {exp.name}: {runs_link(tracker.uri, exp.experiment_id, base)}")
+    for name, experiment_id in experiments:
+        print(f"  {name}: {runs_link(tracker.uri, experiment_id, base)}")
     if sqlite_path(tracker.uri) is None:
         return 0  # a server store already has its UI
     sys.stdout.flush()

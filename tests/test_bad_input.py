@@ -9,14 +9,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from ftsweep import tracking
-from ftsweep.cli import guarded
-from ftsweep.cv import run_cv
-from ftsweep.demo_data import generate
+from ftsweep.cv.pipeline import run_cv
+from ftsweep.data.demo import generate
+from ftsweep.ensemble.predict import check_args
 from ftsweep.errors import ConfigError, FtsweepError
-from ftsweep.predict import _check_args, fold_checkpoints
-from ftsweep.table import write_table
-from ftsweep.tracking import Tracker, normalize_uri
+from ftsweep.jobs import guarded
+from ftsweep.sweep.table import write_table
+from ftsweep.tracking import store as tracking
+from ftsweep.tracking.model_export import fold_checkpoints
+from ftsweep.tracking.store import Tracker, normalize_uri
 
 from conftest import TINY, at_once, run_cli
 
@@ -132,7 +133,7 @@ def test_predict_refuses_runs_it_cannot_use(saved_run, tmp_path):
 def test_predict_checks_its_arguments_first(tmp_path):
     base = {"run_id": "abc", "data": {"path": "t.csv"}, "output": str(tmp_path / "sub.csv"), "batch_size": 128,
             "device": "auto", "allow_partial": False}
-    assert _check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
+    assert check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
     for changes, message in (({"run_id": "???"}, "run_id is not set; add run_id=<parent run id>"),
                              ({"data": {"path": "???"}}, "data.path is not set"),
                              ({"output": str(tmp_path)}, "is a folder; name a file"),
@@ -142,7 +143,7 @@ def test_predict_checks_its_arguments_first(tmp_path):
                              ({"device": "gpu"}, "device='gpu' is not one of auto, cuda, cpu"),
                              ({"allow_partial": "no"}, "allow_partial='no' must be true or false")):
         with pytest.raises(ConfigError, match=message):
-            _check_args(OmegaConf.create({**base, **changes}))
+            check_args(OmegaConf.create({**base, **changes}))
 
 
 @pytest.mark.slow

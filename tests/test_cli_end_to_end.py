@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ftsweep.demo_data import generate
+from ftsweep.data.demo import generate
 
 from conftest import TINY, at_once, run_cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftsweep.config import validate
+from ftsweep.config.checks import validate
 from ftsweep.errors import ConfigError
 
 from conftest import CONF, compose_cfg, run_cli

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from ftsweep.data import fingerprint, load_frame
+from ftsweep.data.loading import fingerprint, load_frame
 from ftsweep.errors import DataError
 
 CFG = OmegaConf.create({"name": "commonlit", "path": None, "max_rows": None, "id_column": "id",

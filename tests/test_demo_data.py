@@ -7,7 +7,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_predict
 
-from ftsweep.demo_data import COLUMNS, generate
+from ftsweep.data.demo import COLUMNS, generate
 
 
 def test_schema_scale_and_determinism():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ftsweep import devices
+from ftsweep.train import devices
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_slurm_job_uses_the_cpus_it_was_given(monkeypatch):
     import torch
     from omegaconf import OmegaConf
 
-    from ftsweep.devices import resolve_device
+    from ftsweep.train.devices import resolve_device
 
     before = torch.get_num_threads()
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")

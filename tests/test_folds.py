@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ftsweep.folds import assign_folds, n_bins_for, target_bins
+from ftsweep.data.folds import assign_folds, n_bins_for, target_bins
 
 
 def test_sturges_bins():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ftsweep.config import validate
+from ftsweep.config.checks import validate
 from ftsweep.errors import ConfigError
+from ftsweep.model.speed import prepare_model
 from ftsweep.plan import lr_table
-from ftsweep.speed import prepare_model
-from ftsweep.trainer import fit_fold
+from ftsweep.train.loop import FoldSplit, Runtime, fit_fold
 
 from conftest import compose_cfg
 from test_trainer import Quiet, RecordingSink, _losses, _setup
@@ -19,7 +19,7 @@ from test_trainer import Quiet, RecordingSink, _losses, _setup
 def _trained(make_cfg, *overrides):
     cfg, model, optimizer, plan, encoded, train, val, targets = _setup(make_cfg, "trainer.epochs=1", *overrides)
     sink = RecordingSink()
-    res = fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, torch.device("cpu"), None, 0, sink,
+    res = fit_fold(model, optimizer, cfg, FoldSplit(encoded, targets, train, val), Runtime(torch.device("cpu")), sink,
                    Quiet())
     return model, plan, sink, res
 

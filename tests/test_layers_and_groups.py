@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ftsweep.errors import ConfigError, ModelError
-from ftsweep.layers import assign_layers, num_layers
-from ftsweep.model import build_regressor
-from ftsweep.param_groups import build_optimizer, build_param_groups, layer_rates, layer_sets
+from ftsweep.model.layers import assign_layers, num_layers
+from ftsweep.model.param_groups import build_optimizer, build_param_groups, layer_rates, layer_sets
+from ftsweep.model.regressor import build_regressor
 
 from archs import ARCHS, n_layers_of, tiny_backbone
 

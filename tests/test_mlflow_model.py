@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ftsweep.cv import run_cv
-from ftsweep.demo_data import generate
+from ftsweep.cv.pipeline import run_cv
+from ftsweep.data.demo import generate
 
 from conftest import TINY, at_once, cli_env, run_cli
 

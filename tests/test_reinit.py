@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ftsweep.errors import ConfigError
-from ftsweep.layers import assign_layers
-from ftsweep.model import build_regressor
-from ftsweep.reinit import reinit_top_layers
+from ftsweep.model.layers import assign_layers
+from ftsweep.model.regressor import build_regressor
+from ftsweep.model.reinit import reinit_top_layers
 
 from archs import tiny_backbone
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ftsweep.cv import run_cv
-from ftsweep.demo_data import generate
-from ftsweep.lease import HEARTBEAT_TAG, OWNER_TAG, _machine, _start_time, owner_alive, owner_tags
-from ftsweep.tracking import Tracker
+from ftsweep.cv.pipeline import Job, run_cv
+from ftsweep.data.demo import generate
+from ftsweep.locks import HEARTBEAT_TAG, OWNER_TAG, _machine, _start_time, owner_alive, owner_tags
+from ftsweep.tracking.store import Tracker
 
 from conftest import TINY, cli_env, run_cli
 
@@ -46,13 +46,13 @@ def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, 
     cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e")
     # a run that stopped after fold 0 (cv.folds is not part of the unit: the same unit, half done)
     partial = run_cv(make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e",
-                              "cv.folds=[0]"), resume=True)
-    assert run_cv(cfg, resume=True).parent_run_id == partial.parent_run_id  # same data: resumed, fold 0 reused
+                              "cv.folds=[0]"), Job(resume=True))
+    assert run_cv(cfg, Job(resume=True)).parent_run_id == partial.parent_run_id  # same data: resumed, fold 0 reused
     frame = pd.read_csv(path, dtype=str)
     frame.loc[::5, "target"] = (frame.loc[::5, "target"].astype(float) + 1.5).astype(str)
     frame.to_csv(path, index=False)
     caplog.clear()
-    fresh = run_cv(cfg, resume=True)
+    fresh = run_cv(cfg, Job(resume=True))
     assert fresh.parent_run_id != partial.parent_run_id
     assert "the data changed since run" in caplog.text and "starting fresh" in caplog.text
     client, parents, children = _runs(cfg.tracking.uri, "e")
@@ -65,7 +65,7 @@ def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, 
     assert tags[fresh.parent_run_id]["ftsweep.data_fingerprint"] != tags[partial.parent_run_id]["ftsweep.data_fingerprint"]
     # and a rerun on the new data is a no-op again
     caplog.clear()
-    assert run_cv(cfg, resume=True).parent_run_id == fresh.parent_run_id and "already finished" in caplog.text
+    assert run_cv(cfg, Job(resume=True)).parent_run_id == fresh.parent_run_id and "already finished" in caplog.text
 
 
 def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, tmp_path):
@@ -91,7 +91,7 @@ def sleeper():
 
 
 def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, sleeper):
-    half = run_cv(make_cfg("cv.folds=[0]"), resume=True)
+    half = run_cv(make_cfg("cv.folds=[0]"), Job(resume=True))
     cfg = make_cfg()
     tracker = Tracker(cfg.tracking.uri, "ftsweep")
     key = tracker.get_run(half.parent_run_id).data.tags["ftsweep.config_key"]
@@ -100,12 +100,12 @@ def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg,
     tracker.reopen(half.parent_run_id, {OWNER_TAG: token})
     stale = tracker.start_run("fold 1", {"ftsweep.config_key": key, "ftsweep.fold": "1", OWNER_TAG: token},
                               parent_id=half.parent_run_id)
-    held = run_cv(cfg, resume=True)
+    held = run_cv(cfg, Job(resume=True))
     assert held.held_by == token and not held.folds
     assert tracker.get_run(stale).info.status == "RUNNING"  # a live owner's run is not touched
     sleeper.kill()
     sleeper.wait()  # kill -9: the owner is gone, its runs still say RUNNING
-    taken = run_cv(cfg, resume=True)
+    taken = run_cv(cfg, Job(resume=True))
     assert taken.parent_run_id == half.parent_run_id and sorted(taken.folds) == [0, 1]
     assert tracker.get_run(stale).info.status == "KILLED"
     assert "is gone; the unit was taken over" in tracker.get_run(stale).data.tags["ftsweep.error"]

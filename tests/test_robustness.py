@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ftsweep import model as model_module
-from ftsweep.batching import encode
-from ftsweep.cv import run_cv
-from ftsweep.demo_data import generate
+from ftsweep.cv.pipeline import run_cv
+from ftsweep.data.batching import encode
+from ftsweep.data.demo import generate
 from ftsweep.errors import ConfigError, ModelError
-from ftsweep.model import load_tokenizer
+from ftsweep.model import regressor as model_module
+from ftsweep.model.regressor import load_tokenizer
 
 from conftest import TINY, at_once, free_port, run_cli, wait_for_server
 

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ftsweep.errors import ConfigError
-from ftsweep.schedule import LrSchedule, StepPlan, plan_steps
+from ftsweep.train.schedule import LrSchedule, StepPlan, plan_steps
 
 PEAKS = [1e-6, 2e-6, 4e-6]
 

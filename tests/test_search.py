@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from ftsweep.search import make_sampler
+from ftsweep.search.sweeper import make_sampler
 
 from conftest import ROOT, TINY, cli_env, run_cli
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ftsweep.table import build_table, paired_difference, to_markdown
+from ftsweep.sweep.table import build_table, paired_difference, to_markdown
 
 
 def _folds():

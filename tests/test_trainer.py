@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ftsweep.batching import encode, steps_per_epoch
-from ftsweep.demo_data import generate
+from ftsweep.data.batching import encode, steps_per_epoch
+from ftsweep.data.demo import generate
 from ftsweep.errors import TrainingError
-from ftsweep.model import build_regressor, load_backbone, load_tokenizer
-from ftsweep.param_groups import build_optimizer
-from ftsweep.schedule import plan_steps
-from ftsweep.speed import prepare_model
-from ftsweep.trainer import fit_fold, rmse
+from ftsweep.model.param_groups import build_optimizer
+from ftsweep.model.regressor import build_regressor, load_backbone, load_tokenizer
+from ftsweep.model.speed import prepare_model
+from ftsweep.train.loop import FoldSplit, Runtime, fit_fold, rmse
+from ftsweep.train.schedule import plan_steps
 
 
 class RecordingSink:
@@ -51,7 +51,7 @@ def _setup(make_cfg, *overrides, n_rows=48):
 
 
 def _fit(cfg, model, optimizer, plan, encoded, train, val, targets, sink=None, seed=0):
-    return fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, torch.device("cpu"), None, seed,
+    return fit_fold(model, optimizer, cfg, FoldSplit(encoded, targets, train, val), Runtime(torch.device("cpu"), None, seed),
                     sink or RecordingSink(), Quiet())
 
 
@@ -124,8 +124,8 @@ def _losses(make_cfg, autocast_dtype, *overrides):
                                                                        *overrides)
     prepare_model(model, cfg.trainer)  # trainer.compile / gradient_checkpointing, as cv.py does
     sink = RecordingSink()
-    res = fit_fold(model, optimizer, plan, cfg, encoded, train, val, targets, torch.device("cpu"), autocast_dtype, 0,
-                   sink, Quiet())
+    res = fit_fold(model, optimizer, cfg, FoldSplit(encoded, targets, train, val),
+                   Runtime(torch.device("cpu"), autocast_dtype, 0), sink, Quiet())
     return np.array([sink.steps["train/loss"][s] for s in sorted(sink.steps["train/loss"])]), res
 
 

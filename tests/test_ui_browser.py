@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ftsweep.cv import run_cv
+from ftsweep.cv.pipeline import Job, run_cv
 
 from conftest import ROOT, free_port, wait_for_server
 
@@ -31,7 +31,7 @@ def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
-    results = [run_cv(make_cfg(f"optimizer={name}", "tracking.experiment=browser"), [f"optimizer={name}"])
+    results = [run_cv(make_cfg(f"optimizer={name}", "tracking.experiment=browser"), Job([f"optimizer={name}"]))
                for name in ("adamw", "llrd")]
     port = free_port()
     ui = subprocess.Popen(["make", "-s", "ui", f"OUTPUTS={tmp_path}", f"UI_PORT={port}"], cwd=ROOT,

@@ -12,6 +12,10 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
+    # Read by ftsweep's SweepCallback: a search writes its own summary (best.yaml, top trials),
+    # so the grid's closing results table is not printed.
+    prints_own_summary = True
+
     def __init__(self, **settings: Any) -> None:
         # The settings are read from the composed config in sweep(), where errors are one line.
         self.config: DictConfig | None = None
@@ -22,8 +26,8 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from ftsweep.search import search
-        from ftsweep.sweep import EXPERIMENT_ENV
+        from ftsweep.search.sweeper import search
+        from ftsweep.sweep.callback import EXPERIMENT_ENV
 
         assert self.config is not None
         return search(self.config.hydra.sweeper, list(arguments), self.config, self.hydra_context.config_loader,

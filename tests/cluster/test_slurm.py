@@ -6,7 +6,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from ftsweep.demo_data import generate
+from ftsweep.data.demo import generate
 
 from .conftest import experiment_runs, finished_units, slurm_jobs, sweep_dir, table_lines, unique, wait_midway
 

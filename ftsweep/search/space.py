@@ -17,8 +17,8 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ftsweep.cli import unreadable_override
 from ftsweep.errors import FtsweepError
+from ftsweep.jobs import unreadable_override
 
 
 @dataclass
@@ -59,7 +59,7 @@ def parse(arguments: list[str], params: dict[str, str] | None, int_keys: set[str
             space.fixed.append(override.input_line)
     if not space.params:
         raise FtsweepError("the search space is empty: give hydra.sweeper.params or overrides such as "
-                           "'model.lr=tag(log, interval(1e-5, 1e-4))' (README: Search).")
+                           "'model.lr=tag(log, interval(1e-5, 1e-4))' (docs/sweeps-and-search.md).")
     return space
 
 

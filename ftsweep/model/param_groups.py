@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ftsweep.errors import ConfigError
-from ftsweep.layers import EMBEDDINGS, HEAD, assign_layers, layer_names, num_layers
+from ftsweep.model.layers import EMBEDDINGS, HEAD, assign_layers, layer_names, num_layers
 
 
 def layer_rates(opt_cfg: DictConfig, n_layers: int) -> dict[str, float]:

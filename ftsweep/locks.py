@@ -1,4 +1,6 @@
-"""Who holds a unit of work: an owner token per process, its liveness, and a heartbeat.
+"""Who holds what, with no MLflow or Optuna in it: a file lock beside a SQLite store, an owner
+token per process, its liveness, and a heartbeat. Used by tracking (units of work) and by
+search (the study's trials).
 
 A parent run that is RUNNING belongs to the process named in its owner tag. On the
 same machine liveness is exact (the pid exists and started when the token says);
@@ -8,12 +10,15 @@ heartbeat tag, and a heartbeat older than LEASE_SECONDS means the owner is gone.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
+from pathlib import Path
 
 OWNER_TAG = "ftsweep.owner"
 HEARTBEAT_TAG = "ftsweep.heartbeat"
@@ -102,3 +107,24 @@ class Heartbeat:
                 self._beat()
             except Exception:  # noqa: BLE001 (the lease lapses; the run goes on)
                 pass
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[bool]:
+    """Serialises, across processes on this machine, what must not interleave on one SQLite
+    file: creating its schema (a second sweep would fail inside MLflow's migration) and claiming
+    units. Yields whether the lock is exclusive (False for server stores: see units.claim)."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield False
+        return
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

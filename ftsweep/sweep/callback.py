@@ -32,7 +32,6 @@ _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or qu
 _LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
 DEFAULT_EXPERIMENT = "ftsweep"
-SEARCH_ENV = "FTSWEEP_SEARCH_STUDY"  # set by a search (ftsweep.search): it prints its own summary  # single runs, when tracking.experiment is null
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -104,10 +103,21 @@ def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, li
     return outcomes
 
 
+def _sweeper_prints_own_summary(config: DictConfig) -> bool:
+    """The sweeper class says so (ftsweep's Optuna sweeper: prints_own_summary = True)."""
+    from hydra.utils import get_class
+
+    target = config.hydra.sweeper.get("_target_")
+    try:
+        return bool(getattr(get_class(target), "prints_own_summary", False)) if target else False
+    except Exception:  # noqa: BLE001 (an unimportable sweeper never got this far)
+        return False
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ftsweep.errors import FtsweepError
-        from ftsweep.tracking import Tracker
+        from ftsweep.tracking.store import Tracker
 
         overrides = list(config.hydra.overrides.task)
         name = config.tracking.get("experiment") or sweep_experiment_name(overrides)
@@ -126,15 +136,15 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         name = os.environ.get(EXPERIMENT_ENV, "sweep")
         sweep_dir = Path(config.hydra.sweep.dir)
-        if os.environ.pop(SEARCH_ENV, None) is None:  # a search printed its own summary (ftsweep.search)
+        if not _sweeper_prints_own_summary(config):
             self._print_table(config, name, sweep_dir)
         self._report_jobs(sweep_dir)
 
     @staticmethod
     def _print_table(config: DictConfig, name: str, sweep_dir: Path) -> None:
         from ftsweep.errors import FtsweepError
-        from ftsweep.table import write_table
-        from ftsweep.tracking import Tracker
+        from ftsweep.sweep.table import write_table
+        from ftsweep.tracking.store import Tracker
 
         try:
             tracker = Tracker(config.tracking.uri, name, create=False)

@@ -13,8 +13,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ftsweep.lease import OWNER_TAG, owner_alive, owner_tags
-from ftsweep.tracking import PreviousRun, Tracker, store_lock
+from ftsweep.locks import OWNER_TAG, owner_alive, owner_tags, store_lock
+from ftsweep.tracking.store import PreviousRun, Tracker
 
 log = logging.getLogger("ftsweep")
 SETTLE_SECONDS = 2.0  # server stores: time for a rival's claim to land before we compare

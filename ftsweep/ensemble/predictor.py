@@ -17,10 +17,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from ftsweep.batching import encode
-from ftsweep.checkpoints import load_state
-from ftsweep.model import architecture_config, build_regressor, load_tokenizer
-from ftsweep.trainer import predict as predict_rows
+from ftsweep.data.batching import encode
+from ftsweep.model.checkpoints import load_state
+from ftsweep.model.regressor import architecture_config, build_regressor, load_tokenizer
+from ftsweep.train.loop import predict as predict_rows
 
 CONFIG, BACKBONE, TOKENIZER, FOLDS = "config.yaml", "backbone", "tokenizer", "folds"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ftsweep import demo_data
+from ftsweep.data import demo as demo_data
 from ftsweep.errors import DataError
 
 log = logging.getLogger(__name__)

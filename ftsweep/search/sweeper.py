@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from ftsweep.errors import FtsweepError
-from ftsweep.lease import HEARTBEAT_TAG, Heartbeat
-from ftsweep.search_space import SearchSpace, bounds_and_choices, format_value, parse
-from ftsweep.study import (
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
+from ftsweep.search.study import (
     OVERRIDES,
     default_storage,
     in_progress,
@@ -37,8 +36,7 @@ from ftsweep.study import (
     own,
     retry_interrupted,
 )
-from ftsweep.sweep import SEARCH_ENV
-from ftsweep.tracking import normalize_uri
+from ftsweep.tracking.store import normalize_uri
 
 log = logging.getLogger("ftsweep")
 Compose = Callable[[list[str]], DictConfig]  # overrides -> the job's config (hydra node removed)
@@ -97,7 +95,7 @@ def searched(sweeper: DictConfig) -> dict:
 def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[SearchSpace, DictConfig]:
     """The space, with every key and the values at its bounds composed and validated as a run
     would be; and the config every trial shares (the fixed overrides applied)."""
-    from ftsweep.cv import check_config
+    from ftsweep.cv.pipeline import check_config
 
     probe = parse(arguments, params)  # key names first, then which of them hold ints
     shared = compose(probe.fixed)
@@ -254,14 +252,13 @@ def open_search(settings: Settings) -> optuna.Study:
     existing = optuna.load_study(study_name=settings.study_name, storage=storage) if known else None
     sampler = make_sampler(settings.sampler, len(existing.trials) if existing is not None else 0)
     study = open_study(settings.study_name, storage, settings.direction, sampler=sampler)
-    os.environ[SEARCH_ENV] = settings.study_name
     return study
 
 
 def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config_loader, launch: Launch,
            default_study: str) -> Outcome:
     """The whole search; a setting, key or value that cannot work is one line and exit 2 here."""
-    from ftsweep.search_summary import summarize
+    from ftsweep.search.summary import summarize
 
     compose = composer(config_loader, config)
     try:

@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from ftsweep.errors import FtsweepError  # noqa: E402
-from ftsweep.study import OVERRIDES, lineage  # noqa: E402
-from ftsweep.sweep import experiment_name  # noqa: E402
-from ftsweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
-from ftsweep.tracking import STUDY_TAG, Tracker  # noqa: E402
+from ftsweep.search.study import OVERRIDES, lineage  # noqa: E402
+from ftsweep.sweep.callback import experiment_name  # noqa: E402
+from ftsweep.sweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
+from ftsweep.tracking.store import STUDY_TAG, Tracker  # noqa: E402
 
 log = logging.getLogger("ftsweep")
 SUMMARY_KIND = "search summary"

@@ -45,7 +45,7 @@ def layer_of(backbone_name: str) -> str:
         return HEAD
     raise ModelError(
         f"cannot tell which layer the backbone parameter {backbone_name!r} belongs to; "
-        f"this architecture is not supported by layer-wise options yet (see ftsweep/layers.py)."
+        f"this architecture is not supported by layer-wise options yet (see ftsweep/model/layers.py)."
     )
 
 

@@ -111,7 +111,7 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
             pass
     multirun = in_multirun()
     if multirun:
-        from ftsweep.devices import parallel_local
+        from ftsweep.train.devices import parallel_local
 
         if parallel_local():
             exit_with_launcher()
@@ -149,6 +149,6 @@ def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:
 
 
 def _record(status: str, detail: str) -> None:
-    from ftsweep.sweep import record_job
+    from ftsweep.sweep.callback import record_job
 
     record_job(status, detail)

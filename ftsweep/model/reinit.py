@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ftsweep.errors import ConfigError
-from ftsweep.layers import HEAD, assign_layers, num_layers
+from ftsweep.model.layers import HEAD, assign_layers, num_layers
 
 
 def reinit_top_layers(model: nn.Module, n: int, pooler: bool) -> list[str]:

@@ -8,17 +8,17 @@ trial through the study's storage; the pruner is the one the sweeper was configu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from ftsweep.cv.pipeline import FoldReport
+
 log = logging.getLogger("ftsweep")
-FoldReport = Callable[[int, float], bool]  # (folds finished - 1, running mean RMSE) -> stop now?
 
 
 def trial_tags(cfg: DictConfig) -> dict[str, str]:
     """A search trial's runs name their study and trial: the search summary finds them by these."""
-    from ftsweep.tracking import STUDY_TAG, TRIAL_TAG
+    from ftsweep.tracking.store import STUDY_TAG, TRIAL_TAG
 
     search = cfg.get("search")
     if search is None or search.get("lineage") is None:
@@ -33,7 +33,7 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
         return None
     import optuna
 
-    from ftsweep.study import open_storage
+    from ftsweep.search.study import open_storage
 
     pruner = _configured_pruner()
     study = optuna.load_study(study_name=str(search.study), storage=open_storage(str(search.storage)), pruner=pruner)

@@ -17,8 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import FtsweepError
-from ftsweep.lease import owner_alive, owner_tags
-from ftsweep.tracking import sqlite_path, store_lock
+from ftsweep.locks import owner_alive, owner_tags, sqlite_path, store_lock
 
 log = logging.getLogger("ftsweep")
 LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage

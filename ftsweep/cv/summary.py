@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ftsweep.cv import CvResult
-from ftsweep.tracking import sqlite_path
+from ftsweep.cv.pipeline import CvResult
+from ftsweep.locks import sqlite_path
 
 
 def print_summary(cfg: DictConfig, result: CvResult) -> None:

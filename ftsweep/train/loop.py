@@ -1,8 +1,9 @@
 """One fold of fine-tuning in plain PyTorch: steps, evaluation cadence, best state, SWA.
 
-Knows nothing of Hydra or MLflow: metrics go to a `sink` (see tracking.FoldSink)
-and progress to a `progress` reporter. Host syncs happen only at flush points
-(evaluations and every FLUSH_EVERY steps), never per step.
+Knows nothing of Hydra or MLflow: metrics go to a `MetricSink` (the CV run's is
+tracking.sink.FoldSink) and progress to a `ProgressReporter`; both default to no-ops.
+Host syncs happen only at flush points (evaluations and every FLUSH_EVERY steps),
+never per step.
 """
 
 from __future__ import annotations
@@ -10,19 +11,69 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ftsweep.batching import Encoded, eval_batches, pad_batch, train_batches
+from ftsweep.data.batching import Encoded, eval_batches, pad_batch, steps_per_epoch, train_batches
 from ftsweep.errors import TrainingError
-from ftsweep.param_groups import group_layers
-from ftsweep.schedule import LrSchedule, StepPlan
-from ftsweep.swa import WeightAverager
+from ftsweep.model.param_groups import group_layers
+from ftsweep.train.schedule import LrSchedule, plan_steps
+from ftsweep.train.swa import WeightAverager
 
 FLUSH_EVERY = 25
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The data of one fold: every row encoded once, their targets, and which rows train / validate."""
+
+    encoded: Encoded
+    targets: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a fold runs: device, autocast dtype (None: fp32) and the fold's seed."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    seed: int = 0
+
+
+class MetricSink(Protocol):
+    def log_steps(self, key: str, values: np.ndarray, first_step: int) -> None: ...
+
+    def log_lr(self, layers: list[str], rates: np.ndarray, first_step: int) -> None: ...
+
+
+class ProgressReporter(Protocol):
+    def trained(self, step: int, loss: float) -> None: ...
+
+    def evaluated(self, step: int, score: float, best: float) -> None: ...
+
+
+class NullSink:
+    """Measures nothing (benchmarks, tests that only want the result)."""
+
+    def log_steps(self, key: str, values: np.ndarray, first_step: int) -> None:
+        pass
+
+    def log_lr(self, layers: list[str], rates: np.ndarray, first_step: int) -> None:
+        pass
+
+
+class NullProgress:
+    def trained(self, step: int, loss: float) -> None:
+        pass
+
+    def evaluated(self, step: int, score: float, best: float) -> None:
+        pass
 
 
 @dataclass
@@ -68,9 +119,10 @@ def predict(model: nn.Module, encoded: Encoded, rows: np.ndarray, batch_size: in
 class _Evaluator:
     """Evaluates on the validation rows and keeps the best weights seen."""
 
-    def __init__(self, encoded, val_rows, targets, tcfg, device, autocast_dtype, keep_best_state: bool):
-        self.args = (encoded, val_rows, int(tcfg.eval_batch_size), int(tcfg.pad_to_multiple_of), device, autocast_dtype)
-        self.targets = targets[val_rows]
+    def __init__(self, split: FoldSplit, tcfg: DictConfig, runtime: Runtime, keep_best_state: bool):
+        self.args = (split.encoded, split.val_rows, int(tcfg.eval_batch_size), int(tcfg.pad_to_multiple_of),
+                     runtime.device, runtime.autocast_dtype)
+        self.targets = split.targets[split.val_rows]
         self.keep_best_state = keep_best_state
         self.best = math.inf
         self.best_step = -1
@@ -100,13 +152,14 @@ def _eval_due(cfg: DictConfig, epoch: int, batch_in_epoch: int, last_in_epoch: b
 
 
 def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: int, y_all: torch.Tensor,
-              tcfg: DictConfig, device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+              tcfg: DictConfig, runtime: Runtime) -> torch.Tensor:
     """Forward + backward of one micro-batch; returns its share of the step's loss (on the device).
 
     Squared errors are summed and divided by the rows of the whole optimizer step, so every row
     weighs the same however the step is cut: micro-batches of 4 + 3 rows give exactly the gradient
     of one batch of 7 (a mean per micro-batch would count each of the 3 rows 4/3 times as much).
     """
+    device, autocast_dtype = runtime.device, runtime.autocast_dtype
     ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
     if device.type == "cuda":
         ids, mask = ids.pin_memory(), mask.pin_memory()
@@ -118,20 +171,22 @@ def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: i
     return loss.detach()
 
 
-def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan, cfg: DictConfig,
-             encoded: Encoded, train_rows: np.ndarray, val_rows: np.ndarray, targets: np.ndarray,
-             device: torch.device, autocast_dtype: torch.dtype | None, seed: int, sink, progress,
-             keep_best_state: bool = False) -> FoldResult:
-    """Train one fold; return best / last (/ SWA) RMSE and validation predictions."""
+def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, split: FoldSplit,
+             runtime: Runtime, sink: MetricSink | None = None, progress: ProgressReporter | None = None) -> FoldResult:
+    """Train one fold; return best / last (/ SWA) RMSE and validation predictions. The best
+    weights are kept (FoldResult.best_state) when trainer.save_models is on."""
     tcfg = cfg.trainer
+    sink, progress = sink or NullSink(), progress or NullProgress()
+    encoded, targets, train_rows, device = split.encoded, split.targets, split.train_rows, runtime.device
     started = time.perf_counter()
+    plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(tcfg.batch_size)))
     schedule = LrSchedule(optimizer, cfg, plan)
     layers = group_layers(optimizer)
     first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in layers]
-    evaluator = _Evaluator(encoded, val_rows, targets, tcfg, device, autocast_dtype, keep_best_state)
+    evaluator = _Evaluator(split, tcfg, runtime, keep_best_state=bool(tcfg.get("save_models")))
     y_all = torch.tensor(np.asarray(targets), dtype=torch.float32)
     swa_model: WeightAverager | None = None
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(runtime.seed)
     losses = torch.zeros(plan.total_steps, device=device)
     lr_rows: list[list[float]] = []
     flushed = 0
@@ -176,8 +231,8 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, plan: StepPlan,
             if step >= plan.total_steps:
                 break
             lr_rows.append([g["lr"] for g in first_group])
-            losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, device,
-                                         autocast_dtype) for k in range(0, len(rows), micro))
+            losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, runtime)
+                               for k in range(0, len(rows), micro))
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
             optimizer.step()

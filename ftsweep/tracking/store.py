@@ -1,20 +1,16 @@
-"""MLflow: one parent run per composed config, one nested run per fold.
-
-The only module that talks to MLflow. Metrics are buffered and sent with
-`log_batch` (one call per ~1,000 values, never one call per value); writes to a
-shared SQLite store retry on "database is locked" so parallel jobs lose nothing.
+"""The MLflow store behind every run: addresses checked before use, one experiment per sweep,
+runs, tags, batched metrics (`log_batch`, ~1,000 values a call, never one call per value),
+artifacts, datasets and pyfunc models. Writes to a shared SQLite store retry on "database
+is locked", so parallel jobs lose nothing. Only tracking/ (and the model flavour in
+ensemble/) talks to MLflow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import getpass
-import hashlib
 import json
 import logging
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -24,32 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.locks import sqlite_path, store_lock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between ftsweep's own lines
 MAX_METRICS, MAX_PARAMS = 1000, 100
-# Where output goes and how fast, not what is computed: left out of the keys.
-# search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage")
-
-
 # A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after.
 STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "ftsweep.study", "ftsweep.trial", "ftsweep.pruned"
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REACH_TIMEOUT = 5.0  # seconds: an unreachable server is reported at once, not after minutes of retries
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def normalize_uri(uri: str) -> str:
@@ -107,8 +93,8 @@ def _check_server(uri: str) -> None:
                                f"/api/2.0/mlflow/experiments/search); check tracking.uri / MLFLOW_TRACKING_URI.") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it (README: A shared "
-                           f"tracking server) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
+        raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it "
+                           f"(docs/cluster-and-team-server.md) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
 
 
 @contextlib.contextmanager
@@ -126,23 +112,6 @@ def _fluent(uri: str) -> Iterator:
         mlflow.set_tracking_uri(global_before)
         if env_before is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env_before
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[bool]:
-    """Serialises, across processes on this machine, what must not interleave on one SQLite
-    file: creating its schema (a second sweep would fail inside MLflow's migration) and claiming
-    units. Yields whether the lock is exclusive (False for server stores: see units.claim)."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield False
-        return
-    with open(f"{db}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # Errors worth another try. SQLite allows one writer; parallel sweep jobs wait their turn.
@@ -171,43 +140,6 @@ def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = 
     raise AssertionError("unreachable")
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted keys, e.g. optimizer.layer_decay -> '0.9'."""
-    out: dict[str, str] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            out[prefix] = json.dumps(node) if isinstance(node, list) else str(node)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return out
-
-
-def _hash(params: dict[str, str]) -> str:
-    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def row_key(cfg: DictConfig, data_fingerprint: str) -> str:
-    """What a results-table row is: the computation on these rows of data, whatever the seed."""
-    params = flatten(cfg)
-    kept = {k: v for k, v in params.items() if not k.startswith(_NOT_IN_KEY) and k != "trainer.seed"}
-    return _hash({**kept, "data.fingerprint": data_fingerprint})
-
-
-def config_key(cfg: DictConfig, data_fingerprint: str) -> str:
-    """One parent run: the computation, its data and its seed. A unit of work is (config_key, fold)."""
-    return _hash({"row": row_key(cfg, data_fingerprint), "seed": str(cfg.trainer.seed)})
-
-
-def setup_key(cfg: DictConfig) -> str:
-    """The config and seed without the data: finds runs of the same setup on other data."""
-    return config_key(cfg, "")
-
-
-SOURCE_NAME = "python -m ftsweep"
 UI_BASE = "http://127.0.0.1:5000"  # `make ui` on a SQLite store
 # MLflow 3 opens an experiment on its GenAI overview; these open the runs table ("Model training")
 # sorted by mean CV RMSE with the columns that answer the question, via MLflow's shared view state.
@@ -227,19 +159,6 @@ def runs_link(tracking_uri: str, experiment_id: str, ui_base: str | None = None)
 MODEL_NAME = "model"  # the parent run's pyfunc model: runs:/<parent id>/model
 
 
-def source_tags() -> dict[str, str]:
-    """MLflow's own tags (the UI's Source and User columns); the fluent API would set them."""
-    return {"mlflow.source.name": SOURCE_NAME, "mlflow.source.type": "LOCAL",
-            "mlflow.source.git.commit": git_commit() or "", "mlflow.user": _user()}
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        return "unknown"
-
-
 @dataclass
 class PreviousRun:
     """Earlier runs of the same config in this experiment (for resuming)."""
@@ -249,15 +168,6 @@ class PreviousRun:
     finished_folds: dict[int, Run]  # fold -> its newest FINISHED child run
     parents: list[Run] = field(default_factory=list)  # every parent run of the key, newest first
     running_folds: list[Run] = field(default_factory=list)  # fold runs still marked RUNNING
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Tracker:
@@ -341,6 +251,15 @@ class Tracker:
             [self.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}", max_results=5000,
             order_by=["attributes.start_time DESC"]))
 
+    def all_runs(self) -> list[Run]:
+        """Every run of this experiment, newest first."""
+        return _retry(lambda: self.client.search_runs([self.experiment_id], max_results=50000,
+                                                      order_by=["attributes.start_time DESC"]))
+
+    def experiments(self) -> list[tuple[str, str]]:
+        """(name, id) of the store's experiments, MLflow's empty Default left out."""
+        return [(e.name, e.experiment_id) for e in _retry(self.client.search_experiments) if e.name != "Default"]
+
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS):
@@ -368,14 +287,11 @@ class Tracker:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
         _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]), transient=_LOCKED + _DUPLICATE_ROW)
 
-    def log_pyfunc(self, run_id: str, python_model, artifacts: dict[str, str], code_paths: list[str], signature,
-                   input_example, pip_requirements: list[str], register_as: str | None) -> str:
-        """Log an MLflow pyfunc model under the run (and register a new version); returns its URI."""
+    def log_pyfunc(self, run_id: str, model: dict, register_as: str | None) -> str:
+        """Log an MLflow pyfunc model under the run (and register a new version); returns its URI.
+        `model`: mlflow.pyfunc.log_model's python_model, artifacts, code_paths, signature, ..."""
         with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id):  # the only way to log a model to a run
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=python_model, artifacts=artifacts, code_paths=code_paths,
-                signature=signature, input_example=input_example, pip_requirements=pip_requirements,
-                registered_model_name=register_as)
+            info = mlflow.pyfunc.log_model(name=MODEL_NAME, registered_model_name=register_as, **model)
         return info.model_uri
 
     def load_pyfunc(self, run_id: str):
@@ -414,43 +330,3 @@ class Tracker:
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
 
-class FoldSink:
-    """Buffers a fold's step metrics; `flush()` sends them in batches."""
-
-    def __init__(self, tracker: Tracker, run_id: str, log_lr: bool = True, flush_at: int = 5000):
-        self.tracker, self.run_id, self.flush_at, self.send_lr = tracker, run_id, flush_at, log_lr
-        self.buffer: list[Metric] = []
-        self._lr_layers: list[str] = []
-        self._lr_chunks: list[np.ndarray] = []
-
-    def log_steps(self, key: str, values: np.ndarray, first_step: int) -> None:
-        now = int(time.time() * 1000)
-        self.buffer += [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
-        self._maybe_flush()
-
-    def log_lr(self, layers: list[str], rates: np.ndarray, first_step: int) -> None:
-        """rates: [steps, layers] -> metrics lr/<layer> at each step."""
-        if rates.size == 0:
-            return
-        self._lr_layers = list(layers)
-        self._lr_chunks.append(rates)
-        if not self.send_lr:
-            return
-        now = int(time.time() * 1000)
-        for j, layer in enumerate(layers):
-            self.buffer += [Metric(f"lr/{layer}", float(v), now, first_step + i) for i, v in enumerate(rates[:, j])]
-        self._maybe_flush()
-
-    def lr_history(self) -> tuple[list[str], np.ndarray]:
-        """Layer names and the [steps, layers] rates logged so far (for the LR-curve figure)."""
-        rates = np.concatenate(self._lr_chunks) if self._lr_chunks else np.zeros((0, len(self._lr_layers)))
-        return self._lr_layers, rates
-
-    def _maybe_flush(self) -> None:
-        if len(self.buffer) >= self.flush_at:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.tracker.log_metrics(self.run_id, self.buffer)
-            self.buffer = []

@@ -17,10 +17,10 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ftsweep.errors import ConfigError
-from ftsweep.speed import COMPILE_CHOICES
+from ftsweep.model.speed import COMPILE_CHOICES
 
 log = logging.getLogger("ftsweep")
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("data", "trainer", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "cv", "tracking")
 # Below this, [CLS]/[SEP] leave almost no text: the run would measure nothing useful.
 MIN_TOKENS = 8

@@ -1,0 +1,150 @@
+"""K-fold cross-validation of one composed config, tracked as one MLflow parent run.
+
+validate -> data -> folds -> tokenise once -> per fold: model, re-init, optimizer,
+fit, log -> aggregate. Returns the mean CV RMSE (what sweepers optimise).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from ftsweep.config.checks import check_structure, validate
+from ftsweep.cv.fold import train_fold
+from ftsweep.data.batching import Encoded, encode, steps_per_epoch
+from ftsweep.data.folds import assign_folds
+from ftsweep.data.loading import TARGET, TEXT, fingerprint, load_frame, resolve_path
+from ftsweep.model.checkpoints import checkpoint_name, save_state
+from ftsweep.model.regressor import known_architecture, load_backbone, load_tokenizer, token_limit
+from ftsweep.sweep.callback import DEFAULT_EXPERIMENT, row_label
+from ftsweep.tracking.recorder import PREDICTIONS, CvData, CvResult, RunRecorder, fold_predictions
+from ftsweep.train import plots
+from ftsweep.train.devices import resolve_device
+from ftsweep.train.loop import FoldResult, FoldSplit, Runtime
+from ftsweep.train.progress import Progress
+from ftsweep.train.schedule import plan_steps
+
+log = logging.getLogger("ftsweep")
+FoldReport = Callable[[int, float], bool]  # (folds finished - 1, running mean RMSE) -> stop now?
+
+
+def folds_to_run(cfg: DictConfig) -> list[int]:
+    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
+
+
+def fold_steps(cfg: DictConfig, n_train_rows: int) -> int:
+    """Optimizer steps of a fold with this many training rows (checks warm-up and SWA start against them)."""
+    return plan_steps(cfg, steps_per_epoch(n_train_rows, int(cfg.trainer.batch_size))).total_steps
+
+
+def load_data(cfg: DictConfig) -> CvData:
+    """The checked rows and their folds; warm-up and SWA start checked against each fold's steps."""
+    path = resolve_path(cfg.data, cfg.paths.output_root)
+    frame = load_frame(cfg.data, path, int(cfg.cv.n_folds))
+    frame["fold"] = assign_folds(frame[TARGET].to_numpy(), int(cfg.cv.n_folds), int(cfg.cv.fold_seed), cfg.cv.get("n_bins"))
+    for fold in folds_to_run(cfg):
+        fold_steps(cfg, int((frame["fold"] != fold).sum()))
+    return CvData(path, frame, fingerprint(frame))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every setting, against the model's depth and token limit where they are known (ConfigError)."""
+    check_structure(cfg)
+    arch = known_architecture(cfg.model)
+    validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
+
+
+@dataclass
+class Job:
+    """How this CV run was launched: its overrides (the row label), whether finished folds are
+    reused, extra tags, a live progress bar, and a search's pruner (None: every fold runs)."""
+
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    use_bar: bool = False
+    after_fold: FoldReport | None = None
+
+
+def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
+    """Cross-validate `cfg`. With `job.resume`, folds that already FINISHED for the same config,
+    data and seed in this experiment are reused, not rerun; a finished config returns at once; a
+    config that another live process is running is left to it. `job.after_fold` (a search's
+    pruner) sees the running mean RMSE after each fold; when it says stop, the parent ends KILLED,
+    tagged ftsweep.pruned=<fold>, with the finished folds kept."""
+    job = job or Job()
+    check_config(cfg)
+    device, autocast_dtype = resolve_device(cfg.trainer)
+    data = load_data(cfg)  # bad data stops here, before any store or run exists
+    folds = folds_to_run(cfg)
+    recorder = RunRecorder(cfg, data, folds, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
+    if job.resume and (early := recorder.look()) is not None:
+        return early
+    tokenizer = load_tokenizer(cfg.model)
+    encoded = encode(data.frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
+    log.info("data: %s, %d rows (fingerprint %s), %d folds; %d text(s) longer than trainer.max_length=%d were "
+             "truncated", data.path, len(data.frame), data.fingerprint[:12], cfg.cv.n_folds, encoded.n_truncated,
+             cfg.trainer.max_length)
+    torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
+    backbone = load_backbone(cfg.model)
+    label = row_label(cfg, job.overrides)
+    early = recorder.claim(label, job.overrides, {**job.tags, "ftsweep.device": str(device)}, job.resume)
+    if early is not None:
+        return early
+    result, fold_runs = recorder.new_result(), {}  # fold -> the run that holds its result (and weights)
+    targets = data.frame[TARGET].to_numpy(dtype=np.float64)
+    with recorder.recording():
+        for position, fold in enumerate(folds):
+            stored = recorder.stored_fold(fold)
+            if stored is None:
+                split = fold_split(data.frame, encoded, targets, fold)
+                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold)
+                stored = _train_and_record(recorder, split, runtime, (fold, label, job.use_bar), backbone)
+            result.folds[fold], fold_runs[fold] = stored
+            stop = job.after_fold is not None and job.after_fold(position, result.mean("rmse_best"))
+            if stop and position < len(folds) - 1:
+                result.pruned_at = fold
+                recorder.pruned(result)
+                return result
+        recorder.finish(result, fold_runs, (backbone.config, tokenizer) if cfg.trainer.save_models else None)
+    return result
+
+
+def fold_split(frame: pd.DataFrame, encoded: Encoded, targets: np.ndarray, fold: int) -> FoldSplit:
+    column = frame["fold"].to_numpy()
+    return FoldSplit(encoded, targets, np.flatnonzero(column != fold), np.flatnonzero(column == fold))
+
+
+def _train_and_record(recorder: RunRecorder, split: FoldSplit, runtime: Runtime, where: tuple[int, str, bool],
+                      backbone: torch.nn.Module) -> tuple[FoldResult, str]:
+    """Train one fold inside its MLflow run; the run gets its values, LR figure, predictions and weights."""
+    (fold, label, use_bar), cfg = where, recorder.cfg
+    progress = Progress(fold, fold_steps(cfg, len(split.train_rows)), use_bar)
+    with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold) as run:
+        try:
+            res = train_fold(cfg, backbone, split, runtime, run.sink, progress)
+        finally:
+            progress.close()
+        res.val_rows = split.val_rows
+        recorder.log_fold_values(run, res)
+        png = plots.lr_curves(run.sink.lr_history(), Path(tmp) / f"lr_curves_fold{fold}.png",
+                              title=f"{label}: learning rate per layer, fold {fold}")
+        # every layer in one chart on the parent too (MLflow's UI draws one chart per lr/<layer>)
+        run.files += [png, Path(tmp) / PREDICTIONS]
+        run.parent_files.append(Path(shutil.copy(png, Path(tmp) / "lr_curves.png")))
+        fold_predictions(recorder.data.frame, res).to_csv(Path(tmp) / PREDICTIONS, index=False)
+        if cfg.trainer.save_models:  # the best checkpoint's weights: what rmse_best scored
+            run.model_file = save_state(res.best_state, Path(tmp) / checkpoint_name(fold))
+        res.best_state = None
+    log.info("fold %d: rmse best %.4f  last %.4f  (%d steps, %.1fs)", fold, res.rmse_best, res.rmse_last,
+             res.steps, res.seconds)
+    return res, run.run_id

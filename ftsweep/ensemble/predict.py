@@ -1,0 +1,54 @@
+"""Predictions of a finished CV run on a CSV: the arguments checked before anything loads, then
+the run's MLflow model (runs:/<id>/model), or its fold checkpoints averaged by the same
+Ensemble code where it has none."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from ftsweep.config.checks import validate_predict
+from ftsweep.cv.pipeline import folds_to_run
+from ftsweep.data.loading import ID, TEXT, load_texts
+from ftsweep.ensemble.predictor import from_run
+from ftsweep.errors import ConfigError
+from ftsweep.tracking.model_export import fold_checkpoints
+from ftsweep.tracking.store import Tracker
+from ftsweep.train.devices import resolve_device
+
+
+def check_args(cfg: DictConfig) -> Path:
+    """Before anything is downloaded or predicted: the arguments a run needs, and where it writes."""
+    validate_predict(cfg)
+    for key, hint in (("run_id", "run_id=<parent run id> (the run's name is its row label; `make ui` lists them)"),
+                      ("data.path", "data.path=/path/to/test.csv")):
+        parent, _, leaf = key.rpartition(".")
+        if OmegaConf.is_missing(cfg[parent] if parent else cfg, leaf):
+            raise ConfigError(f"{key} is not set; add {hint}")
+    out = Path(str(cfg.output)).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"output={out} is a folder; name a file, e.g. output={out / 'submission.csv'}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"output={out}: the folder {out.parent} does not exist; create it or name another file.")
+    return out
+
+
+def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
+    """The run's MLflow model (runs:/<id>/model) on the CSV; a run without one (saved by an older
+    ftsweep, or unfinished with allow_partial=true) is averaged from its fold checkpoints by the
+    same Ensemble code the model wraps."""
+    frame = load_texts(Path(str(cfg.data.path)).expanduser(), cfg.data.id_column, cfg.data.text_column)
+    tracker = Tracker(cfg.tracking.uri, experiment=None, create=False)
+    device, autocast_dtype = resolve_device(OmegaConf.create({"device": cfg.device, "precision": "auto"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cfg, checkpoints = fold_checkpoints(tracker, str(cfg.run_id), Path(tmp), bool(cfg.allow_partial))
+        model = tracker.load_pyfunc(str(cfg.run_id))
+        if model is not None and len(checkpoints) == len(folds_to_run(run_cfg)):
+            preds = model.predict(pd.DataFrame({str(run_cfg.data.text_column): frame[TEXT]}))["target"].to_numpy()
+        else:
+            preds = from_run(run_cfg, checkpoints).predict(frame[TEXT].tolist(), device, autocast_dtype,
+                                                           int(cfg.batch_size))
+    return pd.DataFrame({ID: frame[ID], "target": preds}), len(checkpoints)

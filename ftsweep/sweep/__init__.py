@@ -1,0 +1,3 @@
+from ftsweep.sweep.callback import SweepCallback  # conf/config.yaml: _target_: ftsweep.sweep.SweepCallback
+
+__all__ = ["SweepCallback"]

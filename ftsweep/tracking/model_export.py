@@ -1,0 +1,83 @@
+"""A CV run's fold models in MLflow: logged as one pyfunc model on the parent run, and read back
+(the run's config and fold checkpoints) for python -m ftsweep.predict."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+import transformers
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+from omegaconf import DictConfig, OmegaConf
+
+import ftsweep
+from ftsweep.ensemble.predictor import write_folder
+from ftsweep.errors import FtsweepError
+from ftsweep.model.checkpoints import MODEL_FOLDER, checkpoint_name
+from ftsweep.tracking import pyfunc_model
+from ftsweep.tracking.store import Tracker
+
+log = logging.getLogger("ftsweep")
+
+
+def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict[int, str], backbone_config,
+                 tokenizer, example_texts: list[str]) -> str:
+    """Download each fold's best weights, lay out the ensemble folder, log it as runs:/<parent>/model."""
+    text = str(cfg.data.text_column)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        checkpoints = [tracker.download(run_id, f"{MODEL_FOLDER}/{checkpoint_name(fold)}", tmp / "dl" / str(fold))
+                       for fold, run_id in sorted(fold_runs.items())]
+        folder = write_folder(tmp / "ensemble", cfg, backbone_config, tokenizer, checkpoints)
+        signature = ModelSignature(inputs=Schema([ColSpec("string", text)]), outputs=Schema([ColSpec("double", "target")]))
+        model = {"python_model": pyfunc_model.__file__, "artifacts": {"ensemble": str(folder)},
+                 "code_paths": [str(Path(ftsweep.__file__).parent)], "signature": signature,
+                 "input_example": pd.DataFrame({text: example_texts[:2]}),
+                 "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}",
+                                      f"transformers=={transformers.__version__}",
+                                      "safetensors", "pandas", "omegaconf", "numpy"]}
+        uri = tracker.log_pyfunc(parent, model, cfg.tracking.get("register_as") or None)
+    log.info("logged the %d-fold ensemble as an MLflow model: %s", len(fold_runs), uri)
+    return uri
+
+
+def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False
+                     ) -> tuple[DictConfig, list[Path]]:
+    """The run's config and its fold weights, downloaded into `folder`. A run that is not a
+    finished ftsweep CV run with every fold's model is refused unless `allow_partial`."""
+    client = tracker.client
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 (MLflow raises several kinds for an unknown id)
+        raise FtsweepError(f"no run {run_id!r} at {tracker.uri}; pass the parent run id and tracking.uri.") from None
+    tags = run.data.tags
+    if "ftsweep.fold" in tags:
+        raise FtsweepError(f"run {run_id} is a fold run; pass its parent run id: run_id={tags.get('mlflow.parentRunId')}")
+    if "ftsweep.config_key" not in tags:
+        what = "a results-table run" if tags.get("ftsweep.kind") == "table" else "not an ftsweep CV run"
+        raise FtsweepError(f"run {run_id} is {what}; pass the parent run of a CV run (its name is the row label).")
+    cfg = OmegaConf.load(tracker.download(run_id, "config.yaml", folder))
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'FINISHED'")
+    by_fold = {}
+    for child in sorted(children, key=lambda r: r.info.start_time, reverse=True):  # newest per fold
+        names = [a.path for a in client.list_artifacts(child.info.run_id, MODEL_FOLDER) if a.path.endswith(".safetensors")]
+        if names:
+            by_fold.setdefault(int(child.data.tags["ftsweep.fold"]), (child.info.run_id, names[0]))
+    if not by_fold:
+        raise FtsweepError(f"run {run_id} was saved without fold models; rerun it with trainer.save_models=true.")
+    wanted = _folds(cfg)
+    missing = [f for f in wanted if f not in by_fold]
+    if (missing or run.info.status != "FINISHED") and not allow_partial:
+        raise FtsweepError(f"run {run_id} is {run.info.status} with fold models {sorted(by_fold)} of {wanted}; "
+                           f"finish it (rerun its command) or pass allow_partial=true to average the ones it has.")
+    paths = [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(by_fold.items())]
+    return cfg, paths
+
+
+def _folds(cfg: DictConfig) -> list[int]:
+    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))

@@ -1,0 +1,285 @@
+"""One CV run in MLflow, from claim to close: the recorder owns every MLflow step of run_cv.
+
+look (resume: a finished or held unit returns before any weights load) -> claim (a new
+parent, or the previous one reopened) -> recording() (heartbeat; the parent's params,
+config, folds and dataset; every open run closed KILLED / FAILED if anything escapes) ->
+per fold: a stored result, or fold() (a nested run, its metrics sink, values and
+artifacts) -> pruned() or finish() (the summary, the CV model, FINISHED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from ftsweep.data.loading import ID, TARGET, TEXT
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.model.checkpoints import MODEL_FOLDER
+from ftsweep.tracking.describe import run_description
+from ftsweep.tracking.keys import config_key, flatten, git_commit, row_key, setup_key, source_tags
+from ftsweep.tracking.model_export import log_cv_model
+from ftsweep.tracking.sink import FoldSink
+from ftsweep.tracking.store import PRUNED_TAG, PreviousRun, Tracker
+from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect
+from ftsweep.train.loop import FoldResult, rmse
+
+log = logging.getLogger("ftsweep")
+DIGEST_CHARS = 16  # the MLflow dataset digest: the data fingerprint's first hex digits
+PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resume rebuilds OOF from them)
+
+
+@dataclass
+class CvData:
+    """The checked rows of one CV run (with their `fold` column), where they came from, their fingerprint."""
+
+    path: Path
+    frame: pd.DataFrame
+    fingerprint: str
+
+
+@dataclass
+class CvResult:
+    parent_run_id: str | None
+    folds: dict[int, FoldResult] = field(default_factory=dict)
+    rmse_oof: float = float("nan")
+    tracking_uri: str = ""
+    link: str = ""  # the experiment's runs in the MLflow UI
+    held_by: str | None = None  # another live process is running this unit: nothing was run here
+    pruned_at: int | None = None  # a search's pruner stopped the run after this fold
+
+    def mean(self, attr: str = "rmse_best") -> float:
+        return float(np.mean([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
+
+    def std(self, attr: str = "rmse_best") -> float:
+        return float(np.std([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
+
+
+def fold_predictions(frame: pd.DataFrame, res: FoldResult) -> pd.DataFrame:
+    """A fold's validation rows with their best-checkpoint and last-weights predictions."""
+    out = frame.loc[res.val_rows, [ID, "fold", TARGET]].copy()
+    out["pred_best"], out["pred_last"] = res.pred_best, res.pred_last
+    return out
+
+
+@dataclass
+class FoldRun:
+    """A fold's nested MLflow run while it trains: `sink` takes the loop's step metrics."""
+
+    run_id: str
+    sink: FoldSink
+    files: list[Path] = field(default_factory=list)  # artifacts to log when the fold ends
+    parent_files: list[Path] = field(default_factory=list)
+    model_file: Path | None = None  # the fold's weights (trainer.save_models)
+
+
+class RunRecorder:
+    def __init__(self, cfg: DictConfig, data: CvData, folds: list[int], experiment: str):
+        """Opens (creates) the store and experiment; nothing is logged yet."""
+        self.cfg, self.data, self.folds = cfg, data, folds
+        self.tracker = Tracker(cfg.tracking.uri, experiment)
+        self.key = config_key(cfg, data.fingerprint)
+        self.parent: str | None = None
+        self.created = False
+        self.done: dict[int, object] = {}  # fold -> its FINISHED run from an earlier attempt
+        self._open: list[str] = []
+
+    def _result(self, parent: str | None, held_by: str | None = None) -> CvResult:
+        return CvResult(parent, tracking_uri=self.tracker.uri, link=self.tracker.runs_link(), held_by=held_by)
+
+    def look(self) -> CvResult | None:
+        """Resume: a finished or held unit returns before any weights load; new data is said once."""
+        unit = inspect(self.tracker, self.key, self.folds)
+        if unit.state != "run":
+            return self._unclaimed(unit)
+        if unit.previous is None:
+            fp = self.data.fingerprint
+            other_data = [r for r in self.tracker.runs_tagged("ftsweep.setup_key", setup_key(self.cfg))
+                          if r.data.tags.get("ftsweep.data_fingerprint") not in (None, fp)]
+            close_abandoned(self.tracker, other_data)  # a run killed before the data changed is never resumed
+            older = [r for r in other_data if "ftsweep.fold" not in r.data.tags]
+            if older:
+                was = older[0].data.tags["ftsweep.data_fingerprint"]
+                log.warning("the data changed since run %s (rows fingerprint %s -> %s): starting fresh, nothing "
+                            "reused", older[0].info.run_id, was[:12], fp[:12])
+        return None
+
+    def claim(self, label: str, overrides: list[str], tags: dict[str, str], resume: bool) -> CvResult | None:
+        """Take the unit: None when it is ours to run, else what the store already holds."""
+        fp = self.data.fingerprint
+        self.tags = {**tags, "ftsweep.config_key": self.key, "ftsweep.row_key": row_key(self.cfg, fp),
+                     "ftsweep.setup_key": setup_key(self.cfg), "ftsweep.data_fingerprint": fp, "ftsweep.label": label,
+                     "ftsweep.overrides": " ".join(overrides), "ftsweep.seed": str(self.cfg.trainer.seed),
+                     "ftsweep.git_commit": git_commit() or "unknown", **source_tags()}
+        note = run_description(self.cfg, label, overrides)
+        unit = claim(self.tracker, self.key, self.folds, label, {**self.tags, "mlflow.note.content": note}, resume)
+        if unit.state != "run":  # taken or finished between the first look and the claim
+            return self._unclaimed(unit)
+        self.parent, self.created = unit.parent_id, unit.created
+        self.done = unit.previous.finished_folds if unit.previous else {}
+        if unit.created:
+            log.info("MLflow run %s in experiment %r at %s", self.parent, self.tracker.experiment_name,
+                     self.tracker.uri)
+        else:
+            log.info("resuming MLflow run %s: folds %s already finished", self.parent,
+                     sorted(f for f in self.done if f in self.folds))
+        return None
+
+    def new_result(self) -> CvResult:
+        return self._result(self.parent)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """The claimed parent run while its folds run: renewed lease, and no run left RUNNING on failure."""
+        parent = self.parent
+        self._open = [parent]
+        try:
+            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: f"{time.time():.0f}"})):
+                if self.created:
+                    self._log_parent()
+                yield
+        except KeyboardInterrupt:
+            self._close("KILLED", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        except BaseException as exc:
+            self._close("FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _log_parent(self) -> None:
+        tracker, frame, parent = self.tracker, self.data.frame, self.parent
+        tracker.log_params(parent, flatten(self.cfg))
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
+            tracker.log_artifact(parent, Path(tmp) / "config.yaml")
+            tracker.log_artifact(parent, Path(tmp) / "folds.csv")
+        path = self.data.path
+        tracker.log_dataset(parent, frame[[ID, TEXT, TARGET]], str(path), self.data.fingerprint[:DIGEST_CHARS],
+                            name=path.stem, targets=TARGET)
+
+    def stored_fold(self, fold: int) -> tuple[FoldResult, str] | None:
+        """A fold that finished in an earlier attempt on these rows, and its run; None: train it."""
+        if fold not in self.done:
+            return None
+        run = self.done[fold]
+        res = _stored_fold(self.tracker, run, self.data.frame, fold)
+        return (res, run.info.run_id) if res is not None else None
+
+    @contextlib.contextmanager
+    def fold(self, fold: int) -> Iterator[FoldRun]:
+        """A nested run for a fold being trained. Step metrics measured before a failure stay logged;
+        on success the caller's values and files are logged and the run FINISHED."""
+        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **{"ftsweep.fold": str(fold)}),
+                                       parent_id=self.parent)
+        self._open.append(child)
+        self.tracker.log_params(child, {"fold": str(fold), "seed": str(int(self.cfg.trainer.seed) + fold)})
+        run = FoldRun(child, FoldSink(self.tracker, child, log_lr=bool(self.cfg.tracking.log_lr)))
+        try:
+            yield run
+        finally:
+            run.sink.flush()
+        for path in run.files:
+            self.tracker.log_artifact(child, path)
+        for path in run.parent_files:
+            self.tracker.log_artifact(self.parent, path)
+        if run.model_file is not None:
+            self.tracker.log_artifact(child, run.model_file, MODEL_FOLDER)
+        self.tracker.finish(child, "FINISHED")
+        self._open.remove(child)
+
+    def log_fold_values(self, run: FoldRun, res: FoldResult) -> None:
+        values = {"rmse_best": res.rmse_best, "rmse_last": res.rmse_last, "best_step": res.best_step,
+                  "steps": res.steps, "evaluations": res.evaluations, "fold_seconds": res.seconds}
+        if res.rmse_swa is not None:
+            values["rmse_swa"] = res.rmse_swa
+        self.tracker.log_values(run.run_id, values)
+
+    def pruned(self, result: CvResult) -> None:
+        """A pruned run keeps its folds but no rmse_mean: a mean of the first folds is not comparable
+        with a full CV mean (and would sort to the top of the MLflow UI)."""
+        log.info("pruned after fold %d: running mean RMSE %.4f over %d fold(s) cannot win this search",
+                 result.pruned_at, result.mean("rmse_best"), len(result.folds))
+        self.tracker.log_values(self.parent, {"rmse_running_mean": result.mean("rmse_best"),
+                                              "n_folds_run": len(result.folds)})
+        self.tracker.set_tags(self.parent, {PRUNED_TAG: str(result.pruned_at)})
+        self.tracker.finish(self.parent, "KILLED")
+        self._open.remove(self.parent)
+
+    def finish(self, result: CvResult, fold_runs: dict[int, str], model=None) -> None:
+        """The summary on the parent; with `model` ((backbone config, tokenizer), trainer.save_models)
+        the fold weights as one pyfunc model; then FINISHED."""
+        result.rmse_oof = self._log_summary(result)
+        if model is not None:
+            log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, *model, self.data.frame[TEXT].tolist())
+        if not self.created:  # a resumed run that a pruner had stopped is whole now
+            self.tracker.delete_tag(self.parent, PRUNED_TAG)
+        self.tracker.finish(self.parent, "FINISHED")
+        self._open.remove(self.parent)
+
+    def _log_summary(self, result: CvResult) -> float:
+        frame = self.data.frame
+        scored = pd.concat([fold_predictions(frame, r) for r in result.folds.values()]).sort_index()
+        rmse_oof = rmse(scored["pred_best"].to_numpy(), scored[TARGET].to_numpy())
+        self.tracker.log_values(self.parent, {
+            "rmse_mean": result.mean("rmse_best"), "rmse_std": result.std("rmse_best"),
+            "rmse_last_mean": result.mean("rmse_last"), "rmse_last_std": result.std("rmse_last"),
+            "rmse_oof": rmse_oof, "rmse_oof_last": rmse(scored["pred_last"].to_numpy(), scored[TARGET].to_numpy()),
+            "n_folds_run": len(result.folds),
+        })
+        with tempfile.TemporaryDirectory() as tmp:
+            scored.to_csv(Path(tmp) / "oof.csv", index=False)
+            self.tracker.log_artifact(self.parent, Path(tmp) / "oof.csv")
+        return rmse_oof
+
+    def _close(self, status: str, reason: str) -> None:
+        """Mark the open runs; a store that fails now too (disk full, server gone) must not hide the
+        original error, and the lease lapses so a rerun takes the unit over."""
+        for run_id in reversed(self._open):
+            try:
+                self.tracker.finish(run_id, status, reason)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not mark run %s %s: %s", run_id, status, str(exc).splitlines()[0][:200])
+        self._open = []
+
+    def _unclaimed(self, unit: Claim) -> CvResult:
+        if unit.state == "finished":
+            log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", unit.parent_id)
+            return self._stored_result(unit.previous)
+        log.warning("skipped: run %s of this config is being run by a live process (%s); rerun this command "
+                    "when it has finished to collect its result", unit.parent_id, unit.holder)
+        return self._result(unit.parent_id, held_by=unit.holder)
+
+    def _stored_result(self, previous: PreviousRun) -> CvResult:
+        result = self._result(previous.parent_id)
+        result.folds = {f: _stored_fold(self.tracker, previous.finished_folds[f], None) for f in self.folds}
+        result.rmse_oof = self.tracker.get_run(previous.parent_id).data.metrics.get("rmse_oof", float("nan"))
+        return result
+
+
+def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None, fold: int | None = None) -> FoldResult | None:
+    """A fold that finished in an earlier attempt, read back from MLflow. With `frame`: None when
+    its validation rows are not this fold's rows (then the fold is trained again, never mixed in)."""
+    m = run.data.metrics
+    res = FoldResult(rmse_best=m["rmse_best"], rmse_last=m["rmse_last"], rmse_swa=m.get("rmse_swa"),
+                     pred_best=np.array([]), pred_last=np.array([]), best_step=int(m.get("best_step", -1)),
+                     steps=int(m.get("steps", 0)), evaluations=int(m.get("evaluations", 0)),
+                     seconds=float(m.get("fold_seconds", 0.0)))
+    if frame is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            preds = pd.read_csv(tracker.download(run.info.run_id, PREDICTIONS, Path(tmp)), dtype={ID: str})
+        expected = frame.loc[frame["fold"] == fold, ID]
+        if len(preds) != len(expected) or set(preds[ID]) != set(expected):
+            log.warning("fold %s of run %s scored other rows than this fold holds: training it again", fold,
+                        run.info.run_id)
+            return None
+        rows = pd.Series(np.arange(len(frame)), index=frame[ID]).loc[preds[ID]].to_numpy()
+        res.val_rows, res.pred_best, res.pred_last = rows, preds["pred_best"].to_numpy(), preds["pred_last"].to_numpy()
+    return res
