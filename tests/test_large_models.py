@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ftsweep.config.checks import validate
+from ftsweep.cv.plan import lr_table
 from ftsweep.errors import ConfigError
 from ftsweep.model.speed import prepare_model
-from ftsweep.plan import lr_table
 from ftsweep.train.loop import FoldSplit, Runtime, fit_fold
 
 from conftest import compose_cfg

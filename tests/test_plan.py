@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ftsweep.plan import lr_table
+from ftsweep.cv.plan import lr_table
 
 from conftest import compose_cfg, run_cli
 
