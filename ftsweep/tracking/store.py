@@ -30,6 +30,11 @@ from ftsweep.locks import sqlite_path, store_lock
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between ftsweep's own lines
+# MLflow's SQL store logs every SQLAlchemy error with its traceback before raising it (a full disk: six
+# tracebacks; a locked SQLite file that _retry waits out: one per try). ftsweep reports the raised error
+# in one line; FTSWEEP_DEBUG=1 shows them all.
+if os.environ.get("FTSWEEP_DEBUG", "") in ("", "0"):
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 MAX_METRICS, MAX_PARAMS = 1000, 100
 # A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after.
 STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "ftsweep.study", "ftsweep.trial", "ftsweep.pruned"
@@ -95,6 +100,18 @@ def _check_server(uri: str) -> None:
         reason = getattr(exc, "reason", exc)
         raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it "
                            f"(docs/cluster-and-team-server.md) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
+
+
+@contextlib.contextmanager
+def _quiet_mlflow(level: int = logging.CRITICAL) -> Iterator[None]:
+    """MLflow's own lines below `level` (progress notes, logged tracebacks) would bury ftsweep's."""
+    logger = logging.getLogger("mlflow")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager
@@ -251,6 +268,11 @@ class Tracker:
             [self.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}", max_results=5000,
             order_by=["attributes.start_time DESC"]))
 
+    def running_runs(self) -> list[Run]:
+        """Runs of this experiment that say RUNNING (some may have lost their process)."""
+        return _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000))
+
     def all_runs(self) -> list[Run]:
         """Every run of this experiment, newest first."""
         return _retry(lambda: self.client.search_runs([self.experiment_id], max_results=50000,
@@ -287,12 +309,17 @@ class Tracker:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
         _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]), transient=_LOCKED + _DUPLICATE_ROW)
 
-    def log_pyfunc(self, run_id: str, model: dict, register_as: str | None) -> str:
-        """Log an MLflow pyfunc model under the run (and register a new version); returns its URI.
+    def log_pyfunc(self, run_id: str, model: dict) -> str:
+        """Log an MLflow pyfunc model under the run; returns its URI.
         `model`: mlflow.pyfunc.log_model's python_model, artifacts, code_paths, signature, ..."""
-        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id):  # the only way to log a model to a run
-            info = mlflow.pyfunc.log_model(name=MODEL_NAME, registered_model_name=register_as, **model)
+        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_mlflow(logging.WARNING):
+            info = mlflow.pyfunc.log_model(name=MODEL_NAME, **model)  # start_run: the only way onto a run
         return info.model_uri
+
+    def register_model(self, model_uri: str, name: str) -> str:
+        """A new version of the registered model `name` (created if new); returns the version."""
+        with _fluent(self.uri) as mlflow, _quiet_mlflow():
+            return str(mlflow.register_model(model_uri, name).version)
 
     def load_pyfunc(self, run_id: str):
         """The run's pyfunc model, or None when it has none (saved by an older ftsweep, or unfinished)."""
