@@ -54,7 +54,7 @@ def _oof(client, run_id, tmp_path):
     return pd.read_csv(client.download_artifacts(run_id, "oof.csv", str(tmp_path / run_id)), dtype={"id": str})
 
 
-def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, caplog):
+def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, migrated_store, tmp_path, caplog):
     caplog.set_level("INFO", logger="ftsweep")
     path = _csv(tmp_path)
     cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e")
@@ -82,7 +82,7 @@ def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, 
     assert run_cv(cfg, Job(resume=True)).parent_run_id == fresh.parent_run_id and "already finished" in caplog.text
 
 
-def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, tmp_path):
+def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, migrated_store, tmp_path):
     ids = [f"{i:05d}" for i in range(63)] + ["0.10"]
     path = _csv(tmp_path, ids=ids)
     cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null")
@@ -104,7 +104,7 @@ def sleeper():
     proc.wait()
 
 
-def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, sleeper):
+def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, migrated_store, sleeper):
     half = run_cv(make_cfg("cv.folds=[0]"), Job(resume=True))
     cfg = make_cfg()
     tracker = Tracker(cfg.tracking.uri, "ftsweep")
@@ -317,10 +317,10 @@ def _cli(args):
 assert TINY  # the shrunk config every in-process test here composes (conftest.make_cfg)
 
 
-def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(tmp_path, monkeypatch):
+def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(migrated_store, monkeypatch):
     """Parallel jobs log one dataset: the second insert of (experiment, name, digest) fails on
     a server store (seen under SLURM on PostgreSQL); the job must link the row, not fail."""
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+    tracker = Tracker(migrated_store, "race")
     frame = generate(8, words_per_passage=5, seed=1)
     first, second = tracker.start_run("a", {}), tracker.start_run("b", {})
     tracker.log_dataset(first, frame, "/data/train.csv", "0123456789abcdef", "train", "target")
@@ -340,8 +340,8 @@ def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(tmp_pat
     assert digests == [["0123456789abcdef"], ["0123456789abcdef"]]
 
 
-def test_other_errors_are_not_retried(tmp_path, monkeypatch):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+def test_other_errors_are_not_retried(migrated_store, monkeypatch):
+    tracker = Tracker(migrated_store, "race")
     run, calls = tracker.start_run("a", {}), []
 
     def broken(run_id, datasets):
@@ -354,7 +354,7 @@ def test_other_errors_are_not_retried(tmp_path, monkeypatch):
     assert calls == [run]
 
 
-def test_runs_are_found_by_tag_values_with_quotes(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "quotes")
+def test_runs_are_found_by_tag_values_with_quotes(migrated_store):
+    tracker = Tracker(migrated_store, "quotes")
     run = tracker.start_run("a", {"ftsweep.study": "it's"})
     assert [r.info.run_id for r in tracker.runs_tagged("ftsweep.study", "it's")] == [run]
