@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from ftsweep.errors import FtsweepError
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
     OVERRIDES,
@@ -206,7 +205,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
             trial.set_user_attr(OVERRIDES, [o for o in job_overrides if not o.startswith("search.")])
         launched += len(batch)
         log.info("search: trials %s of %d", [t.number for t in batch], settings.n_trials)
-        with Heartbeat(lambda held=tuple(batch): [t.set_user_attr(HEARTBEAT_TAG, f"{time.time():.0f}") for t in held]):
+        with Heartbeat(lambda held=tuple(batch): [t.set_user_attr(HEARTBEAT_TAG, beat()) for t in held]):
             returns = launch(jobs, job)
         job += len(returns)
         for trial, ret in zip(batch, returns, strict=True):

@@ -98,9 +98,15 @@ def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, li
             record = {}
         if record.get("sweep") == sweep_id:
             outcomes.setdefault(record["status"], []).append(f"{job_dir.name}: {record.get('detail', '')}".rstrip(": "))
-        elif (job_dir / ".hydra").stat().st_mtime >= started:
+        elif _written_at(job_dir / ".hydra") >= started:
             outcomes["failed"].append(f"{job_dir.name}: the job ended without a result (its process died)")
     return outcomes
+
+
+def _written_at(hydra_dir: Path) -> float:
+    """When the job last wrote its .hydra files: a reused sweep folder gets them rewritten in
+    place, which leaves the folder's own mtime at the earlier sweep's."""
+    return max((p.stat().st_mtime for p in (hydra_dir, *hydra_dir.iterdir())), default=0.0)
 
 
 def _sweeper_prints_own_summary(config: DictConfig) -> bool:

@@ -14,7 +14,6 @@ import json
 import logging
 import shlex
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.data.loading import ID, TARGET, TEXT
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
 from ftsweep.model.checkpoints import MODEL_FOLDER
 from ftsweep.tracking.describe import run_description
 from ftsweep.tracking.keys import config_key, flatten, git_commit, row_key, setup_key, source_tags
@@ -145,7 +144,7 @@ class RunRecorder:
         parent = self.parent
         self._open = [parent]
         try:
-            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: f"{time.time():.0f}"})):
+            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: beat()})):
                 if self.created:
                     self._log_parent()
                 yield

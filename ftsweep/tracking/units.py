@@ -3,8 +3,9 @@
 A parent run RUNNING under a live owner is left alone; one whose owner died is
 taken over, and the runs it left RUNNING are marked KILLED. On a SQLite store the
 look-and-claim happens under a file lock, so two sweeps on one machine never take
-the same unit; on a server store the claim is written, then checked against rivals,
-and the younger claim backs off.
+the same unit; on a server store the claim is written, then checked against rivals
+after SETTLE_SECONDS: the younger of two new parents is deleted, and of two claims
+reopening one parent, the one whose owner tag was not written last backs off.
 """
 
 from __future__ import annotations
