@@ -116,5 +116,10 @@ def test_reinit_deeper_than_the_model(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     out = run_cli("ftsweep", "--help", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "optimizer: adamw, grouped_llrd, llrd" in out.stdout
+    assert out.stdout.startswith("ftsweep: ")  # not Hydra's "__main__ is powered by Hydra."
+    examples = [line.split("#")[0].split() for line in out.stdout.splitlines() if line.startswith("  python -m ftsweep")]
+    assert examples == [["python", "-m", "ftsweep"],
+                        ["python", "-m", "ftsweep", "optimizer=grouped_llrd", "swa=on", "eval=frequent"],
+                        ["python", "-m", "ftsweep", "-m", "reinit.n=0,1,2,3,4,5,6"]]
     out = run_cli("ftsweep", "optimizer=grouped_llrd", "swa=on", "--cfg", "job", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "name: grouped_llrd" in out.stdout and "enabled: true" in out.stdout
