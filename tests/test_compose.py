@@ -93,6 +93,8 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
         (["+lable=x"], "unknown key lable: nothing reads it (did you mean label?)"),
+        # no key close: a pointer, not every known key (~600 characters before)
+        (["+trainer.zzzz=1"], "unknown key trainer.zzzz: nothing reads it (python -m ftsweep --cfg job lists the keys)."),
         (["~trainer.seed"], "trainer.seed is missing (removed with ~?)"),
         (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),
     ],

@@ -252,7 +252,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         for key in node.keys():
             if key not in known:
                 near = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
+                hint = f" (did you mean {prefix}{near[0]}?)" if near else " (python -m ftsweep --cfg job lists the keys)"
                 raise ConfigError(f"unknown key {prefix}{key}: nothing reads it{hint}.")
         for key in sorted(required - set(node.keys())):
             raise ConfigError(f"{prefix}{key} is missing (removed with ~?); every run needs it: put it back.")

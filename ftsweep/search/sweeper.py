@@ -17,11 +17,11 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
+from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
@@ -115,13 +115,8 @@ def composer(config_loader, sweep_config: DictConfig) -> Compose:
     """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with
     the hydra node, whose runtime.choices say which config group options were taken)."""
     def compose(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
-        try:
-            cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
-        except HydraException as exc:
-            said = " ".join(line.strip() for line in str(exc).splitlines()[:2])
-            hint = (" (a key of another config group option? e.g. optimizer.layer_decay exists with optimizer=llrd)"
-                    if "not in struct" in said else "")
-            raise FtsweepError(f"the search cannot use {' '.join(overrides) or 'the config'}: {said}{hint}") from None
+        cfg = compose_or_explain(lambda these: config_loader.load_sweep_config(sweep_config, these), config_loader,
+                                 list(overrides), list(overrides))
         if not keep_hydra:
             with open_dict(cfg):
                 del cfg["hydra"]

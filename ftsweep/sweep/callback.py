@@ -120,6 +120,16 @@ def _sweeper_prints_own_summary(config: DictConfig) -> bool:
         return False
 
 
+def _check_sweep_dir(folder: Path) -> None:
+    from ftsweep.errors import ConfigError
+    from ftsweep.files import folder_problem
+
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ConfigError(f"hydra.sweep.dir={folder}: {problem}; point hydra.sweep.dir (or paths.output_root) "
+                          f"at a writable folder.")
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ftsweep.errors import FtsweepError
@@ -133,6 +143,7 @@ class SweepCallback(Callback):
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
         self.started = time.time() - 1.0
         try:
+            _check_sweep_dir(Path(str(config.hydra.sweep.dir)))  # Hydra would fail there in a traceback
             Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
         except FtsweepError as exc:  # Hydra would only warn and start every job against a broken store
             print(f"ftsweep: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.files import folder_problem
 from ftsweep.locks import sqlite_path, store_lock
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,10 @@ def normalize_uri(uri: str) -> str:
 
 
 def _check_sqlite_file(db: Path) -> None:
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in db.parents if p.exists()), None)
-        why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror
-        raise FtsweepError(f"cannot create the MLflow store's folder {db.parent} ({why}); "
-                           f"point tracking.uri=sqlite:///... at a writable folder.") from None
+    problem = folder_problem(db.parent)  # creates the folder; the lock file and SQLite's journal go there too
+    if problem is not None:
+        raise FtsweepError(f"cannot keep the MLflow store in {db.parent} ({problem}); "
+                           f"point tracking.uri=sqlite:///... at a writable folder.")
     if db.is_dir():
         raise FtsweepError(f"the MLflow store {db} is a folder; name a file: tracking.uri=sqlite:///{db}/mlflow.db")
     if db.exists() and db.stat().st_size > 0:
@@ -82,8 +80,6 @@ def _check_sqlite_file(db: Path) -> None:
             if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                 raise FtsweepError(f"{db} is not an SQLite database; point tracking.uri at another file "
                                    f"(or remove it if it is not yours to keep).")
-    if not os.access(db.parent, os.W_OK):
-        raise FtsweepError(f"cannot write to {db.parent}; point tracking.uri=sqlite:///... at a writable folder.")
 
 
 def _check_server(uri: str) -> None:
@@ -138,11 +134,17 @@ _LOCKED = ("database is locked", "database is busy")
 _DUPLICATE_ROW = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value", "Duplicate entry")
 
 
-def _quoted(value: str) -> str:
-    """A filter-string literal: MLflow takes '...' or "..." and no escapes, so the quote the value lacks."""
-    if "'" in value and '"' in value:
-        raise FtsweepError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
-    return f'"{value}"' if "'" in value else f"'{value}'"
+def _tag_filter(tag: str, value: str) -> str:
+    """A filter string for runs whose `tag` equals `value`. MLflow's literals are '...' or "..."
+    without escapes (a backslash before the closing quote breaks them), so a value with both
+    quote kinds (a user's experiment name: it's "q") or a backslash is matched with LIKE, each
+    such character as the one-character wildcard `_`; the caller keeps the exact matches."""
+    if "\\" not in value and "'" not in value:
+        return f"tags.`{tag}` = '{value}'"
+    if "\\" not in value and '"' not in value:
+        return f'tags.`{tag}` = "{value}"'
+    pattern = value.replace("\\", "_").replace("'", "_").replace('"', "_")
+    return f"tags.`{tag}` LIKE '{pattern}'"
 
 
 def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = _LOCKED) -> T:
@@ -264,9 +266,10 @@ class Tracker:
 
     def runs_tagged(self, tag: str, value: str) -> list[Run]:
         """Runs of this experiment whose `tag` equals `value`, newest first."""
-        return _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}", max_results=5000,
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=_tag_filter(tag, value), max_results=5000,
             order_by=["attributes.start_time DESC"]))
+        return [run for run in runs if run.data.tags.get(tag) == value]
 
     def running_runs(self) -> list[Run]:
         """Runs of this experiment that say RUNNING (some may have lost their process)."""
