@@ -12,7 +12,8 @@ from ftsweep.errors import TrainingError
 from ftsweep.model.param_groups import build_optimizer
 from ftsweep.model.regressor import build_regressor, load_backbone, load_tokenizer
 from ftsweep.model.speed import prepare_model
-from ftsweep.train.loop import FoldSplit, Runtime, fit_fold, rmse
+from ftsweep.train.loop import FLUSH_EVERY, FoldSplit, Runtime, fit_fold, rmse
+from ftsweep.train.phases import PhaseClock
 from ftsweep.train.schedule import plan_steps
 
 
@@ -80,6 +81,25 @@ def test_frequent_evaluation_every_n_batches(make_cfg):
     assert res.evaluations == 3
     assert res.rmse_best == pytest.approx(min(sink.steps["val/rmse"].values()))
     assert res.best_step == min(sink.steps["val/rmse"], key=sink.steps["val/rmse"].get)
+
+
+def test_phase_timer_sees_every_step_and_syncs_only_at_flushes(make_cfg):
+    """The loop reports its phases to the runtime's PhaseTimer: each step's batching, forward/backward
+    and optimizer; the host waits for the device only where it flushes (every FLUSH_EVERY steps and
+    at an evaluation), never per step."""
+    cfg, model, optimizer, plan, encoded, train, val, targets = _setup(make_cfg, "trainer.epochs=1",
+                                                                       "trainer.batch_size=1")
+    clock = PhaseClock()
+    res = fit_fold(model, optimizer, cfg, FoldSplit(encoded, targets, train, val),
+                   Runtime(torch.device("cpu"), None, 0, clock), RecordingSink(), Quiet())
+    assert res.steps == len(train) == 36 > FLUSH_EVERY
+    assert {k: clock.count[k] for k in ("batching", "forward_backward", "optimizer")} == dict.fromkeys(
+        ("batching", "forward_backward", "optimizer"), 36)
+    # flushed at step 25, then at the epoch's evaluation (step 36): two waits, three logging calls
+    assert clock.count["host_sync"] == 2 and clock.count["evaluation"] == 1 and clock.count["logging"] == 3
+    summary = clock.summary(res.seconds)
+    assert 0 <= summary["outside_phases_s"] and sum(p["s"] for p in summary["phases"].values()) <= res.seconds
+    assert all("device_s" not in p for p in summary["phases"].values())  # no events on a CPU
 
 
 def test_logged_rates_are_the_schedule(make_cfg):

@@ -29,7 +29,7 @@ from ftsweep.sweep.callback import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking.recorder import PREDICTIONS, CvData, CvResult, RunRecorder, fold_predictions
 from ftsweep.train import plots
 from ftsweep.train.devices import resolve_device
-from ftsweep.train.loop import FoldResult, FoldSplit, Runtime
+from ftsweep.train.loop import FoldResult, FoldSplit, NullPhases, PhaseTimer, Runtime
 from ftsweep.train.progress import Progress
 from ftsweep.train.schedule import plan_steps
 
@@ -66,13 +66,15 @@ def check_config(cfg: DictConfig) -> None:
 @dataclass
 class Job:
     """How this CV run was launched: its overrides (the row label), whether finished folds are
-    reused, extra tags, a live progress bar, and a search's pruner (None: every fold runs)."""
+    reused, extra tags, a live progress bar, a search's pruner (None: every fold runs), and what
+    times each fold's phases (a profiler's PhaseTimer, e.g. the GPU check's; None: nothing)."""
 
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     use_bar: bool = False
     after_fold: FoldReport | None = None
+    phases: PhaseTimer | None = None
 
 
 def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
@@ -107,7 +109,7 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
             stored = recorder.stored_fold(fold)
             if stored is None:
                 split = fold_split(data.frame, encoded, targets, fold)
-                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold)
+                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
                 stored = _train_and_record(recorder, split, runtime, (fold, label, job.use_bar), backbone)
             result.folds[fold], fold_runs[fold] = stored
             stop = job.after_fold is not None and job.after_fold(position, result.mean("rmse_best"))

@@ -1,13 +1,16 @@
 """One fold of fine-tuning in plain PyTorch: steps, evaluation cadence, best state, SWA.
 
 Knows nothing of Hydra or MLflow: metrics go to a `MetricSink` (the CV run's is
-tracking.sink.FoldSink) and progress to a `ProgressReporter`; both default to no-ops.
+tracking.sink.FoldSink), progress to a `ProgressReporter`, and the time of each phase
+(batching, forward/backward, optimizer, evaluation, host syncs, logging) to the runtime's
+`PhaseTimer` (a profiler's is train.phases.PhaseClock); all default to no-ops.
 Host syncs happen only at flush points (evaluations and every FLUSH_EVERY steps),
 never per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,13 +41,30 @@ class FoldSplit:
     val_rows: np.ndarray
 
 
+class PhaseTimer(Protocol):
+    """Times named phases of a fold; `with timer.phase("optimizer"): ...`. Phases may nest."""
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager: ...
+
+
+class NullPhases:
+    """Times nothing: one shared no-op context, so an untimed step pays ~1 µs in all."""
+
+    _none = contextlib.nullcontext()
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        return self._none
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how a fold runs: device, autocast dtype (None: fp32) and the fold's seed."""
+    """Where and how a fold runs: device, autocast dtype (None: fp32), the fold's seed, and what
+    times its phases (a profiler's PhaseTimer; by default nothing)."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     seed: int = 0
+    phases: PhaseTimer = field(default_factory=NullPhases, compare=False)
 
 
 class MetricSink(Protocol):
@@ -161,9 +181,10 @@ def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: i
     of one batch of 7 (a mean per micro-batch would count each of the 3 rows 4/3 times as much).
     """
     device, autocast_dtype = runtime.device, runtime.autocast_dtype
-    ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
-    if device.type == "cuda":
-        ids, mask = ids.pin_memory(), mask.pin_memory()
+    with runtime.phases.phase("batching"):
+        ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
+        if device.type == "cuda":
+            ids, mask = ids.pin_memory(), mask.pin_memory()
     y = y_all[rows].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
@@ -208,28 +229,33 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
     grad_clip = tcfg.get("grad_clip")
     micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    phases = runtime.phases
 
     def flush(upto: int) -> None:
         nonlocal flushed, lr_rows
         if upto <= flushed:
             return
-        chunk = losses[flushed:upto].cpu().numpy()
+        with phases.phase("host_sync"):  # waits for the GPU to finish every step queued so far
+            chunk = losses[flushed:upto].cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(chunk))
         if bad.size:
             sink.log_steps("train/loss", chunk[: bad[0]], flushed)  # keep what was measured before it broke
             sink.log_lr(layers, np.asarray(lr_rows[: bad[0]], dtype=float).reshape(-1, len(layers)), flushed)  # [steps, layers]
             raise non_finite_loss(float(chunk[bad[0]]), flushed + int(bad[0]), targets, micro * accum)
-        sink.log_steps("train/loss", chunk, flushed)
-        sink.log_lr(layers, np.asarray(lr_rows), flushed)
-        progress.trained(upto, float(chunk.mean()))
+        with phases.phase("logging"):
+            sink.log_steps("train/loss", chunk, flushed)
+            sink.log_lr(layers, np.asarray(lr_rows), flushed)
+            progress.trained(upto, float(chunk.mean()))
         flushed, lr_rows = upto, []
 
     def evaluate(step: int) -> np.ndarray:
         flush(step)
         target = swa_model.module if swa_model is not None else model
-        score, pred = evaluator(target, step)
-        sink.log_steps("val/rmse", np.array([score]), step)
-        progress.evaluated(step, score, evaluator.best)
+        with phases.phase("evaluation"):
+            score, pred = evaluator(target, step)
+        with phases.phase("logging"):
+            sink.log_steps("val/rmse", np.array([score]), step)
+            progress.evaluated(step, score, evaluator.best)
         return pred
 
     model.train()
@@ -243,17 +269,19 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
             if step >= plan.total_steps:
                 break
             lr_rows.append([g["lr"] for g in first_group])
-            losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, runtime)
-                               for k in range(0, len(rows), micro))
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule.swa_active(step):
-                if swa_model is None:
-                    swa_model = WeightAverager(model)
-                swa_model.update(model)
-            schedule.step()
+            with phases.phase("forward_backward"):
+                losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, runtime)
+                                   for k in range(0, len(rows), micro))
+            with phases.phase("optimizer"):
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if schedule.swa_active(step):
+                    if swa_model is None:
+                        swa_model = WeightAverager(model)
+                    swa_model.update(model)
+                schedule.step()
             step += 1
             last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
             if _eval_due(cfg, epoch, i + 1, last_in_epoch):
