@@ -69,7 +69,7 @@ offline-wheels:  ## wheels an offline GPU box lacks (Python $(PYTHON_VERSION), m
 	@echo "$$(ls $(WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1); on the box:"
 	@echo "  pip install --no-index --no-deps --target .whl/site .whl/*.whl && make gpu-check"
 
-gpu-check:  ## the GPU check (benchmarks/gpu_check.py, <= 8 min on one H100): JSON in benchmarks/results/
+gpu-check:  ## the GPU check, part 1 (<= 8 min on one H100; GPU_CHECK_ARGS='--part 2'): JSON in benchmarks/results/
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove outputs/ (runs, MLflow store, demo data cache) and caches

@@ -248,12 +248,11 @@ def print_table(report: dict) -> None:
     for mode in ("eager", "compiled"):
         rows.append(("headline", f"ratio_{mode}", _fmt(head.get(f"ratio_{mode}")), "", "ftsweep / HF Trainer"))
     for name, sec in report["sections"].items():
-        for kind in ("skipped", "timeout", "error"):
-            if kind in sec:
-                rows.append((name, kind.upper(), str(sec[kind])[:90], "", ""))
-                break
-        else:
-            rows += [(name, key, _fmt(value), "", "") for key, value in _flat(sec)]
+        kind = next((k for k in ("skipped", "timeout", "error") if k in sec), None)
+        if kind:  # and what it measured before it stopped
+            rows.append((name, kind.upper(), str(sec[kind])[:90], "", ""))
+            sec = {"partial": sec.get("partial") or {}}
+        rows += [(name, key, _fmt(value), "", "") for key, value in _flat(sec)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

@@ -15,8 +15,11 @@ from collections.abc import Iterable, Iterator
 def _is_device(event) -> bool:
     # Kernels, memcpys and memsets are the events on the device; a CPU op that launched a kernel
     # carries that kernel's time too (its self_device_time_total), so summing every event's device
-    # time counts each kernel twice: only the device events themselves are counted.
-    return getattr(getattr(event, "device_type", None), "name", str(getattr(event, "device_type", ""))) != "CPU"
+    # time counts each kernel twice: only the device events themselves are counted. A record_function
+    # range (the optimizer step, a profiler step) also shows on the device timeline, as a user
+    # annotation spanning its first to last kernel, gaps included: not device work either.
+    kind = getattr(event, "device_type", None)
+    return getattr(kind, "name", str(kind)) != "CPU" and not getattr(event, "is_user_annotation", False)
 
 
 def device_busy(events: Iterable, wall_us: float) -> dict:

@@ -30,15 +30,17 @@ def _cpu_op(name: str, start: float, end: float, kernels: list[tuple[str, float]
     return event
 
 
-def _kernel(name: str, start: float, end: float) -> FunctionEvent:
+def _kernel(name: str, start: float, end: float, annotation: bool = False) -> FunctionEvent:
     return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
-                         device_type=DeviceType.CUDA)
+                         device_type=DeviceType.CUDA, is_user_annotation=annotation)
 
 
 def _trace() -> list[FunctionEvent]:
     """1,000 µs of steps: the CPU ops that launched each kernel carry its time too (as torch.profiler
-    records them), two kernels overlap on two streams, and a copy runs on the device."""
+    records them), two kernels overlap on two streams, a copy runs on the device, and the optimizer
+    step's record_function range shows on the device timeline as an annotation, gaps included."""
     return [
+        _kernel("Optimizer.step#AdamW.step", 0, 1000, annotation=True),
         _cpu_op("aten::mm", 0, 50, [("gemm", 400)]), _kernel("gemm", 100, 500),
         _cpu_op("aten::add", 60, 80, [("add_kernel", 200)]), _kernel("add_kernel", 400, 600),  # overlaps gemm
         _cpu_op("aten::copy_", 90, 95, [("Memcpy HtoD", 100)]), _kernel("Memcpy HtoD", 700, 800),
