@@ -152,7 +152,7 @@ def _sections_to_run(args) -> tuple[list[Planned], dict[str, str]]:
     known = {p.name for p in PLAN} | {PROBE}
     bad = [s for s in [*only, *(s for s in args.skip.split(",") if s)] if s not in known]
     if bad:
-        raise SystemExit(f"gpu_check: error: unknown section(s) {', '.join(bad)}; the sections: {', '.join(known)}")
+        raise ValueError(f"unknown section(s) {', '.join(bad)}; the sections: {', '.join(sorted(known))}")
     if only:
         order = [p for p in order if p.name in only] or [p for p in [*PLAN, PROBE_PLAN] if p.name in only]
     skipped = {p.name: "--skip" for p in order if p.name in args.skip.split(",")}
@@ -182,7 +182,11 @@ def main(argv: list[str]) -> int:
     if args.plan:
         print_plan()
         return 0
-    order, skipped = _sections_to_run(args)
+    try:
+        order, skipped = _sections_to_run(args)
+    except ValueError as exc:
+        print(f"gpu_check: error: {exc}", file=sys.stderr)
+        return 2
     env = environment()
     if not args.smoke and not env["cuda_available"]:
         print("gpu_check: error: no CUDA device visible; --smoke runs the CPU check, --plan shows the plan", file=sys.stderr)
