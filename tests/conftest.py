@@ -26,9 +26,14 @@ TINY = ["model=tiny", "cv.n_folds=2", "trainer.epochs=1", "trainer.batch_size=8"
         "data.max_rows=64", "trainer.max_length=32"]
 
 
-def compose_cfg(overrides: list[str], output_root: Path) -> DictConfig:
+def compose_conf(overrides: list[str], output_root: Path) -> DictConfig:
+    """conf/ as composed for a run whose outputs go under `output_root`, nothing else changed."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"paths.output_root={output_root}"])
+        return compose("config", overrides=[*overrides, f"paths.output_root={output_root}"])
+
+
+def compose_cfg(overrides: list[str], output_root: Path) -> DictConfig:
+    cfg = compose_conf(overrides, output_root)
     with open_dict(cfg):
         cfg.tracking.uri = f"sqlite:///{output_root}/mlflow.db"
     return cfg

@@ -71,9 +71,16 @@ def test_gpu_check_smoke(smoke_runs):
     assert not [s for s in sections.values() if "error" in s], text
     assert "skipped" in sections["cv_compiled"]  # no compiling on the CPU
     tp = sections["throughput"]
-    assert set(tp["samples_per_s"]) == {"ftsweep eager", "plain bf16 loop", "HF Trainer pad", "HF Trainer best"}
-    assert tp["ratio_vs_hf_best"] > 0 and tp["profile_eager"]["wall_ms_per_step"] > 0
-    assert sections["eval_cost"]["evaluations"] >= 1 and sections["cv"]["seconds"] > 0
+    rates = tp["samples_per_s"]
+    assert set(rates) == {"ftsweep eager", "plain bf16 loop", "HF Trainer pad", "HF Trainer best"}
+    assert tp["best_ftsweep"] == "ftsweep eager"  # no compile modes at smoke size
+    assert tp["ratio_vs_hf_best"] == pytest.approx(rates["ftsweep eager"] / rates["HF Trainer best"], rel=1e-12)
+    assert tp["profile_eager"]["steps"] == 6 and tp["profile_eager"]["wall_ms_per_step"] > 0  # min(20, smoke steps)
+    # 96 rows, 4:1: 76 training rows in batches of 8 = 10 batches, evaluated after the 10th (every 10) only
+    assert sections["eval_cost"]["rows"] == 96 and sections["eval_cost"]["evaluations"] == 1
+    assert sections["cv"]["seconds"] == sections["cv"]["eager"]["seconds"] > 0  # the one (eager) CV run
     assert sections["cli"]["runs_by_status"] == {"FINISHED": 22} and sections["cli"]["table_printed"]
-    assert sections["jobs"]["jobs_2"]["samples_per_s"] > 0 and sections["large"]["tiny"]["gradient_checkpointing"]
+    jobs = sections["jobs"]["jobs_2"]  # 2 seeds x fold 0 of 60 rows in 5 folds: 48 rows, batch 16 = 3 steps each
+    assert jobs["samples_per_s"] * jobs["training_span_s"] == pytest.approx(2 * 3 * 16, rel=1e-9)
+    assert sections["large"]["tiny"]["gradient_checkpointing"] and sections["large"]["tiny"]["batch"] == "16 x 2"
     assert re.search(r"ratio_vs_hf_best\s+[\d.]+\s+>= 3\s+n/a \(smoke\)", text)
