@@ -359,9 +359,12 @@ def section_jobs(c: Check) -> dict:
         name = f"jobs_{n}"
         _, wall = _cli(c, ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n}", f"trainer.seed={seeds}",
                            *c.sizes.job, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"tracking.experiment={name}"])
-        folds = [r for r in _runs(c, name) if "ftsweep.fold" in r.data.tags]
-        batch = int(folds[0].data.params.get("trainer.batch_size", c.sizes.batch))
-        samples = batch * sum(r.data.metrics["steps"] for r in folds)
+        runs = _runs(c, name)
+        folds = [r for r in runs if "ftsweep.fold" in r.data.tags]
+        params = {r.info.run_id: r.data.params for r in runs if "ftsweep.fold" not in r.data.tags}
+        # the batch size is a parameter of the fold's parent run (fold runs log metrics only)
+        samples = sum(int(params[r.data.tags["mlflow.parentRunId"]]["trainer.batch_size"]) * r.data.metrics["steps"]
+                      for r in folds)
         span = (max(r.info.end_time for r in folds) - min(r.info.start_time for r in folds)) / 1e3
         out[name] = {"wall_s": wall, "training_span_s": span, "samples_per_s": samples / span,
                      "devices": sorted({r.data.tags.get("ftsweep.device", "?") for r in folds})}

@@ -92,5 +92,9 @@ def test_gpu_check_smoke(smoke_runs):
     cv = sections["cv"]
     assert head["cv_seconds"] == cv["seconds"] > 0 and cv["profile"]["phases"]["mlflow"]["count"] > 0
     assert sections["cli"]["runs_by_status"] == {"FINISHED": 7}  # 2 rows x (parent + 2 folds) + the table and sections["cli"]["table_printed"]
-    assert sections["jobs"]["jobs_1"]["samples_per_s"] > 0 and sections["large"]["tiny"]["gradient_checkpointing"]
+    # 96 rows, 4:1: 76 training rows in batches of 8 = 10 batches, evaluated after the 10th (every 10) only
+    assert sections["eval_cost"]["rows"] == 96 and sections["eval_cost"]["evaluations"] == 1
+    jobs = sections["jobs"]["jobs_1"]  # one seed x fold 0 of 60 rows in 5 folds: 48 rows, batch 16 = 3 steps
+    assert jobs["samples_per_s"] * jobs["training_span_s"] == pytest.approx(3 * 16, rel=1e-9)
+    assert sections["large"]["tiny"]["gradient_checkpointing"] and sections["large"]["tiny"]["batch"] == "16 x 2"
     assert re.search(r"ratio_vs_hf\s+[\d.]+\s+>= 3\s+n/a \(smoke\)", text)

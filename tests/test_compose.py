@@ -7,7 +7,7 @@ import pytest
 from ftsweep.config.checks import validate
 from ftsweep.errors import ConfigError
 
-from conftest import CONF, compose_cfg, run_cli
+from conftest import CONF, compose_cfg, compose_conf, run_cli
 
 GROUPS = ["data", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "trainer", "cv", "tracking",
           "experiment"]
@@ -15,13 +15,14 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes_and_validates(tmp_path, group, option):
+def test_every_option_composes_and_validates(tmp_path, monkeypatch, group, option):
     extra = ["data.path=/some/train.csv"] if (group, option) == ("data", "commonlit") else []
     if group == "swa" and option == "on":
         extra.append("trainer.epochs=5")
-    cfg = compose_cfg([f"{group}={option}", *extra], tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = compose_conf([f"{group}={option}", *extra], tmp_path)  # conf/'s own tracking.uri, not the tests' store
     validate(cfg)
-    assert cfg.tracking.uri.startswith("sqlite:///")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow.db"  # the default store under paths.output_root
 
 
 def test_expected_options_exist():

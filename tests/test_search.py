@@ -5,14 +5,17 @@ hydra-optuna-sweeper style configs, and one-line errors before any trial."""
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -88,6 +91,32 @@ def test_pruned_trials_stop_after_a_fold_and_mlflow_holds_one_parent_per_trial(s
             assert parent.info.status == "FINISHED" and len(folds) == 3
             assert parent.data.metrics["rmse_mean"] == pytest.approx(trial.value)
     assert "Pruned trials (stopped early, not ranked)" in done.stdout
+
+
+def _trial_numbers(labels: list[str]) -> list[int]:
+    """'trial 3: optimizer.lr=...' (a row label, or a markdown row '| trial 3: ... |') -> 3."""
+    return [int(re.match(r"\|? ?trial (\d+): ", label).group(1)) for label in labels]
+
+
+def test_pruned_trials_are_listed_apart_and_never_ranked(searched):
+    out, _, done = searched
+    trials = _study(out, "s6").get_trials()[:6]  # the fixture's six (a later test adds a seventh)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert complete and pruned and len(complete) + len(pruned) == 6
+    folder = Path(re.search(r"^written: (.+)$", done.stdout, re.M).group(1))
+    markdown = (folder / "top_trials.md").read_text()
+    assert markdown.strip() in done.stdout  # what the search printed
+    ranked, apart = markdown.split("Pruned trials (stopped early, not ranked):")
+    # ranked: exactly the complete trials, best first, in the table and in top_trials.csv
+    assert _trial_numbers([r for r in ranked.splitlines() if r.startswith("| trial ")]) == [t.number for t in complete]
+    labels = pd.read_csv(folder / "top_trials.csv")["label"].tolist()
+    assert _trial_numbers(labels) == [t.number for t in complete]
+    # apart: each pruned trial once, with the folds it ran and the running mean its pruner saw
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in apart.splitlines() if r.startswith("| trial ")]
+    assert sorted((n, cells[1:]) for n, cells in zip(_trial_numbers([r[0] for r in rows]), rows, strict=True)) == sorted(
+        (t.number, [str(last + 1), f"{t.intermediate_values[last]:.4f}", str(last)])
+        for t in pruned for last in [max(t.intermediate_values)])
 
 
 def test_the_summary_names_the_best_config_and_best_yaml_composes_to_it(searched):
