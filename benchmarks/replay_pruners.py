@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ftsweep.data.loading import ID  # noqa: E402
-from ftsweep.search.paired import ROW_ERRORS, PairedPruner, encode_errors  # noqa: E402
+from ftsweep.search.paired import ROW_ERRORS, PairedPruner, build_pruner, encode_errors  # noqa: E402
 from ftsweep.sweep.table import default_tracking_uri, paired_difference  # noqa: E402
 from ftsweep.tracking.recorder import PREDICTIONS  # noqa: E402
 from ftsweep.tracking.store import PRUNED_TAG, STUDY_TAG, TRIAL_TAG, Tracker  # noqa: E402
@@ -113,7 +113,8 @@ def make_pruner(name: str, args: argparse.Namespace) -> optuna.pruners.BasePrune
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=args.median_startup, n_warmup_steps=0)
     if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=args.wilcoxon_p, n_startup_steps=args.wilcoxon_startup)
+        return build_pruner({"_target_": "optuna.pruners.WilcoxonPruner", "p_threshold": args.wilcoxon_p,
+                             "n_startup_steps": args.wilcoxon_startup})
     if name == "paired":
         return PairedPruner(alpha=args.alpha, min_delta=args.min_delta, test=args.test)
     return optuna.pruners.NopPruner()

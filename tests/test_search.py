@@ -164,6 +164,7 @@ def test_replaying_median_pruning_on_the_stored_trials_reproduces_the_live_decis
 def _benchmark(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -256,17 +257,18 @@ def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
     the long trial 0 still runs (a batch barrier would start it after both)."""
     words = tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib"))
     assert "hydra.sweeper.n_jobs=2" in words and "hydra/launcher=joblib" in words
-    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "trainer.epochs=40", "trainer.max_steps=choice(6, 60)",
+    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "cv.n_folds=2", "trainer.epochs=40",
+                   "trainer.max_steps=choice(6, 40)",
                    "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
                    f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _study(tmp_path, "search_llrd").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the random sampler (seed 42) makes trial 0 the long one; the rest of the test relies on it
-    assert [t.params["trainer.max_steps"] for t in trials] == [60, 6, 6]
+    assert [t.params["trainer.max_steps"] for t in trials] == [40, 6, 6]
     long, short, later = trials
     assert short.datetime_complete <= later.datetime_start < long.datetime_complete
-    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)  # reported from the workers
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)  # reported from the workers
     assert len({t.user_attrs["ftsweep.owner"] for t in trials}) == 1  # held by the sweep, not the workers
     _, runs = _runs(tmp_path, "search_llrd")  # and so in MLflow: the later trial's run starts before the long one ends
     parent = {r.data.tags["ftsweep.trial"]: r for r in runs if "ftsweep.fold" not in r.data.tags

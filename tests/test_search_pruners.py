@@ -119,3 +119,30 @@ def test_errors_are_stored_in_row_id_order_whatever_the_frame_order():
 def test_bad_pruner_settings_are_one_line(spec, words):
     with pytest.raises(FtsweepError, match="hydra.sweeper.pruner: .*" + words.replace("(", r"\(")):
         check_pruner(spec)
+
+
+@pytest.mark.parametrize("pruner", ["median", "wilcoxon", "paired"])
+def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, pruner):
+    """The running mean RMSE (median), each fold's own RMSE (Optuna's Wilcoxon pairs folds), and
+    for the paired pruner the fold's per-row errors stored on the trial first."""
+    from omegaconf import OmegaConf
+
+    from ftsweep.search import pruning
+
+    made = {"median": optuna.pruners.MedianPruner(), "wilcoxon": optuna.pruners.WilcoxonPruner(),
+            "paired": PairedPruner()}[pruner]
+    monkeypatch.setattr(pruning, "_configured_pruner", lambda: made)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    report = pruning.fold_reporter(OmegaConf.create({"search": {"study": "s", "storage": storage,
+                                                                "trial_id": trial._trial_id}}))
+    folds = [predictions(e) for e in fold_errors(8, 2)]
+    fold_rmse = [float(np.sqrt(np.mean(f["pred_best"] ** 2))) for f in folds]
+    running = [fold_rmse[0], float(np.mean(fold_rmse))]
+    assert [report(step, running[step], frame) for step, frame in enumerate(folds)] == [False, False]
+    stored = optuna.load_study(study_name="s", storage=storage).trials[0]
+    reported = [stored.intermediate_values[step] for step in (0, 1)]
+    assert reported == pytest.approx(fold_rmse if pruner == "wilcoxon" else running, abs=1e-12)
+    assert reported != pytest.approx(running if pruner == "wilcoxon" else fold_rmse, abs=1e-6)
+    keys = sorted(k for k in stored.user_attrs if k.startswith("ftsweep.row_errors."))
+    assert keys == (["ftsweep.row_errors.0", "ftsweep.row_errors.1"] if pruner == "paired" else [])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import warnings
 
 import numpy as np
 import optuna
@@ -30,6 +31,15 @@ from ftsweep.data.loading import ID, TARGET
 
 ROW_ERRORS = "ftsweep.row_errors.{step}"  # a trial attribute per fold position: {"rows": digest, "sq_err": b64}
 TESTS = ("bootstrap", "wilcoxon")
+
+
+def build_pruner(spec) -> BasePruner:
+    """hydra.sweeper.pruner built (Optuna's "experimental" warning for its WilcoxonPruner is noise here)."""
+    from hydra.utils import instantiate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return instantiate(spec)
 
 
 def encode_errors(predictions: pd.DataFrame) -> dict[str, str]:

@@ -61,9 +61,10 @@ def _configured_pruner():
     """The sweeper's `pruner` (hydra.sweeper.pruner), or none when the job runs without one."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
+
+    from ftsweep.search.paired import build_pruner
 
     if not HydraConfig.initialized():
         return optuna.pruners.NopPruner()
     node = HydraConfig.get().sweeper.get("pruner")
-    return instantiate(node) if node is not None else optuna.pruners.NopPruner()
+    return build_pruner(node) if node is not None else optuna.pruners.NopPruner()

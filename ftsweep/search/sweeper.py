@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.search.paired import build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
     OVERRIDES,
@@ -163,7 +164,7 @@ def check_pruner(spec) -> None:
     if spec is None:
         return
     try:
-        pruner = instantiate(spec)
+        pruner = build_pruner(spec)
     except Exception as exc:  # noqa: BLE001
         raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(exc)}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
