@@ -191,12 +191,13 @@ def summarize(results: list[Replay], trials: list[StoredTrial]) -> list[dict]:
 
 def to_markdown(rows: list[dict], n_trials: int, n_folds: int) -> str:
     lines = [f"| pruner | folds trained (of {n_trials * n_folds}) | trials pruned | best trial found (RMSE) | "
-             f"false prunes |", "|---|---|---|---|---|"]
+             f"false prunes | unknown (stopped live earlier) |", "|---|---|---|---|---|---|"]
     for row in rows:
         best = f"trial {row['best_trial']} ({row['best_rmse']:.4f})" if row["best_trial"] is not None else "none"
         false = ", ".join(map(str, row["false_prunes"])) or "none"
+        unknown = ", ".join(map(str, row["unknown"])) or "none"
         lines.append(f"| {row['pruner']} | {row['folds_trained']} | {row['trials_pruned']} | {best} | "
-                     f"{len(row['false_prunes'])}: {false} |")
+                     f"{len(row['false_prunes'])}: {false} | {unknown} |")
     return "\n".join(lines)
 
 
