@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,3 +94,20 @@ def wait_for_server(url: str, seconds: float = 60) -> bool:
         except OSError:
             time.sleep(0.5)
     return False
+
+
+@pytest.fixture(scope="session")
+def _store_template(tmp_path_factory) -> Path:
+    from ftsweep.tracking.store import Tracker
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}", None)
+    return path
+
+
+@pytest.fixture
+def migrated_store(tmp_path, _store_template) -> str:
+    """The URI of tmp_path/mlflow.db (make_cfg's store), a copy of an empty MLflow store whose
+    schema already exists: MLflow's migrations take 5-8 s for every new SQLite file."""
+    shutil.copy(_store_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"

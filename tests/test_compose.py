@@ -93,6 +93,8 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
         (["+lable=x"], "unknown key lable: nothing reads it (did you mean label?)"),
+        # no key close: a pointer, not every known key (~600 characters before)
+        (["+trainer.zzzz=1"], "unknown key trainer.zzzz: nothing reads it (python -m ftsweep --cfg job lists the keys)."),
         (["~trainer.seed"], "trainer.seed is missing (removed with ~?)"),
         (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),
     ],
@@ -116,5 +118,10 @@ def test_reinit_deeper_than_the_model(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     out = run_cli("ftsweep", "--help", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "optimizer: adamw, grouped_llrd, llrd" in out.stdout
+    assert out.stdout.startswith("ftsweep: ")  # not Hydra's "__main__ is powered by Hydra."
+    examples = [line.split("#")[0].split() for line in out.stdout.splitlines() if line.startswith("  python -m ftsweep")]
+    assert examples == [["python", "-m", "ftsweep"],
+                        ["python", "-m", "ftsweep", "optimizer=grouped_llrd", "swa=on", "eval=frequent"],
+                        ["python", "-m", "ftsweep", "-m", "reinit.n=0,1,2,3,4,5,6"]]
     out = run_cli("ftsweep", "optimizer=grouped_llrd", "swa=on", "--cfg", "job", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "name: grouped_llrd" in out.stdout and "enabled: true" in out.stdout

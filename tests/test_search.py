@@ -308,7 +308,7 @@ hydra:
 
 # Empty intervals, n_trials=0 and the rest: tests/test_search_space.py; here, that the CLI says them in one line.
 BAD_SEARCHES = [
-    (["model.lrr=interval(1e-5, 1e-4)"], "Could not override 'model.lrr'"),
+    (["model.lrr=interval(1e-5, 1e-4)"], "unknown key model.lrr in model.lrr=interval(1e-5, 1e-4): did you mean model.lr?"),
     (["model.lr=interval(1e-5, 3e-4)", "hydra.sweeper.n_trials=0"], "n_trials=0 must be a whole number >= 1"),
     (["model.lr=interval(1e-5"], "cannot read the override 'model.lr=interval(1e-5'"),
     (["reinit.n=range(0, 5)"], "reinit.n=4"),  # beyond the tiny model's 2 layers, at the range's end

@@ -119,6 +119,17 @@ def test_non_finite_loss_stops_the_fold_with_its_step(make_cfg):
         _fit(*setup)
 
 
+def test_a_loss_overflowed_by_the_target_scale_names_the_targets(make_cfg):
+    setup = list(_setup(make_cfg, "trainer.batch_size=8"))
+    setup[-1] = setup[-1] * 1e30  # loaded targets are capped at 1e18; these would blame the learning rate
+    with pytest.raises(TrainingError) as err:
+        _fit(*setup)
+    largest = float(np.abs(setup[-1]).max())
+    assert str(err.value) == (f"the training loss became inf at step 0: the targets reach |y| = {largest:.3g}, whose "
+                              f"squared errors overflow float32 in a step of 8 rows; rescale the targets "
+                              f"(e.g. divide them by 1e+31).")
+
+
 def _losses(make_cfg, autocast_dtype, *overrides):
     cfg, model, optimizer, plan, encoded, train, val, targets = _setup(make_cfg, "trainer.epochs=3", "trainer.batch_size=6",
                                                                        *overrides)

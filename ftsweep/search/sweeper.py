@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
+from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
 from ftsweep.search.paired import build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
@@ -125,13 +124,8 @@ def composer(config_loader, sweep_config: DictConfig) -> Compose:
     """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with
     the hydra node, whose runtime.choices say which config group options were taken)."""
     def compose(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
-        try:
-            cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
-        except HydraException as exc:
-            said = " ".join(line.strip() for line in str(exc).splitlines()[:2])
-            hint = (" (a key of another config group option? e.g. optimizer.layer_decay exists with optimizer=llrd)"
-                    if "not in struct" in said else "")
-            raise FtsweepError(f"the search cannot use {' '.join(overrides) or 'the config'}: {said}{hint}") from None
+        cfg = compose_or_explain(lambda these: config_loader.load_sweep_config(sweep_config, these), config_loader,
+                                 list(overrides), list(overrides))
         if not keep_hydra:
             with open_dict(cfg):
                 del cfg["hydra"]
@@ -235,14 +229,14 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
     in_flight: dict[Future, list[tuple[optuna.trial.Trial, int]]] = {}
     launched, stopping = 0, False  # failed trials do not count toward n_trials: this run launches n_trials at most
 
-    def beat() -> None:
+    def renew() -> None:  # the in-flight trials' heartbeat (what retry_interrupted checks elsewhere)
         for batch in list(in_flight.values()):
             for trial, _ in batch:
-                trial.set_user_attr(HEARTBEAT_TAG, f"{time.time():.0f}")
+                trial.set_user_attr(HEARTBEAT_TAG, beat())
 
     pool = ThreadPoolExecutor(slots, thread_name_prefix="ftsweep-trial") if launcher.concurrent else _Inline()
     try:
-        with Heartbeat(beat):
+        with Heartbeat(renew):
             while True:
                 while not stopping and len(in_flight) < slots and (remaining := min(
                         settings.n_trials - in_progress(study), settings.n_trials - launched)) > 0:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ftsweep.data.batching import Encoded, eval_batches, pad_batch, steps_per_epoch, train_batches
+from ftsweep.data.loading import rescale_hint
 from ftsweep.errors import TrainingError
 from ftsweep.model.param_groups import group_layers
 from ftsweep.train.schedule import LrSchedule, plan_steps
@@ -171,6 +172,20 @@ def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: i
     return loss.detach()
 
 
+def non_finite_loss(loss: float, step: int, targets: np.ndarray, step_rows: int) -> TrainingError:
+    """The error for a NaN / inf loss: the target scale when a step's summed squared errors can
+    overflow float32 (errors up to twice the largest |target|), else the usual suspects."""
+    targets = np.asarray(targets, dtype=np.float64)
+    finite = np.abs(targets[np.isfinite(targets)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest > math.sqrt(float(np.finfo(np.float32).max) / step_rows) / 2:
+        return TrainingError(f"the training loss became {loss} at step {step}: the targets reach |y| = {largest:.3g}, "
+                             f"whose squared errors overflow float32 in a step of {step_rows} rows; "
+                             f"{rescale_hint(largest)}.")
+    return TrainingError(f"the training loss became {loss} at step {step}; lower the learning rate (model.lr), "
+                         f"keep trainer.grad_clip on, or try trainer.precision=fp32.")
+
+
 def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, split: FoldSplit,
              runtime: Runtime, sink: MetricSink | None = None, progress: ProgressReporter | None = None) -> FoldResult:
     """Train one fold; return best / last (/ SWA) RMSE and validation predictions. The best
@@ -191,6 +206,7 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
     lr_rows: list[list[float]] = []
     flushed = 0
     grad_clip = tcfg.get("grad_clip")
+    micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def flush(upto: int) -> None:
@@ -201,11 +217,8 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
         bad = np.flatnonzero(~np.isfinite(chunk))
         if bad.size:
             sink.log_steps("train/loss", chunk[: bad[0]], flushed)  # keep what was measured before it broke
-            sink.log_lr(layers, np.asarray(lr_rows[: bad[0]]), flushed)
-            raise TrainingError(
-                f"the training loss became {chunk[bad[0]]} at step {flushed + bad[0]}; lower the learning rate "
-                f"(model.lr), keep trainer.grad_clip on, or try trainer.precision=fp32."
-            )
+            sink.log_lr(layers, np.asarray(lr_rows[: bad[0]], dtype=float).reshape(-1, len(layers)), flushed)  # [steps, layers]
+            raise non_finite_loss(float(chunk[bad[0]]), flushed + int(bad[0]), targets, micro * accum)
         sink.log_steps("train/loss", chunk, flushed)
         sink.log_lr(layers, np.asarray(lr_rows), flushed)
         progress.trained(upto, float(chunk.mean()))
@@ -222,7 +235,6 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
     model.train()
     step = 0
     last_eval_step, last_pred = -1, None
-    micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
     for epoch in range(int(tcfg.epochs)):
         # Each optimizer step's rows are drawn as one batch of batch_size x grad_accum_steps (same order
         # as without accumulation), then run as micro-batches; the epoch's last, smaller batch steps too.
