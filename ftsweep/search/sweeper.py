@@ -212,12 +212,6 @@ class _Inline:
         future.set_result(fn(*args))
         return future
 
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
 
 def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, launcher: Launcher,
                full_config: DictConfig, first_job: int = 0) -> Outcome:
@@ -262,11 +256,13 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                               "; waiting for the running ones" if in_flight else "")
                     stopping = True
     except KeyboardInterrupt:
-        if launcher.concurrent:  # trial threads would wait for their jobs: leave; the workers see their
+        if launcher.concurrent:
+            # The trial threads would wait for their jobs to end. Leave instead: each worker sees its
+            # driver gone, marks its runs KILLED and exits (ftsweep.jobs' orphan watch).
             print("ftsweep: interrupted; the running trials are retried by the next run of this command (their "
                   "finished folds are kept).", file=sys.stderr, flush=True)
             sys.stdout.flush()
-            os._exit(130)  # driver gone, close their runs KILLED and exit (ftsweep.jobs' orphan watch)
+            os._exit(130)
         raise
     finally:
         if launcher.concurrent:
@@ -320,8 +316,8 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcom
 def _failure(ret: JobReturn, value) -> str:
     """Why a trial's job gave no result: its exception, or what the job recorded in its folder."""
     if ret.status == JobStatus.FAILED:
-        exc = ret._return_value
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}".rstrip(": ")
+        exc, text = ret._return_value, str(ret._return_value).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
     if isinstance(value, dict) and value.get("held"):
         return "skipped: another live process is running this config; rerun when it has finished"
     try:
