@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> float | dict:
         if multirun:
             record_job("held" if result.held_by else "ok", result.held_by or "")
         if cfg.search.get("trial_id") is not None:  # what the search sweeper tells its study
-            return {"value": result.mean("rmse_best"), "pruned_at": result.pruned_at, "held": bool(result.held_by)}
+            return {"value": result.mean("rmse_best"), "pruned_at": result.pruned_at, "held": bool(result.held_by),
+                    "run_id": result.parent_run_id}
         return result.mean("rmse_best")
 
     return guarded(job, float("nan"))

@@ -34,7 +34,9 @@ from ftsweep.train.progress import Progress
 from ftsweep.train.schedule import plan_steps
 
 log = logging.getLogger("ftsweep")
-FoldReport = Callable[[int, float], bool]  # (folds finished - 1, running mean RMSE) -> stop now?
+# (folds finished - 1, running mean RMSE, the fold's validation predictions: id, fold, target,
+# pred_best, pred_last) -> stop now?
+FoldReport = Callable[[int, float, pd.DataFrame], bool]
 
 
 def folds_to_run(cfg: DictConfig) -> list[int]:
@@ -81,7 +83,7 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     """Cross-validate `cfg`. With `job.resume`, folds that already FINISHED for the same config,
     data and seed in this experiment are reused, not rerun; a finished config returns at once; a
     config that another live process is running is left to it. `job.after_fold` (a search's
-    pruner) sees the running mean RMSE after each fold; when it says stop, the parent ends KILLED,
+    pruner) sees the running mean RMSE and the fold's predictions after each fold; when it says stop, the parent ends KILLED,
     tagged ftsweep.pruned=<fold>, with the finished folds kept."""
     job = job or Job()
     check_config(cfg)
@@ -112,7 +114,8 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
                 runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
                 stored = _train_and_record(recorder, split, runtime, (fold, label, job.use_bar), backbone)
             result.folds[fold], fold_runs[fold] = stored
-            stop = job.after_fold is not None and job.after_fold(position, result.mean("rmse_best"))
+            stop = job.after_fold is not None and job.after_fold(
+                position, result.mean("rmse_best"), fold_predictions(data.frame, result.folds[fold]))
             if stop and position < len(folds) - 1:
                 result.pruned_at = fold
                 recorder.pruned(result)
