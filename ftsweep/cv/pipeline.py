@@ -83,8 +83,8 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     """Cross-validate `cfg`. With `job.resume`, folds that already FINISHED for the same config,
     data and seed in this experiment are reused, not rerun; a finished config returns at once; a
     config that another live process is running is left to it. `job.after_fold` (a search's
-    pruner) sees the running mean RMSE and the fold's predictions after each fold; when it says stop, the parent ends KILLED,
-    tagged ftsweep.pruned=<fold>, with the finished folds kept."""
+    pruner) sees the running mean RMSE and the fold's predictions after each fold; when it says
+    stop, the parent ends KILLED, tagged ftsweep.pruned=<fold>, with the finished folds kept."""
     job = job or Job()
     check_config(cfg)
     device, autocast_dtype = resolve_device(cfg.trainer)
