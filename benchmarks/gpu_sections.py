@@ -287,7 +287,7 @@ def section_cv(c: Check, compile_mode: str = "false") -> dict:
     clock = PhaseClock.for_device(c.device)
     started = time.perf_counter()
 
-    def after_fold(position: int, mean_rmse: float) -> bool:
+    def after_fold(position: int, mean_rmse: float, _predictions) -> bool:
         c.note(folds_done=position + 1, after_s=time.perf_counter() - started, rmse_mean=mean_rmse,
                profile_so_far=clock.summary(time.perf_counter() - started))
         return False  # never stop early
