@@ -1,8 +1,8 @@
 """The fold models of one CV run as one predictor: each fold's weights, the mean of their outputs.
 
-One loader serves both ways in: `python -m ftsweep.predict` (fold checkpoints read from
-MLflow) and the logged MLflow pyfunc model (a self-contained folder, see pyfunc_model.py).
-The folder holds everything to rebuild the models offline: the run's config, the backbone's
+One loader serves both ways in: the logged MLflow pyfunc model (a self-contained folder, see
+pyfunc_model.py) and `python -m ftsweep.predict` (that folder, downloaded as files, or a run's
+fold checkpoints where it has no model). The folder holds everything to rebuild the models offline: the run's config, the backbone's
 Hugging Face config, the tokenizer and every fold's safetensors. All of it is data (YAML, JSON,
 tokenizer files, safetensors), read by ftsweep's own code with trust_remote_code=False: a
 folder can change the numbers, never run code.
