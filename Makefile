@@ -9,6 +9,9 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 OUTPUTS ?= outputs
 UI_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+# a search's Optuna storage (hydra.sweeper.storage; by default optuna.db beside the MLflow store)
+STORAGE ?= sqlite:///$(abspath $(OUTPUTS))/optuna.db
 ARGS   ?=
 EXPERIMENT ?= table1
 # make offline-wheels: the target box's Python and platform (wheels with C code are built per version)
@@ -17,7 +20,7 @@ PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 WHEELS ?= .whl
 GPU_CHECK_ARGS ?=
 
-.PHONY: help install run table test test-fast test-cluster cluster-up cluster-down lint ui browser clean offline-wheels gpu-check
+.PHONY: help install run table test test-fast test-cluster cluster-up cluster-down lint ui dashboard browser clean offline-wheels gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,6 +60,9 @@ ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(U
 	@mkdir -p $(OUTPUTS)
 	$(PY) -m ftsweep.ui --tracking-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --port $(UI_PORT)
 
+dashboard:  ## Optuna Dashboard over the search studies (STORAGE=...), http://127.0.0.1:$(DASHBOARD_PORT)
+	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
 browser:  ## Debian's chromium, for the test that opens the UI link headless (it skips without one)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 	@chromium --version 2>/dev/null | head -1
@@ -69,7 +75,7 @@ offline-wheels:  ## wheels an offline GPU box lacks (Python $(PYTHON_VERSION), m
 	@echo "$$(ls $(WHEELS)/*.whl | wc -l) wheels, $$(du -sh $(WHEELS) | cut -f1); on the box:"
 	@echo "  pip install --no-index --no-deps --target .whl/site .whl/*.whl && make gpu-check"
 
-gpu-check:  ## the GPU check (benchmarks/gpu_check.py, <= 8 min on one H100): JSON in benchmarks/results/
+gpu-check:  ## the GPU check, part 1 (<= 8 min on one H100; GPU_CHECK_ARGS='--part 2'): JSON in benchmarks/results/
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:  ## remove outputs/ (runs, MLflow store, demo data cache) and caches

@@ -1,382 +1,262 @@
-"""The GPU check: ftsweep on CUDA end to end, its speed against the HF Trainer, memory, parallel jobs.
+"""The GPU check: ftsweep on CUDA end to end, its speed against the HF Trainer, memory, whole CV runs.
 
-    python benchmarks/gpu_check.py            # one GPU, <= 8 min on an H100: benchmarks/results/<date>-<gpu>.json
-    python benchmarks/gpu_check.py --smoke    # every section, tiny, on the CPU (runs in the test suite)
+    python benchmarks/gpu_check.py --plan       # the sections, their sizes and seconds (no GPU needed)
+    python benchmarks/gpu_check.py              # part 1 (run it first), <= 8 min on one H100 / H200
+    python benchmarks/gpu_check.py --part 2     # part 2, <= 8 min
+    python benchmarks/gpu_check.py --smoke      # every section that needs no compiling, tiny, on the CPU (in the tests)
 
-Offline: models are random-init from their configs, the tokenizer and CommonLit's token lengths
-ship in benchmarks/data/. Sections run in priority order while the time budget (--budget-s)
-lasts; each one's numbers are written to the JSON as soon as it ends, so a run cut short keeps
-what it measured. The training code is ftsweep's own (cv.fold.train_fold, run_cv, the CLI), never a copy.
-
-  throughput  roberta-base shape, batch 8, CommonLit lengths: ftsweep (eager and compiled) vs the
-              HF Trainer (padded to 256, and its best settings) vs a plain bf16 loop, one process;
-              plus a profile of ftsweep's steps (how much of the wall time the GPU is busy)
-  eval_cost   one fold with eval=frequent (every 10 batches) vs eval=epoch
-  memory      peak GPU memory of a fold without and with SWA
-  cv          full 5-fold x 5-epoch CV of the MiniLM-L6 shape on 2,834 CommonLit-length rows
-  cli         `python -m ftsweep -m +sweep=table1 model=tiny cv.n_folds=2`: every run FINISHED, table printed
-  jobs        1, 2 and 4 MiniLM jobs at once on one GPU (hydra/launcher=joblib): total throughput
-  large       roberta-large / deberta-v3-large presets (accumulation, checkpointing): memory, speed
+Each section runs in a process of its own, forked from one that imported torch & co. once, with
+a hard limit from the plan (benchmarks/gpu_plan.py): a section past its limit is killed with
+everything it started and recorded as "timeout" (with what it had measured so far), and the next
+one runs. The parent never touches CUDA, so each section's memory peaks are its own. The JSON
+(benchmarks/results/<date>-<gpu>-part<N>.json) is written after every section: an environment
+block, the headline (ftsweep vs the HF Trainer like for like, the CV time), the targets, then
+each section. Offline: random-init models from their configs; MiniLM's tokenizer and
+CommonLit's token lengths ship in benchmarks/data/.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
+import gc
+import importlib.metadata as md
 import json
-import math
+import multiprocessing
 import os
 import platform
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 # This checkout's ftsweep, and on an offline box the wheels installed by `pip install --target .whl/site`.
-PATHS = [str(p) for p in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[1] / ".whl" / "site")
-         if p.is_dir()]
-sys.path[:0] = PATHS
+PATHS = [str(p) for p in (HERE, HERE.parent, HERE.parent / ".whl" / "site") if p.is_dir()]
+sys.path[:0] = [p for p in PATHS if p not in sys.path]
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from ftsweep.cv.fold import train_fold  # noqa: E402
-from ftsweep.model.regressor import load_backbone, random_backbone  # noqa: E402
-from ftsweep.train.devices import resolve_device  # noqa: E402
-from ftsweep.train.loop import FoldSplit, Runtime  # noqa: E402
-
-from throughput import (  # noqa: E402
-    ROOT,
-    commonlit_lengths,
-    compose_cfg,
-    fold_eval_cost,
-    synthetic_encoded,
-    time_ftsweep,
-    time_hf_trainer,
-    time_plain_loop,
-    timed_cv,
-    train_flops_per_sample,
+from gpu_plan import (  # noqa: E402
+    IMPORTS_S,
+    LIMIT_S,
+    NOT_IN_SMOKE,
+    PLAN,
+    PROBE,
+    PROBE_PLAN,
+    SMOKE_S,
+    TARGETS,
+    Planned,
+    Sizes,
+    headline,
+    part_plan,
+    print_plan,
+    verdict,
 )
 
-TOKENIZER = ROOT / "benchmarks" / "data" / "minilm_tokenizer"  # MiniLM's WordPiece files: no hub, no bundled model
-RESULTS = ROOT / "benchmarks" / "results"
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
-# (section, key, "<=" or ">=", target): the issue's targets on one H100
-TARGETS = [("throughput", "ratio_vs_hf_best", ">=", 3.0), ("eval_cost", "overhead_pct", "<=", 25.0),
-           ("cv", "seconds", "<=", 20.0), ("memory", "peak_gib_plain", "<=", 2.5),
-           ("memory", "peak_gib_swa", "<=", 3.4)]
+RESULTS = HERE / "results"
+# The packages the offline wheels are installed beside: a version clash among these is the likely
+# failure on a box with its own stack, so the JSON names each version and where it was loaded from.
+PACKAGES = ["torch", "transformers", "tokenizers", "accelerate", "numpy", "pandas", "typing-extensions", "anyio",
+            "protobuf", "pydantic", "hydra-core", "omegaconf", "mlflow-skinny", "mlflow", "sqlalchemy"]
+CHILD_NOTES = ("runtime",)  # what each section's process reports that belongs to the environment block
 
 
-@dataclass
-class Sizes:
-    """What each section runs; `smoke()` shrinks every part to seconds on a CPU."""
+def environment() -> dict:
+    """Python, torch, CUDA, cuDNN, the packages: all without creating a CUDA context here."""
+    import torch  # the version and its CUDA / cuDNN builds; torch.cuda.is_available() makes no context
 
-    model: str = "roberta_base"
-    batch: int = 8
-    steps: int = 200
-    width: int = 256
-    pad: int = 32
-    compile_modes: tuple[str, ...] = ("reduce-overhead",)
-    fold_rows: int = 2834
-    memory_steps: int = 100
-    cv: list[str] = field(default_factory=lambda: [
-        "model=minilm_l6", "model.source=config", "data.n_rows=2834", "data.words_per_passage=170",
-        "data.max_rows=null", "trainer.max_length=256", "cv.n_folds=5", "trainer.epochs=5", "trainer.batch_size=8"])
-    # tiny has 2 layers; the grouped-LLRD row needs 3 (optimizer.n_groups=3)
-    cli: list[str] = field(default_factory=lambda: ["model=tiny", "cv.n_folds=2", "model.architecture.num_hidden_layers=3"])
-    job_counts: tuple[int, ...] = (1, 2, 4)
-    job: list[str] = field(default_factory=lambda: [
-        "model=minilm_l6", "model.source=config", "data.n_rows=2834", "data.words_per_passage=170",
-        "data.max_rows=null", "trainer.max_length=256", "cv.folds=[0]", "trainer.epochs=3", "trainer.batch_size=8"])
-    large: tuple[str, ...] = ("roberta_large", "deberta_v3_large")
-    large_steps: int = 20
-    expect_s: dict[str, float] = field(default_factory=lambda: {  # H100 guesses, for the budget
-        "throughput": 150, "eval_cost": 40, "memory": 25, "cv": 45, "cli": 90, "jobs": 100, "large": 40,
-        "cv_compiled": 90})
-
-    @classmethod
-    def smoke(cls) -> Sizes:
-        tiny_data = ["data.n_rows=60", "data.words_per_passage=12", "data.max_rows=null", "trainer.max_length=32"]
-        return cls(model="tiny", steps=6, width=64, pad=8, compile_modes=(), fold_rows=96, memory_steps=8,
-                   cv=["model=tiny", *tiny_data, "cv.n_folds=2", "trainer.epochs=1"],
-                   cli=["model=tiny", "cv.n_folds=2", "model.architecture.num_hidden_layers=3", "data.max_rows=40",
-                        "trainer.max_length=32", "scheduler.warmup_steps=2",  # 10 steps a fold: 50 would not fit
-                        "trainer.num_threads=1"],
-                   job_counts=(2,), job=["model=tiny", *tiny_data, "cv.folds=[0]", "trainer.epochs=1",
-                                           "trainer.num_threads=1"],
-                   large=("tiny",), large_steps=4, expect_s=dict.fromkeys(cls().expect_s, 1.0))
+    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+           "cuda_available": torch.cuda.is_available(), "packages": {}}
+    wheels = str(HERE.parent / ".whl" / "site")
+    for name in PACKAGES:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        where = str(getattr(dist, "_path", ""))
+        env["packages"][name] = {"version": dist.version, "from": "offline wheels" if where.startswith(wheels) else "system"}
+    try:  # the driver and what else is on the card, as the box reports it (no CUDA context in this process)
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,memory.used",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        env["nvidia_smi"] = smi.stdout.strip().splitlines() if smi.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        env["nvidia_smi"] = None
+    return env
 
 
-@dataclass
-class Check:
-    sizes: Sizes
-    device: torch.device
-    dtype: torch.dtype | None
-    root: Path
-    smoke: bool
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
-
-    def base(self) -> list[str]:
-        """The throughput model (random init) at the check's batch, width and padding, one epoch."""
-        return [f"model={self.sizes.model}", "model.source=config", f"trainer.batch_size={self.sizes.batch}",
-                f"trainer.max_length={self.sizes.width}", f"trainer.pad_to_multiple_of={self.sizes.pad}",
-                "trainer.epochs=1", "head=pooler"]
-
-    def cfg(self, *overrides: str):
-        return compose_cfg([*self.base(), *overrides], self.root)
-
-    def data(self, n_rows: int, vocab: int = 30000):
-        lengths = commonlit_lengths(n_rows, self.rng, self.sizes.width)
-        return synthetic_encoded(lengths, vocab, self.rng), self.rng.normal(-0.96, 1.03, n_rows), np.arange(n_rows)
-
-    def reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_gib(self) -> float | None:
-        return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
+def _child(name: str, sizes: Sizes, root: str, smoke: bool, out_dir: str) -> None:
+    """A section's process. Its own process group first: a timeout kills it and all it started."""
+    os.setsid()
+    gc.freeze()  # the imports inherited from the fork server: no collection walks them again (seconds each)
+    try:
+        from gpu_sections import run_section  # already imported by the fork server: costs nothing
+    except BaseException as exc:  # noqa: BLE001
+        Path(out_dir, f"{name}.json").write_text(json.dumps({"error": f"importing the sections: {exc!r}"}))
+        raise SystemExit(1) from None
+    run_section(name, sizes, root, smoke, out_dir)
 
 
-def section_throughput(c: Check) -> dict:
-    s = c.sizes
-    encoded, targets, rows = c.data((s.steps + 60) * s.batch)
-    out: dict = {"model": s.model, "batch": s.batch, "steps": s.steps, "mean_tokens": float(encoded.lengths.mean())}
-    rates = {}
-    for mode in ("eager", *s.compile_modes):
-        cfg = c.cfg(*([] if mode == "eager" else [f"trainer.compile={mode}"]))
-        c.reset_peak()
-        warm, timed = time_ftsweep(cfg, encoded, targets, rows, c.device, c.dtype, s.steps,
-                                   warmup=10 if mode == "eager" else 40)  # compiled: every shape bucket seen
-        rates[f"ftsweep {mode}"] = s.batch * s.steps / timed
-        out[f"ftsweep {mode}"] = {"samples_per_s": rates[f"ftsweep {mode}"], "warmup_s": warm, "peak_gib": c.peak_gib()}
-    cfg = c.cfg()
-    out["attn_implementation"] = _attention_of(cfg)
-    rates["plain bf16 loop"] = s.batch * s.steps / time_plain_loop(cfg, encoded, targets, rows, c.device, c.dtype,
-                                                                   s.steps, s.width)
-    rates["HF Trainer pad"] = s.batch * s.steps / time_hf_trainer(cfg, encoded, targets, rows, c.device, c.dtype,
-                                                                  s.steps, s.width)
-    rates["HF Trainer best"] = s.batch * s.steps / time_hf_trainer(cfg, encoded, targets, rows, c.device, c.dtype,
-                                                                   s.steps, s.width, best=True)
-    best = max((k for k in rates if k.startswith("ftsweep")), key=rates.get)
-    arch = cfg.model.architecture
-    flops = train_flops_per_sample((arch.hidden_size, arch.num_hidden_layers, arch.intermediate_size),
-                                   float(encoded.lengths.mean()))
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in _device_name(c.device)), None)
-    out.update(samples_per_s=rates, best_ftsweep=best, ratio_vs_hf_best=rates[best] / rates["HF Trainer best"],
-               ratio_vs_hf_pad=rates[best] / rates["HF Trainer pad"],
-               ratio_vs_plain=rates[best] / rates["plain bf16 loop"],
-               mfu_pct=100 * rates[best] * flops / (peak * 1e12) if peak else None,
-               profile_eager=_profile(c, cfg, encoded, targets, rows),
-               host_syncs=_host_syncs(c, cfg, encoded, targets, rows))
-    return out
-
-
-def _host_syncs(c: Check, cfg, encoded, targets, rows, steps: int = 20) -> dict | None:
-    """GPU -> host syncs during eager training steps (CUDA's sync debug mode warns at each one):
-    ftsweep itself syncs only when it flushes (every 25 steps) or evaluates, so more than that
-    comes from inside the model (e.g. a data-dependent `if` on the attention mask)."""
-    if c.device.type != "cuda":
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    caught: list = []
-
-    @contextlib.contextmanager
-    def counting():
-        with warnings.catch_warnings(record=True) as record:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                yield
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-                caught.extend(w for w in record if "synchroniz" in str(w.message))
-
-    steps = min(steps, c.sizes.steps)
-    time_ftsweep(cfg, encoded, targets, rows, c.device, c.dtype, steps, warmup=3, around=counting)
-    return {"steps": steps, "syncs": len(caught), "per_step": len(caught) / steps,
-            "kinds": sorted({str(w.message)[:120] for w in caught})[:5]}
 
 
-def _attention_of(cfg) -> str:
-    with torch.device("meta"):
-        return str(random_backbone(cfg.model).config._attn_implementation)
+def _kill_group(pid: int) -> None:
+    """The section's process group: the section and whatever it started (CLI workers, compile workers)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
-def _profile(c: Check, cfg, encoded, targets, rows, steps: int = 20) -> dict:
-    """Where an eager step's time goes: wall vs time the GPU is busy, and the costliest ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if c.device.type == "cuda" else [])
-    holder = {}
-
-    def around():
-        holder["prof"] = profile(activities=activities)
-        return holder["prof"]
-
-    steps = min(steps, c.sizes.steps)
-    _, wall = time_ftsweep(cfg, encoded, targets, rows, c.device, c.dtype, steps, warmup=5, around=around)
-    events = holder["prof"].key_averages()
-    device_us = sum(getattr(e, "self_device_time_total", 0) for e in events)
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    kernels = sorted(events, key=lambda e: getattr(e, "self_device_time_total", 0), reverse=True)[:8]
-    return {
-        "steps": steps, "wall_ms_per_step": 1e3 * wall / steps,
-        "gpu_busy_ms_per_step": device_us / 1e3 / steps if c.device.type == "cuda" else None,
-        "gpu_busy_pct": 100 * device_us / 1e6 / wall if c.device.type == "cuda" else None,
-        "top_cpu_ops_ms_per_step": {e.key: e.self_cpu_time_total / 1e3 / steps for e in top},
-        "top_gpu_ops_ms_per_step": {e.key: getattr(e, "self_device_time_total", 0) / 1e3 / steps for e in kernels}
-        if c.device.type == "cuda" else {},
-    }
-
-
-def section_eval_cost(c: Check) -> dict:
-    encoded, targets, _ = c.data(c.sizes.fold_rows)
-    epoch_s, frequent_s, evaluations = fold_eval_cost(c.base(), c.root, encoded, targets, c.device, c.dtype)
-    return {"rows": c.sizes.fold_rows, "epoch_s": epoch_s, "frequent_s": frequent_s, "evaluations": evaluations,
-            "overhead_pct": 100 * (frequent_s - epoch_s) / epoch_s}
+def run_one(ctx, planned: Planned, limit: float, args: tuple) -> dict:
+    """One section in its own process, at most `limit` seconds; what it returned, or why not."""
+    sizes, root, smoke, out_dir = args
+    proc = ctx.Process(target=_child, args=(planned.name, sizes, str(root), smoke, str(out_dir)), name=planned.name)
+    started = time.perf_counter()
+    try:
+        proc.start()
+    except Exception as exc:  # the fork server died (e.g. an import failing with more than an ImportError)
+        return {"error": f"could not start the section's process: {exc!r}", "section_s": 0.0}
+    proc.join(limit)
+    timed_out = proc.is_alive()
+    _kill_group(proc.pid)  # also when it ended: nothing it started may outlive it (a worker holding the GPU)
+    if timed_out:
+        proc.kill()
+    proc.join(30)
+    partial = _read(out_dir / f"{planned.name}.partial.json") or {}
+    if timed_out:
+        return {"timeout": round(limit, 1), "partial": partial, "section_s": time.perf_counter() - started}
+    result = _read(out_dir / f"{planned.name}.json")
+    if result is None:  # killed from outside (out of memory) or crashed in C: no file, only an exit code
+        code = proc.exitcode
+        why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return {"error": f"the section's process died ({why}) without a result", "partial": partial,
+                "section_s": time.perf_counter() - started}
+    return result
 
 
-def section_memory(c: Check) -> dict:
-    n_val = max(8, c.sizes.fold_rows // 5)  # a real fold's validation rows, at eval batch 128
-    encoded, targets, rows = c.data(c.sizes.memory_steps * c.sizes.batch + n_val)
-    out = {"steps": c.sizes.memory_steps}
-    for name, extra in (("plain", []), ("swa", ["swa=on", "swa.start_epoch=null", "swa.start_fraction=0.5"])):
-        cfg = c.cfg(*extra, f"trainer.max_steps={c.sizes.memory_steps}")
-        backbone = load_backbone(cfg.model)
-        c.reset_peak()
-        split = FoldSplit(encoded, targets, rows[:-n_val], rows[-n_val:])
-        res = train_fold(cfg, backbone, split, Runtime(c.device, c.dtype, 0))
-        out[f"peak_gib_{name}"] = c.peak_gib()
-        out[f"rmse_{name}"] = res.rmse_last
-        del backbone, res
-    return out
+def _sections_to_run(args) -> tuple[list[Planned], dict[str, str]]:
+    if args.smoke:
+        # the probe right after the first section: it must be cut at its own limit, the rest run on
+        order = [PLAN[0], PROBE_PLAN, *PLAN[1:]] if not args.no_probe else list(PLAN)
+        order = [p if p.name == PROBE else Planned(p.name, p.part, SMOKE_S, "smoke: tiny, on the CPU") for p in order]
+    else:
+        order = part_plan(args.part)
+    only = [s for s in args.only.split(",") if s]
+    known = {p.name for p in PLAN} | {PROBE}
+    bad = [s for s in [*only, *(s for s in args.skip.split(",") if s)] if s not in known]
+    if bad:
+        raise ValueError(f"unknown section(s) {', '.join(bad)}; the sections: {', '.join(sorted(known))}")
+    if only:
+        order = [p for p in order if p.name in only] or [p for p in [*PLAN, PROBE_PLAN] if p.name in only]
+    skipped = {p.name: "--skip" for p in order if p.name in args.skip.split(",")}
+    if args.smoke:
+        skipped.update({p.name: f"not in the smoke run: {NOT_IN_SMOKE[p.name]}" for p in order if p.name in NOT_IN_SMOKE})
+    return order, skipped
 
 
-def section_cv(c: Check, modes: tuple[str, ...] = ("eager",)) -> dict:
-    """Wall time of the whole run_cv (demo data generated, tokenised, 5 folds, MLflow), per compile mode."""
-    over = [*c.sizes.cv, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"model.tokenizer={TOKENIZER}"]
-    out: dict = {"overrides": over}
-    for mode in modes:
-        seconds, mean_rmse = timed_cv([*over, f"trainer.compile={'false' if mode == 'eager' else mode}"], c.root)
-        out[mode] = {"seconds": seconds, "rmse_mean": mean_rmse}
-    out["seconds"] = min(v["seconds"] for v in out.values() if isinstance(v, dict))
-    return out
+def _write(report: dict, out: Path, started: float) -> None:
+    """After every section: a run cut short keeps what it measured."""
+    report["headline"] = headline(report["sections"])
+    report["total_s"] = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
 
 
-def _cli(c: Check, args: list[str], timeout: float):
-    import subprocess
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plan", action="store_true", help="print the sections, their sizes and seconds, and exit")
+    p.add_argument("--part", default="1", choices=["1", "2", "all"], help="which part (default 1: run it first)")
+    p.add_argument("--smoke", action="store_true", help="every section that needs no compiling, tiny, on the CPU")
+    p.add_argument("--only", default="", help="comma-separated sections to run (of the part; else of all)")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    p.add_argument("--no-probe", action="store_true", help="smoke: leave out the section that must time out")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/<date>-<gpu>-part<N>.json)")
+    args = p.parse_args(argv)
+    if args.plan:
+        print_plan()
+        return 0
+    try:
+        order, skipped = _sections_to_run(args)
+    except ValueError as exc:
+        print(f"gpu_check: error: {exc}", file=sys.stderr)
+        return 2
+    env = environment()
+    if not args.smoke and not env["cuda_available"]:
+        print("gpu_check: error: no CUDA device visible; --smoke runs the CPU check, --plan shows the plan", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="ftsweep-gpu-check-"))
+    out_dir = root / "sections"
+    out_dir.mkdir()
+    gpu = (env["nvidia_smi"] or ["cuda"])[0].split(",")[0] if not args.smoke else "cpu-smoke"
+    out = args.out or (root if args.smoke else RESULTS) / (
+        f"{dt.date.today()}-{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}-part{args.part}.json")
+    limit = sum(p.seconds for p in order if p.name not in skipped) + (0 if args.smoke else IMPORTS_S)
+    report = {"environment": env, "date": dt.datetime.now().isoformat(timespec="seconds"), "smoke": args.smoke,
+              "part": args.part, "limit_s": limit, "plan_s": {p.name: p.seconds for p in order}, "headline": {},
+              "targets": {f"{w}.{k}": f"{op} {t}" for w, k, op, t in TARGETS}, "sections": {}}
+    print(f"gpu_check: part {args.part}{' (smoke)' if args.smoke else ''}, {len(order)} sections, at most {limit:.0f} s "
+          f"(limit {LIMIT_S} s); torch {env['torch']}; working in {root}", flush=True)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS", "FTSWEEP_DEBUG")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*PATHS, env.get("PYTHONPATH")]))
-    t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "ftsweep", "-m", *args, f"model.tokenizer={TOKENIZER}",
-                          f"paths.output_root={c.root}"], cwd=c.root, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"exit {out.returncode}: {out.stderr[-2000:]}")
-    return out, time.perf_counter() - t
-
-
-def _runs(c: Check, experiment: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{c.root}/mlflow.db")
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def section_cli(c: Check, timeout: float) -> dict:
-    out, seconds = _cli(c, ["+sweep=table1", *c.sizes.cli], timeout)
-    runs = _runs(c, "table1")
-    status = {}
-    for r in runs:
-        status[r.info.status] = status.get(r.info.status, 0) + 1
-    folds = [r for r in runs if "ftsweep.fold" in r.data.tags]
-    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags and r.data.tags.get("ftsweep.kind") != "table"]
-    printed = "Results of sweep 'table1'" in out.stdout and "| Fine-tuning techniques |" in out.stdout
-    devices = sorted({r.data.tags.get("ftsweep.device", "?") for r in parents})
-    on_device = all(d.startswith(c.device.type) for d in devices)
-    if not (status == {"FINISHED": len(runs)} and len(parents) == 7 and len(folds) == 14 and printed and on_device):
-        raise AssertionError(f"runs by status {status}, {len(parents)} parents, {len(folds)} folds, "
-                             f"table printed: {printed}, devices {devices}")
-    return {"seconds": seconds, "runs_by_status": status, "parents": len(parents), "folds": len(folds),
-            "table_printed": printed, "devices": devices}
-
-
-def section_jobs(c: Check, timeout: float) -> dict:
-    out: dict = {"gpus": torch.cuda.device_count()}
-    for n in c.sizes.job_counts:
-        seeds = ",".join(str(i) for i in range(n))
-        name = f"jobs_{n}"
-        _, wall = _cli(c, ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n}", f"trainer.seed={seeds}",
-                           *c.sizes.job, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"tracking.experiment={name}"],
-                       timeout)
-        folds = [r for r in _runs(c, name) if "ftsweep.fold" in r.data.tags]
-        batch = int(folds[0].data.params.get("trainer.batch_size", c.sizes.batch))
-        samples = batch * sum(r.data.metrics["steps"] for r in folds)
-        span = (max(r.info.end_time for r in folds) - min(r.info.start_time for r in folds)) / 1e3
-        out[name] = {"wall_s": wall, "training_span_s": span, "samples_per_s": samples / span,
-                     "devices": sorted({r.data.tags.get("ftsweep.device", "?") for r in folds})}
-    if "jobs_1" in out:
-        out["speedup_vs_one_job"] = {k: v["samples_per_s"] / out["jobs_1"]["samples_per_s"]
-                                     for k, v in out.items() if k.startswith("jobs_")}
-    return out
-
-
-def section_large(c: Check) -> dict:
-    out = {}
-    for preset in c.sizes.large:
-        extra = [] if preset != "tiny" else ["trainer.grad_accum_steps=2", "trainer.gradient_checkpointing=true"]
-        cfg = compose_cfg([f"model={preset}", "model.source=config", "trainer.epochs=1", "head=pooler",
-                           f"trainer.pad_to_multiple_of={c.sizes.pad}", *extra], c.root)
-        per_step = int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum_steps)
-        encoded, targets, rows = c.data((c.sizes.large_steps + 10) * per_step)
-        c.reset_peak()
-        _, timed = time_ftsweep(cfg, encoded, targets, rows, c.device, c.dtype, c.sizes.large_steps, warmup=3)
-        out[preset] = {"batch": f"{cfg.trainer.batch_size} x {cfg.trainer.grad_accum_steps}",
-                       "gradient_checkpointing": bool(cfg.trainer.gradient_checkpointing),
-                       "samples_per_s": per_step * c.sizes.large_steps / timed, "peak_gib": c.peak_gib()}
-    return out
-
-
-SECTIONS = {  # priority order: what the budget drops first comes last
-    "throughput": lambda c, left: section_throughput(c),
-    "eval_cost": lambda c, left: section_eval_cost(c),
-    "memory": lambda c, left: section_memory(c),
-    "cv": lambda c, left: section_cv(c),
-    "cli": section_cli,
-    "jobs": section_jobs,
-    "large": lambda c, left: section_large(c),
-    "cv_compiled": lambda c, left: section_cv(c, c.sizes.compile_modes),  # does compiling pay over a whole CV?
-}
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-
-
-def _met(value, op: str, target: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return "met" if (value <= target if op == "<=" else value >= target) else "MISSED"
+    # PYTHONPATH too: processes the sections start (the CLI's joblib workers) import this checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*PATHS, os.environ.get("PYTHONPATH")]))
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["gpu_sections"])  # torch, transformers, hydra, mlflow, ftsweep: imported once
+    started = time.perf_counter()
+    deadline = started + (0 if args.smoke else IMPORTS_S)  # the one import, paid inside the first section
+    for planned in order:
+        if planned.name in skipped:
+            report["sections"][planned.name] = {"skipped": skipped[planned.name]}
+            continue
+        deadline += planned.seconds
+        # Seconds an earlier section saved pass on to this one; the probe gets exactly its own.
+        limit_s = planned.seconds if planned.name == PROBE else max(deadline - time.perf_counter(), 1.0)
+        print(f"[{time.perf_counter() - started:6.1f} s] {planned.name}: up to {limit_s:.0f} s "
+              f"(planned {planned.seconds:.0f} s) - {planned.what}", flush=True)
+        result = run_one(ctx, planned, limit_s, (Sizes.smoke() if args.smoke else Sizes(), root, args.smoke, out_dir))
+        for key in CHILD_NOTES:  # the device it ran on goes to the environment block
+            info = result.pop(key, None) or result.get("partial", {}).pop(key, None)
+            if info and key not in env:
+                env[key] = info
+        report["sections"][planned.name] = result
+        state = ("TIMEOUT" if "timeout" in result else "ERROR: " + result["error"][:200] if "error" in result
+                 else "done")
+        print(f"[{time.perf_counter() - started:6.1f} s] {planned.name}: {state} "
+              f"({result.get('section_s', 0):.1f} s)", flush=True)
+        _write(report, out, started)
+    _write(report, out, started)
+    print()
+    print_table(report)
+    print(f"\nwritten: {out}")
+    failed = [n for n, s in report["sections"].items() if "error" in s or ("timeout" in s and n != PROBE)]
+    return 1 if failed else 0
 
 
 def print_table(report: dict) -> None:
-    rows = [("section", "measure", "value", "target", "")]
+    rows = [("where", "measure", "value", "target", "")]
+    head = report["headline"]
+    for where, key, op, target in TARGETS:
+        value = head.get(key) if where == "headline" else report["sections"].get(where, {}).get(key)
+        status = verdict(value, op, target)
+        if report["smoke"]:
+            status = "n/a (smoke)"
+        elif where == "headline" and key == "ratio_vs_hf" and not head.get("like_for_like"):
+            status += f" (not like for like: no {', '.join(head['missing'])})"
+        rows.append((where, key, _fmt(value), f"{op} {target:g}", status))
+    for mode in ("eager", "compiled"):
+        rows.append(("headline", f"ratio_{mode}", _fmt(head.get(f"ratio_{mode}")), "", "ftsweep / HF Trainer"))
     for name, sec in report["sections"].items():
-        if "skipped" in sec or "error" in sec:
-            rows.append((name, "skipped" if "skipped" in sec else "ERROR", str(sec.get("skipped") or sec["error"])[:70], "", ""))
-            continue
-        for key, value in _flat(sec):
-            target = next(((op, t) for s, k, op, t in TARGETS if s == name and k == key), None)
-            status = "n/a (smoke)" if target and report["smoke"] else _met(value, *target) if target else ""
-            rows.append((name, key, _fmt(value), f"{target[0]} {target[1]:g}" if target else "", status))
+        kind = next((k for k in ("skipped", "timeout", "error") if k in sec), None)
+        if kind:  # and what it measured before it stopped
+            rows.append((name, kind.upper(), str(sec[kind])[:90], "", ""))
+            sec = {"partial": sec.get("partial") or {}}
+        rows += [(name, key, _fmt(value), "", "") for key, value in _flat(sec)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -384,7 +264,8 @@ def print_table(report: dict) -> None:
 
 def _flat(sec: dict, prefix: str = ""):
     for k, v in sec.items():
-        if k in ("overrides", "top_cpu_ops_ms_per_step", "top_gpu_ops_ms_per_step", "kinds"):
+        if k in ("overrides", "top_cpu_ops_ms_per_step", "top_gpu_ops_ms_per_step", "kinds", "profile",
+                 "profile_so_far", "memory_section", "runtime", "traceback"):
             continue
         if isinstance(v, dict):
             yield from _flat(v, f"{prefix}{k}.")
@@ -395,71 +276,7 @@ def _flat(sec: dict, prefix: str = ""):
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def _write(report: dict, out: Path, started: float) -> None:
-    """After every section: a run cut short keeps what it measured."""
-    report["total_s"] = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="every section at toy size on the CPU")
-    p.add_argument("--budget-s", type=float, default=None, help="stop starting sections after this (default 450; smoke 600)")
-    p.add_argument("--only", default="", help=f"comma-separated sections (of {', '.join(SECTIONS)})")
-    p.add_argument("--skip", default="", help="comma-separated sections to leave out")
-    p.add_argument("--steps", type=int, default=None, help="throughput steps (default 200)")
-    p.add_argument("--compile", default=None, help="compile modes to time besides eager, comma-separated ('' = none)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/<date>-<gpu>.json)")
-    args = p.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device visible; --smoke runs the CPU check", file=sys.stderr)
-        return 2
-    sizes = Sizes.smoke() if args.smoke else Sizes()
-    if args.steps:
-        sizes.steps = args.steps
-    if args.compile is not None:
-        sizes.compile_modes = tuple(m for m in args.compile.split(",") if m)
-    if args.smoke:
-        torch.set_num_threads(1)  # a shared CI machine
-    root = Path(tempfile.mkdtemp(prefix="ftsweep-gpu-check-"))
-    device, dtype = resolve_device(compose_cfg(["trainer.device=" + ("cpu" if args.smoke else "cuda")], root).trainer)
-    name = _device_name(device)
-    out = args.out or (root if args.smoke else RESULTS) / f"{dt.date.today()}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json"
-    budget = args.budget_s or (600.0 if args.smoke else 450.0)
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": name, "smoke": args.smoke,
-              "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-              "cuda": torch.version.cuda, "precision": "bf16" if dtype else "fp32", "budget_s": budget,
-              "targets": {f"{s}.{k}": f"{op} {t}" for s, k, op, t in TARGETS}, "sections": {}}
-    print(f"gpu_check: {name}; torch {torch.__version__}; transformers {transformers.__version__}; budget {budget:.0f} s")
-    check = Check(sizes, device, dtype, root, args.smoke)
-    wanted = [s for s in SECTIONS if (not args.only or s in args.only.split(",")) and s not in args.skip.split(",")]
-    started = time.perf_counter()
-    for section in wanted:
-        left = budget - (time.perf_counter() - started)
-        if left < sizes.expect_s[section]:
-            report["sections"][section] = {"skipped": f"budget: {left:.0f} s left, needs ~{sizes.expect_s[section]:.0f} s"}
-            continue
-        if section == "cv_compiled" and not sizes.compile_modes:
-            report["sections"][section] = {"skipped": "no compile mode (--compile; smoke: compiling takes minutes on a CPU)"}
-            continue
-        print(f"[{time.perf_counter() - started:6.1f} s] {section} ...", flush=True)
-        t = time.perf_counter()
-        try:
-            result = SECTIONS[section](check, left)
-            report["sections"][section] = {**result, "section_s": time.perf_counter() - t}
-        except Exception as exc:  # one broken section must not cost the others' numbers
-            traceback.print_exc()
-            report["sections"][section] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        _write(report, out, started)
-    _write(report, out, started)
-    print()
-    print_table(report)
-    print(f"\nwritten: {out}")
-    return 1 if any("error" in s for s in report["sections"].values()) else 0
+    return "-" if v is None else str(v)
 
 
 if __name__ == "__main__":

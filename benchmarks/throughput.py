@@ -33,11 +33,12 @@ from omegaconf import DictConfig, open_dict
 
 import ftsweep  # noqa: F401
 from ftsweep.cv.fold import build_fold_model, train_fold, train_model
-from ftsweep.cv.pipeline import run_cv
+from ftsweep.cv.pipeline import Job, run_cv
 from ftsweep.data.batching import Encoded
 from ftsweep.model.regressor import build_regressor, load_backbone
+from ftsweep.tracking.recorder import CvResult
 from ftsweep.train.devices import resolve_device
-from ftsweep.train.loop import FoldSplit, Runtime
+from ftsweep.train.loop import FoldSplit, NullPhases, Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared file when this checkout sits beside ../shared, else the repo's copy (a GPU box has only the repo).
@@ -127,10 +128,13 @@ def time_plain_loop(cfg, encoded, targets, rows, device, dtype, steps, width) ->
     return time.perf_counter() - t
 
 
-def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width, best: bool = False) -> float:
+def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width, best: bool = False,
+                    compile: bool = False, warmup: int = 10, around=contextlib.nullcontext) -> tuple[float, float]:
     """transformers.Trainer on the same model, batch size and optimizer, padding to `width`; with `best`,
     its fastest settings for this job: length-grouped sampling and padding to the batch's longest row
-    (rounded up to 32), two data-loader workers on a GPU."""
+    (rounded up to 32), two data-loader workers on a GPU; with `compile`, `torch_compile=True` (its
+    default mode, as a Trainer user turns it on). Like time_ftsweep: the seconds of a first run of
+    `warmup` steps (compiling happens there), then of `steps` more on the same model, inside `around()`."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     class WithLoss(torch.nn.Module):
@@ -166,18 +170,19 @@ def time_hf_trainer(cfg, encoded, targets, rows, device, dtype, steps, width, be
         "group_by_length": True}
     extra = {**grouping, "dataloader_num_workers": 2 if device.type == "cuda" else 0} if best else {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (min(10, steps), steps):
+        for n, context in ((min(warmup, steps), contextlib.nullcontext), (steps, around)):
             args = TrainingArguments(
                 output_dir=tmp, max_steps=n, per_device_train_batch_size=int(cfg.trainer.batch_size),
                 learning_rate=1e-5, bf16=dtype is not None and device.type == "cuda", report_to=[],
                 save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=device.type == "cpu",
-                optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", **extra,
+                optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch", torch_compile=compile, **extra,
             )
             trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate)
             trainer.remove_callback(PrinterCallback)
-            out = trainer.train()
+            with context():
+                out = trainer.train()
             timings.append(out.metrics["train_runtime"])  # its own clock: the training loop, not the set-up
-    return timings[-1]
+    return timings[0], timings[1]
 
 
 def train_flops_per_sample(model_cfg_fields, mean_tokens: float) -> float:
@@ -187,21 +192,24 @@ def train_flops_per_sample(model_cfg_fields, mean_tokens: float) -> float:
     return 6 * params * mean_tokens + 12 * layers * h * mean_tokens**2
 
 
-def fold_eval_cost(overrides, root, encoded, targets, device, dtype) -> tuple[float, float, int]:
-    """Wall time of one fold (4:1 split) with eval=epoch and eval=frequent (every 10 batches)."""
+def fold_eval_cost(overrides, root, encoded, targets, device, dtype,
+                   new_timer=NullPhases) -> tuple[float, float, int, dict]:
+    """Wall time of one fold (4:1 split) with eval=epoch and eval=frequent (every 10 batches), the
+    evaluations of the second, and what `new_timer()` (a PhaseTimer per fold) measured, by strategy."""
     n = len(targets)
     rows = np.arange(n)
     train, val = rows[: n * 4 // 5], rows[n * 4 // 5 :]
-    out = []
-    for ev in ("eval=epoch", "eval=frequent"):
-        cfg = compose_cfg([*overrides, ev], root)
+    out, timers = [], {}
+    for ev in ("epoch", "frequent"):
+        cfg = compose_cfg([*overrides, f"eval={ev}"], root)
         backbone = load_backbone(cfg.model)
+        timers[ev] = new_timer()
         sync(device)
         t = time.perf_counter()
-        res = train_fold(cfg, backbone, FoldSplit(encoded, targets, train, val), Runtime(device, dtype, 0))
+        res = train_fold(cfg, backbone, FoldSplit(encoded, targets, train, val), Runtime(device, dtype, 0, timers[ev]))
         sync(device)
         out.append(time.perf_counter() - t)
-    return out[0], out[1], res.evaluations
+    return out[0], out[1], res.evaluations, timers
 
 
 def full_cv(overrides: list[str], n_rows: int, root: Path, rng: np.random.Generator) -> tuple[float, float]:
@@ -211,15 +219,16 @@ def full_cv(overrides: list[str], n_rows: int, root: Path, rng: np.random.Genera
                           "target": rng.normal(-0.96, 1.03, n_rows)})
     path = root / "bench.csv"
     frame.to_csv(path, index=False)
-    return timed_cv([*overrides, "data=commonlit", f"data.path={path}", "tracking.log_lr=true"], root)
+    seconds, result = timed_cv([*overrides, "data=commonlit", f"data.path={path}", "tracking.log_lr=true"], root)
+    return seconds, result.mean()
 
 
-def timed_cv(overrides: list[str], root: Path) -> tuple[float, float]:
-    """Wall seconds and mean RMSE of one `run_cv` (data, tokenisation, folds, MLflow: all of it)."""
+def timed_cv(overrides: list[str], root: Path, job: Job | None = None) -> tuple[float, CvResult]:
+    """Wall seconds and result of one `run_cv` (data, tokenisation, folds, MLflow: all of it)."""
     cfg = compose_cfg(overrides, root)
     t = time.perf_counter()
-    result = run_cv(cfg)
-    return time.perf_counter() - t, result.mean()
+    result = run_cv(cfg, job)
+    return time.perf_counter() - t, result
 
 
 def main(argv: list[str]) -> None:
@@ -264,7 +273,7 @@ def main(argv: list[str]) -> None:
         cfg, encoded, targets, rows, device, dtype, steps, width)
     if not args.skip_hf:
         results[f"HF Trainer (pad {width})"] = args.batch_size * steps / time_hf_trainer(
-            cfg, encoded, targets, rows, device, dtype, steps, width)
+            cfg, encoded, targets, rows, device, dtype, steps, width)[1]
     for k, v in results.items():
         print(f"    {k:24s} {v:9.1f} samples/s")
     if not args.skip_hf:
@@ -284,7 +293,7 @@ def main(argv: list[str]) -> None:
     f_encoded = synthetic_encoded(f_lengths, 30000, rng)
     f_targets = rng.normal(-0.96, 1.03, fold_rows)
     fold_over = [o for o in base if not o.startswith("trainer.epochs")] + ["trainer.epochs=1"]
-    epoch_s, frequent_s, n_evals = fold_eval_cost(fold_over, root, f_encoded, f_targets, device, dtype)
+    epoch_s, frequent_s, n_evals, _ = fold_eval_cost(fold_over, root, f_encoded, f_targets, device, dtype)
     print(f"\n[2] one fold, 1 epoch on {fold_rows * 4 // 5} rows, validation {fold_rows - fold_rows * 4 // 5} rows")
     print(f"    eval=epoch                {epoch_s:8.2f} s")
     print(f"    eval=frequent (every 10)  {frequent_s:8.2f} s   ({n_evals} evaluations)")

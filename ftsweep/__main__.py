@@ -9,6 +9,7 @@ from omegaconf import DictConfig, open_dict
 
 from ftsweep.cv.pipeline import Job, run_cv
 from ftsweep.cv.summary import print_summary
+from ftsweep.errors import RegistryError
 from ftsweep.jobs import check_command_line, guarded, in_multirun, job_number, task_overrides
 from ftsweep.search.pruning import fold_reporter, trial_tags
 from ftsweep.sweep.callback import experiment_name, record_job
@@ -25,10 +26,13 @@ def main(cfg: DictConfig) -> float | dict:
         result = run_cv(cfg, Job(task_overrides(), resume, {"ftsweep.job_num": str(job_number()), **trial_tags(cfg)},
                                  use_bar=want_bar(multirun), after_fold=fold_reporter(cfg)))
         print_summary(cfg, result)
+        if result.registry_error:
+            raise RegistryError(result.registry_error)
         if multirun:
             record_job("held" if result.held_by else "ok", result.held_by or "")
         if cfg.search.get("trial_id") is not None:  # what the search sweeper tells its study
-            return {"value": result.mean("rmse_best"), "pruned_at": result.pruned_at, "held": bool(result.held_by)}
+            return {"value": result.mean("rmse_best"), "pruned_at": result.pruned_at, "held": bool(result.held_by),
+                    "run_id": result.parent_run_id}
         return result.mean("rmse_best")
 
     return guarded(job, float("nan"))

@@ -21,3 +21,9 @@ class ModelError(FtsweepError):
 
 class TrainingError(FtsweepError):
     """Training cannot go on (a non-finite loss, say)."""
+
+
+class RegistryError(FtsweepError):
+    """The run finished and is kept, but its model could not be registered (not an input error)."""
+
+    exit_code = 1

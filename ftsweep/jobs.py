@@ -36,20 +36,19 @@ def job_number() -> int:
     return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Hydra reports an override it cannot read in four lines and exit 1; say it in one, exit 2."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+def check_command_line(argv: list[str], config_name: str = "config") -> None:
+    """Before @hydra.main: what Hydra would refuse on this command line (an unreadable override,
+    an unknown key or option, a sweep without -m) in one line and exit 2, where Hydra prints
+    several lines or a traceback and exits 1 (ftsweep.config.command_line)."""
+    from ftsweep.config.command_line import check
 
-    args, _ = get_args_parser().parse_known_args(argv)
-    parser = OverridesParser.create()
-    for text in args.overrides or []:
-        try:
-            parser.parse_overrides([text])
-        except HydraException as exc:
-            print(f"ftsweep: error: {unreadable_override(text, exc)}", file=sys.stderr)
-            sys.exit(2)
+    try:
+        check(argv, config_name)
+    except FtsweepError as exc:
+        if DEBUG:
+            raise
+        print(f"ftsweep: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 def unreadable_override(text: str, exc: Exception) -> str:

@@ -26,6 +26,16 @@ HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = 180.0  # six missed heartbeats
 
 
+def clock() -> float:
+    """The time leases are written and judged by (tests replace it rather than wait 180 s)."""
+    return time.time()
+
+
+def beat() -> str:
+    """A heartbeat tag's value: now, in whole seconds."""
+    return f"{clock():.0f}"
+
+
 def _boot_id() -> str:
     """Tells two machines with one hostname apart (containers, cloned VMs)."""
     try:
@@ -54,7 +64,7 @@ def owner_token() -> str:
     return f"{_machine()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
-def owner_alive(tags: dict[str, str], now: float | None = None) -> bool:
+def owner_alive(tags: dict[str, str]) -> bool:
     """Is the process that holds this run still alive? Runs without an owner count as dead."""
     parts = tags.get(OWNER_TAG, "").rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit():
@@ -63,10 +73,10 @@ def owner_alive(tags: dict[str, str], now: float | None = None) -> bool:
     if machine == _machine():
         return _pid_alive(pid, started)
     try:
-        beat = float(tags.get(HEARTBEAT_TAG, "0"))
+        last = float(tags.get(HEARTBEAT_TAG, "0"))
     except ValueError:
         return False
-    return (now if now is not None else time.time()) - beat < LEASE_SECONDS
+    return clock() - last < LEASE_SECONDS
 
 
 def _pid_alive(pid: int, started: str) -> bool:
@@ -81,15 +91,16 @@ def _pid_alive(pid: int, started: str) -> bool:
 
 
 def owner_tags() -> dict[str, str]:
-    return {OWNER_TAG: owner_token(), HEARTBEAT_TAG: f"{time.time():.0f}"}
+    return {OWNER_TAG: owner_token(), HEARTBEAT_TAG: beat()}
 
 
 class Heartbeat:
-    """Calls `beat()` every `every` seconds on a daemon thread until `stop()`; a failing
-    beat (a server restart, say) is retried at the next tick, never raised into training."""
+    """Calls `renew()` every `every` seconds (default HEARTBEAT_SECONDS, read when made) on a
+    daemon thread until the block ends; a failing renewal (a server restart, say) is retried
+    at the next tick, never raised into training."""
 
-    def __init__(self, beat: Callable[[], None], every: float = HEARTBEAT_SECONDS):
-        self._beat, self._every = beat, every
+    def __init__(self, renew: Callable[[], None], every: float | None = None):
+        self._renew, self._every = renew, HEARTBEAT_SECONDS if every is None else every
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ftsweep-heartbeat", daemon=True)
 
@@ -104,7 +115,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stopped.wait(self._every):
             try:
-                self._beat()
+                self._renew()
             except Exception:  # noqa: BLE001 (the lease lapses; the run goes on)
                 pass
 

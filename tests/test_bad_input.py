@@ -25,8 +25,10 @@ from conftest import TINY, at_once, run_cli
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
-        ("sqlite:////proc/ftsweep-nope/mlflow.db", "cannot create the MLflow store's folder /proc/ftsweep-nope"),
-        ("sqlite:///{tmp}/afile/mlflow.db", "({tmp}/afile is a file)"),
+        ("sqlite:////proc/ftsweep-nope/mlflow.db", "cannot keep the MLflow store in /proc/ftsweep-nope (cannot create it: "),
+        # as root os.access says /proc is writable; the lock file beside the store could not be opened
+        ("sqlite:////proc/m.db", "cannot keep the MLflow store in /proc (cannot write in it: "),
+        ("sqlite:///{tmp}/afile/mlflow.db", "cannot keep the MLflow store in {tmp}/afile ({tmp}/afile is a file)"),
         ("sqlite:///{tmp}/afile", "{tmp}/afile is not an SQLite database"),
         ("sqlite:///{tmp}", "is a folder; name a file"),
         ("sqlite:///:memory:", "keeps nothing"),
@@ -134,10 +136,14 @@ def test_predict_checks_its_arguments_first(tmp_path):
     base = {"run_id": "abc", "data": {"path": "t.csv"}, "output": str(tmp_path / "sub.csv"), "batch_size": 128,
             "device": "auto", "allow_partial": False}
     assert check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
+    assert not (tmp_path / "sub.csv").exists()  # tried, and removed again
     for changes, message in (({"run_id": "???"}, "run_id is not set; add run_id=<parent run id>"),
                              ({"data": {"path": "???"}}, "data.path is not set"),
                              ({"output": str(tmp_path)}, "is a folder; name a file"),
                              ({"output": str(tmp_path / "no" / "sub.csv")}, "does not exist"),
+                             # as root os.access says yes to /proc; opening the file is the real test
+                             ({"output": "/proc/sub.csv"}, r"^output=/proc/sub.csv cannot be written \(.+\); name a "
+                                                           r"file in a writable folder\.$"),
                              ({"batch_size": -1}, "batch_size=-1 must be a positive integer"),
                              ({"batch_size": "abc"}, "batch_size='abc' must be a positive integer"),
                              ({"device": "gpu"}, "device='gpu' is not one of auto, cuda, cpu"),
@@ -161,3 +167,13 @@ def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # nothing was created for a run that never started
     out = no_run.result()
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("ftsweep: error: run_id is not set")
+
+
+def test_tag_values_with_both_quote_kinds_are_found_exactly(tmp_path):
+    """A search summary finds its runs by the study name, the experiment's name by default: `it's "q"`
+    cannot be an MLflow filter literal (an FtsweepError traceback after every trial before)."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
+    values = ['it\'s "q"', 'it_s _q_', 'IT\'S "Q"', 'it\'s "q" too', 'back\\slash\'s "x"', "plain", "o'neil"]
+    ids = {value: tracker.start_run(value, {"ftsweep.study": value}) for value in values}
+    for value in values:
+        assert [r.info.run_id for r in tracker.runs_tagged("ftsweep.study", value)] == [ids[value]], value

@@ -7,7 +7,7 @@ import pytest
 from ftsweep.config.checks import validate
 from ftsweep.errors import ConfigError
 
-from conftest import CONF, compose_cfg, run_cli
+from conftest import CONF, compose_cfg, compose_conf, run_cli
 
 GROUPS = ["data", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "trainer", "cv", "tracking",
           "experiment"]
@@ -15,13 +15,14 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes_and_validates(tmp_path, group, option):
+def test_every_option_composes_and_validates(tmp_path, monkeypatch, group, option):
     extra = ["data.path=/some/train.csv"] if (group, option) == ("data", "commonlit") else []
     if group == "swa" and option == "on":
         extra.append("trainer.epochs=5")
-    cfg = compose_cfg([f"{group}={option}", *extra], tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = compose_conf([f"{group}={option}", *extra], tmp_path)  # conf/'s own tracking.uri, not the tests' store
     validate(cfg)
-    assert cfg.tracking.uri.startswith("sqlite:///")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow.db"  # the default store under paths.output_root
 
 
 def test_expected_options_exist():
@@ -93,6 +94,8 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
         (["+lable=x"], "unknown key lable: nothing reads it (did you mean label?)"),
+        # no key close: a pointer, not every known key (~600 characters before)
+        (["+trainer.zzzz=1"], "unknown key trainer.zzzz: nothing reads it (python -m ftsweep --cfg job lists the keys)."),
         (["~trainer.seed"], "trainer.seed is missing (removed with ~?)"),
         (["data=commonlit"], "data=commonlit needs a file: add data.path=/path/to/train.csv"),
     ],
@@ -116,5 +119,10 @@ def test_reinit_deeper_than_the_model(tmp_path):
 def test_help_and_cfg_job(tmp_path):
     out = run_cli("ftsweep", "--help", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "optimizer: adamw, grouped_llrd, llrd" in out.stdout
+    assert out.stdout.startswith("ftsweep: ")  # not Hydra's "__main__ is powered by Hydra."
+    examples = [line.split("#")[0].split() for line in out.stdout.splitlines() if line.startswith("  python -m ftsweep")]
+    assert examples == [["python", "-m", "ftsweep"],
+                        ["python", "-m", "ftsweep", "optimizer=grouped_llrd", "swa=on", "eval=frequent"],
+                        ["python", "-m", "ftsweep", "-m", "reinit.n=0,1,2,3,4,5,6"]]
     out = run_cli("ftsweep", "optimizer=grouped_llrd", "swa=on", "--cfg", "job", cwd=tmp_path, timeout=120)
     assert out.returncode == 0 and "name: grouped_llrd" in out.stdout and "enabled: true" in out.stdout

@@ -130,3 +130,14 @@ def test_fingerprint_follows_the_rows_not_the_file(tmp_path):
 def test_a_repeated_column_name_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"names column\(s\) \['target'\] more than once"):
         _load(tmp_path, text="id,excerpt,target,target\na,one,1,5\nb,two,2,6\n")
+
+
+def test_targets_float32_training_cannot_hold_are_refused(tmp_path):
+    """Targets around 1e30: squared errors overflow float32, and the loss would be blamed on the rate."""
+    frame = _frame(target=(4, 3.2e30))
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, frame)
+    assert str(err.value) == (f"{tmp_path / 'train.csv'}: column 'target' reaches 3.2e+30 (first beyond 1e+18: row 6, id "
+                              f"'r4'); training computes in float32, where the squared errors of such targets overflow; "
+                              f"rescale the targets (e.g. divide them by 1e+31).")
+    assert _load(tmp_path, _frame(target=(4, -1e18)))["target"].min() == -1e18  # the limit itself loads

@@ -4,20 +4,35 @@ dead owners' runs are closed, and one SQLite store survives many processes at on
 from __future__ import annotations
 
 import multiprocessing
+import re
 import sqlite3
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from ftsweep.cv.pipeline import Job, run_cv
+from ftsweep import locks
+from ftsweep.cv.pipeline import Job, load_data, run_cv
 from ftsweep.data.demo import generate
-from ftsweep.locks import HEARTBEAT_TAG, OWNER_TAG, _machine, _start_time, owner_alive, owner_tags
+from ftsweep.locks import (
+    HEARTBEAT_TAG,
+    LEASE_SECONDS,
+    OWNER_TAG,
+    _machine,
+    _start_time,
+    owner_alive,
+    owner_tags,
+    owner_token,
+)
+from ftsweep.tracking import units
+from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.tracking.store import Tracker
 
-from conftest import TINY, cli_env, run_cli
+from conftest import cli_env, run_cli
 
 
 def _csv(tmp_path, name="train.csv", ids=None):
@@ -40,7 +55,7 @@ def _oof(client, run_id, tmp_path):
     return pd.read_csv(client.download_artifacts(run_id, "oof.csv", str(tmp_path / run_id)), dtype={"id": str})
 
 
-def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, caplog):
+def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, migrated_store, tmp_path, caplog):
     caplog.set_level("INFO", logger="ftsweep")
     path = _csv(tmp_path)
     cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null", "tracking.experiment=e")
@@ -68,7 +83,7 @@ def test_changed_data_starts_fresh_instead_of_reusing_folds(make_cfg, tmp_path, 
     assert run_cv(cfg, Job(resume=True)).parent_run_id == fresh.parent_run_id and "already finished" in caplog.text
 
 
-def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, tmp_path):
+def test_ids_that_look_like_numbers_come_out_as_written(make_cfg, migrated_store, tmp_path):
     ids = [f"{i:05d}" for i in range(63)] + ["0.10"]
     path = _csv(tmp_path, ids=ids)
     cfg = make_cfg("data=commonlit", f"data.path={path}", "data.max_rows=null")
@@ -90,7 +105,7 @@ def sleeper():
     proc.wait()
 
 
-def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, sleeper):
+def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg, migrated_store, sleeper):
     half = run_cv(make_cfg("cv.folds=[0]"), Job(resume=True))
     cfg = make_cfg()
     tracker = Tracker(cfg.tracking.uri, "ftsweep")
@@ -122,6 +137,132 @@ def test_owner_liveness_on_this_machine_and_elsewhere():
     remote = {OWNER_TAG: "node7/abcd:1234:99", HEARTBEAT_TAG: str(time.time() - 10)}
     assert owner_alive(remote)
     assert not owner_alive({**remote, HEARTBEAT_TAG: str(time.time() - 600)})  # its heartbeat lapsed
+
+
+def _wait_for_tag(tracker, run_id, tag, value, seconds=10.0):
+    deadline = time.time() + seconds
+    while (seen := tracker.get_run(run_id).data.tags.get(tag)) != value:
+        assert time.time() < deadline, f"{tag} is still {seen!r}, never renewed to {value!r}"
+        time.sleep(0.01)
+
+
+def test_a_remote_owner_keeps_its_unit_while_it_beats_and_loses_it_after_the_lease(make_cfg, migrated_store,
+                                                                                    monkeypatch):
+    """Across machines liveness is the heartbeat: renewed, the unit stays held past LEASE_SECONDS;
+    LEASE_SECONDS after the last beat it is taken over. The clock is advanced, not waited for."""
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(locks, "clock", lambda: now[0])
+    monkeypatch.setattr(locks, "HEARTBEAT_SECONDS", 0.02)
+    cfg = make_cfg()
+    assert cfg.tracking.uri == migrated_store
+    recorder = RunRecorder(cfg, load_data(cfg), [0, 1], "lease")
+    assert recorder.claim("job", [], {}, resume=True) is None
+    tracker, parent, key = recorder.tracker, recorder.parent, recorder.key
+    owner = tracker.get_run(parent).data.tags[OWNER_TAG]
+    with recorder.recording():  # the owner's heartbeat thread runs while the block does
+        fold = tracker.start_run("fold 1", {**recorder.tags, "ftsweep.fold": "1"}, parent_id=parent)
+        monkeypatch.setattr(locks, "_machine", lambda: "node7/0000")  # from here on, judged from another machine
+        for _ in range(4):  # 240 s in all: past the lease of the claim's own beat
+            now[0] += 60
+            _wait_for_tag(tracker, parent, HEARTBEAT_TAG, f"{now[0]:.0f}")
+            held = units.inspect(tracker, key, [0, 1])
+            assert (held.state, held.parent_id, held.holder) == ("held", parent, owner)
+    # the block is left without finishing the run: the owner went silent, as on a lost node
+    assert tracker.get_run(parent).data.tags[HEARTBEAT_TAG] == f"{now[0]:.0f}"
+    last = now[0]
+
+    def claim():
+        return units.claim(tracker, key, [0, 1], "job", {"ftsweep.config_key": key}, resume=True)
+
+    now[0] = last + LEASE_SECONDS - 1
+    early = claim()
+    assert (early.state, early.parent_id, early.holder) == ("held", parent, owner)
+    assert tracker.get_run(fold).info.status == "RUNNING"
+    now[0] = last + LEASE_SECONDS
+    taken = claim()
+    assert (taken.state, taken.parent_id, taken.created) == ("run", parent, False)
+    run = tracker.get_run(parent)
+    assert run.info.status == "RUNNING" and run.data.tags[OWNER_TAG] == owner_token() != owner
+    assert run.data.tags[OWNER_TAG].startswith("node7/0000:") and run.data.tags[HEARTBEAT_TAG] == f"{now[0]:.0f}"
+    stale = tracker.get_run(fold)
+    assert stale.info.status == "KILLED" and stale.data.tags["ftsweep.error"].endswith("is gone; the unit was taken over")
+
+
+def _forked(target, *args):
+    """Run `target` in forked processes, one per argument tuple, and wait (every store is opened in
+    the children: a forked SQLAlchemy pool must not be shared with this process)."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def _failed_parent(uri, key):
+    tracker = Tracker(uri, "race")
+    tracker.finish(tracker.start_run("job", {"ftsweep.config_key": key}), "FAILED", "an earlier attempt")
+
+
+def _after(barrier, delay, write):
+    def late(*args, **kwargs):
+        barrier.wait(30)
+        time.sleep(delay)
+        return write(*args, **kwargs)
+
+    return late
+
+
+def _claim_in_a_race(uri, key, order, barriers, results):
+    """One sweep job claiming `key`: both jobs look at the store before either writes, then the job
+    with `order` 1 writes its claim 0.1 s after the other."""
+    looked, decided = barriers
+    tracker = Tracker(uri, "race")
+    for method in ("start_run", "reopen"):  # the claim's write: a new parent, or the previous one reopened
+        setattr(tracker, method, _after(looked, 0.1 * order, getattr(tracker, method)))
+    got = units.claim(tracker, key, [0, 1], f"job {order}", {"ftsweep.config_key": key}, resume=True)
+    results.put((order, owner_token(), got.state, got.parent_id, got.holder, got.created))
+    decided.wait(30)  # alive until both have decided: a rival on this machine is alive while its pid is
+
+
+@contextmanager
+def _server_semantics(monkeypatch):
+    """A SQLite store claimed the way a server store is: no file lock, the claim settled afterwards."""
+    @contextmanager
+    def no_lock(uri):
+        yield False
+
+    monkeypatch.setattr(units, "store_lock", no_lock)
+    monkeypatch.setattr(units, "SETTLE_SECONDS", 1.0)
+    yield
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["new unit", "unit resumed"])
+def test_two_claims_at_once_on_a_server_store_leave_one_owner(migrated_store, monkeypatch, resumed):
+    uri, key = migrated_store, "unit-key"
+    if resumed:
+        _forked(_failed_parent, (uri, key))
+    ctx = multiprocessing.get_context("fork")
+    barriers, results = (ctx.Barrier(2), ctx.Barrier(2)), ctx.Queue()
+    with _server_semantics(monkeypatch):
+        _forked(_claim_in_a_race, *[(uri, key, order, barriers, results) for order in (0, 1)])
+    first, second = sorted(results.get(timeout=5) for _ in range(2))
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("race").experiment_id
+    active = client.search_runs([experiment], run_view_type=ViewType.ACTIVE_ONLY)
+    deleted = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
+    assert len(active) == 1 and active[0].info.status == "RUNNING"
+    parent = active[0].info.run_id
+    if not resumed:  # two new parents: the older claim keeps its run, the younger deletes its own and backs off
+        assert first[2:] == ("run", parent, "", True)
+        assert second[2:] == ("held", parent, first[1], False)
+        assert active[0].data.tags[OWNER_TAG] == first[1]
+        assert [r.data.tags[OWNER_TAG] for r in deleted] == [second[1]]
+    else:  # both reopened the one FAILED parent: the owner tag written last keeps it, the other backs off
+        assert first[2:] == ("held", parent, second[1], False)
+        assert second[2:] == ("run", parent, "", False)
+        assert active[0].data.tags[OWNER_TAG] == second[1] and not deleted
 
 
 def _open_store(uri, barrier, errors):
@@ -163,9 +304,12 @@ def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
     units = [(c.data.tags["ftsweep.config_key"], c.data.tags["ftsweep.fold"]) for c in children]
     assert len(units) == len(set(units)) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    # the later sweep left each unit to the other: skipped while it ran, or found finished after
+    # each config was left, once, by the sweep that did not train it: skipped while the other ran it,
+    # or found finished after; the line names the parent run that holds it
     said = out + err + second.stdout + second.stderr
-    assert said.count("skipped") + said.count("already finished") >= 2
+    left = re.findall(r"skipped: run (\w+) of this config is being run by a live process|"
+                      r"already finished in run (\w+): nothing to do", said)
+    assert sorted(held or done for held, done in left) == sorted(p.info.run_id for p in parents), said[-3000:]
 
 
 def _cli(args):
@@ -174,13 +318,10 @@ def _cli(args):
     return [sys.executable, "-m", "ftsweep", *args]
 
 
-assert TINY  # the shrunk config every in-process test here composes (conftest.make_cfg)
-
-
-def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(tmp_path, monkeypatch):
+def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(migrated_store, monkeypatch):
     """Parallel jobs log one dataset: the second insert of (experiment, name, digest) fails on
     a server store (seen under SLURM on PostgreSQL); the job must link the row, not fail."""
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+    tracker = Tracker(migrated_store, "race")
     frame = generate(8, words_per_passage=5, seed=1)
     first, second = tracker.start_run("a", {}), tracker.start_run("b", {})
     tracker.log_dataset(first, frame, "/data/train.csv", "0123456789abcdef", "train", "target")
@@ -200,8 +341,8 @@ def test_a_job_that_loses_the_dataset_insert_race_links_the_existing_row(tmp_pat
     assert digests == [["0123456789abcdef"], ["0123456789abcdef"]]
 
 
-def test_other_errors_are_not_retried(tmp_path, monkeypatch):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "race")
+def test_other_errors_are_not_retried(migrated_store, monkeypatch):
+    tracker = Tracker(migrated_store, "race")
     run, calls = tracker.start_run("a", {}), []
 
     def broken(run_id, datasets):
@@ -214,7 +355,7 @@ def test_other_errors_are_not_retried(tmp_path, monkeypatch):
     assert calls == [run]
 
 
-def test_runs_are_found_by_tag_values_with_quotes(tmp_path):
-    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "quotes")
+def test_runs_are_found_by_tag_values_with_quotes(migrated_store):
+    tracker = Tracker(migrated_store, "quotes")
     run = tracker.start_run("a", {"ftsweep.study": "it's"})
     assert [r.info.run_id for r in tracker.runs_tagged("ftsweep.study", "it's")] == [run]

@@ -5,14 +5,21 @@ hydra-optuna-sweeper style configs, and one-line errors before any trial."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
+import os
+import re
 import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -21,7 +28,7 @@ from optuna.trial import TrialState
 
 from ftsweep.search.sweeper import make_sampler
 
-from conftest import ROOT, TINY, cli_env, run_cli
+from conftest import ROOT, TINY, at_once, cli_env, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +97,32 @@ def test_pruned_trials_stop_after_a_fold_and_mlflow_holds_one_parent_per_trial(s
     assert "Pruned trials (stopped early, not ranked)" in done.stdout
 
 
+def _trial_numbers(labels: list[str]) -> list[int]:
+    """'trial 3: optimizer.lr=...' (a row label, or a markdown row '| trial 3: ... |') -> 3."""
+    return [int(re.match(r"\|? ?trial (\d+): ", label).group(1)) for label in labels]
+
+
+def test_pruned_trials_are_listed_apart_and_never_ranked(searched):
+    out, _, done = searched
+    trials = _study(out, "s6").get_trials()[:6]  # the fixture's six (a later test adds a seventh)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert complete and pruned and len(complete) + len(pruned) == 6
+    folder = Path(re.search(r"^written: (.+)$", done.stdout, re.M).group(1))
+    markdown = (folder / "top_trials.md").read_text()
+    assert markdown.strip() in done.stdout  # what the search printed
+    ranked, apart = markdown.split("Pruned trials (stopped early, not ranked):")
+    # ranked: exactly the complete trials, best first, in the table and in top_trials.csv
+    assert _trial_numbers([r for r in ranked.splitlines() if r.startswith("| trial ")]) == [t.number for t in complete]
+    labels = pd.read_csv(folder / "top_trials.csv")["label"].tolist()
+    assert _trial_numbers(labels) == [t.number for t in complete]
+    # apart: each pruned trial once, with the folds it ran and the running mean its pruner saw
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in apart.splitlines() if r.startswith("| trial ")]
+    assert sorted((n, cells[1:]) for n, cells in zip(_trial_numbers([r[0] for r in rows]), rows, strict=True)) == sorted(
+        (t.number, [str(last + 1), f"{t.intermediate_values[last]:.4f}", str(last)])
+        for t in pruned for last in [max(t.intermediate_values)])
+
+
 def test_the_summary_names_the_best_config_and_best_yaml_composes_to_it(searched):
     out, _, done = searched
     study = _study(out, "s6")
@@ -134,6 +167,72 @@ def test_a_rerun_continues_the_same_study_up_to_n_trials(searched):
     more = run_cli("ftsweep", *[a for a in args if "n_trials" not in a], "hydra.sweeper.n_trials=7", cwd=out)
     assert more.returncode == 0, more.stderr[-2000:]
     assert len(_study(out, "s6").get_trials()) == 7  # one more trial, not seven
+
+
+def test_replaying_median_pruning_on_the_stored_trials_reproduces_the_live_decisions(searched, tmp_path):
+    """benchmarks/replay_pruners.py feeds the trials' logged folds (in trial order) to a fresh
+    MedianPruner with the live search's settings: the same trials stop after the same folds."""
+    out, _, _ = searched
+    live = _study(out, "s6").get_trials()
+    stopped = {t.number: max(t.intermediate_values) for t in live if t.state == TrialState.PRUNED}
+    assert stopped  # the live search pruned something to reproduce
+    replay = _benchmark("replay_pruners")
+    result = replay.main(["--experiment", "s6", "--tracking-uri", f"sqlite:///{out}/mlflow.db", "--median-startup",
+                          "1", "--json", str(tmp_path / "replay.json")])
+    rows = {row["pruner"]: row for row in result["pruners"]}
+    assert rows["median"]["pruned_after"] == {str(k): v for k, v in stopped.items()}
+    assert rows["median"]["unknown"] == [] and rows["median"]["best_trial"] == _study(out, "s6").best_trial.number
+    _, runs = _runs(out, "s6")
+    fold_runs = [r for r in runs if "ftsweep.fold" in r.data.tags and r.info.status == "FINISHED"]
+    assert rows["median"]["folds_trained"] == len(fold_runs) < len(live) * 3
+    # without pruning, the trials the live search stopped are unknown past their last fold
+    assert rows["none"]["unknown"] == sorted(stopped) and rows["none"]["folds_trained"] == len(fold_runs)
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_dashboard_serves_the_study_with_each_trial_linked_to_its_mlflow_run(searched):
+    """`make dashboard` (Optuna Dashboard) over a finished study: its API lists the study, and each
+    trial's user attribute names the MLflow parent run tagged with the same study and trial."""
+    out, _, _ = searched
+    port = free_port()
+    venv = Path(sys.executable).parent.parent
+    proc = subprocess.Popen(["make", "-s", "dashboard", f"OUTPUTS={out}", f"DASHBOARD_PORT={port}", f"VENV={venv}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", proc)
+        (summary,) = [s for s in studies["study_summaries"] if s["study_name"] == "s6"]
+        study = _get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # make and the dashboard it started
+        proc.wait(timeout=30)
+    assert sorted(t["number"] for t in study["trials"]) == [t.number for t in _study(out, "s6").get_trials()]
+    _, runs = _runs(out, "s6")
+    parents = {r.info.run_id: r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.trial" in r.data.tags}
+    for trial in study["trials"]:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        run = parents[attrs["ftsweep.mlflow_run_id"]]
+        assert run.data.tags["ftsweep.trial"] == str(trial["number"]) and run.data.tags["ftsweep.study"] == "s6"
+    assert {a["key"]: a["value"] for a in summary["user_attrs"]}["ftsweep.data_fingerprint"] == \
+        next(iter(parents.values())).data.tags["ftsweep.data_fingerprint"]
+
+
+def _get_json(url: str, proc: subprocess.Popen, seconds: float = 60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return json.loads(answer.read())
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} in {seconds} s")
 
 
 def _intermediate_steps(db, number):
@@ -181,16 +280,28 @@ def test_a_search_killed_midway_resumes_without_duplicates(tmp_path):
     assert sorted(finished) == [(str(t), str(f)) for t in (0, 1) for f in range(3)]  # fold 0 of trial 1 reused
 
 
-def test_parallel_trials_through_joblib_report_their_folds(tmp_path):
+def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
+    """n_jobs=2, trials of different lengths: trial 2 starts when the short trial 1 ends, while
+    the long trial 0 still runs (a batch barrier would start it after both)."""
     words = tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib"))
     assert "hydra.sweeper.n_jobs=2" in words and "hydra/launcher=joblib" in words
-    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "hydra.sweeper.n_trials=2",
-                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "cv.n_folds=2", "trainer.epochs=40",
+                   "trainer.max_steps=choice(6, 40)",
+                   "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
+                   f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _study(tmp_path, "search_llrd").get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert all(sorted(t.intermediate_values) == [0, 1, 2] for t in trials)  # reported from the workers
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # the random sampler (seed 42) makes trial 0 the long one; the rest of the test relies on it
+    assert [t.params["trainer.max_steps"] for t in trials] == [40, 6, 6]
+    long, short, later = trials
+    assert short.datetime_complete <= later.datetime_start < long.datetime_complete
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)  # reported from the workers
     assert len({t.user_attrs["ftsweep.owner"] for t in trials}) == 1  # held by the sweep, not the workers
+    _, runs = _runs(tmp_path, "search_llrd")  # and so in MLflow: the later trial's run starts before the long one ends
+    parent = {r.data.tags["ftsweep.trial"]: r for r in runs if "ftsweep.fold" not in r.data.tags
+              and "ftsweep.trial" in r.data.tags}
+    assert parent["2"].info.start_time < parent["0"].info.end_time
 
 
 def test_a_hydra_optuna_sweeper_config_works_unchanged(tmp_path):
@@ -225,10 +336,11 @@ hydra:
 
 # Empty intervals, n_trials=0 and the rest: tests/test_search_space.py; here, that the CLI says them in one line.
 BAD_SEARCHES = [
-    (["model.lrr=interval(1e-5, 1e-4)"], "Could not override 'model.lrr'"),
+    (["model.lrr=interval(1e-5, 1e-4)"], "unknown key model.lrr in model.lrr=interval(1e-5, 1e-4): did you mean model.lr?"),
     (["model.lr=interval(1e-5, 3e-4)", "hydra.sweeper.n_trials=0"], "n_trials=0 must be a whole number >= 1"),
     (["model.lr=interval(1e-5"], "cannot read the override 'model.lr=interval(1e-5'"),
     (["reinit.n=range(0, 5)"], "reinit.n=4"),  # beyond the tiny model's 2 layers, at the range's end
+    (["model.lr=interval(1e-5, 1e-4)", "data=commonlit", "data.path=missing.csv"], "missing.csv"),  # no trial runs
 ]
 
 
@@ -249,12 +361,29 @@ def test_bad_searches_are_one_line_and_exit_2_before_any_trial(tmp_path):
         assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")  # no trial, no study
 
 
-def test_failing_trials_stop_the_search_after_n_trials_launches(tmp_path):
-    """Failed trials do not count toward n_trials; a run still launches no more than n_trials."""
-    done = run_cli("ftsweep", "-m", "hydra/sweeper=optuna", "model.lr=interval(1e-5, 1e-4)", *SMALL,
-                   f"data.path={tmp_path}/missing.csv", "hydra.sweeper.n_trials=2",
-                   "hydra.sweeper.max_failure_rate=1.0", f"paths.output_root={tmp_path}", cwd=tmp_path)
-    assert done.returncode == 1 and "2 of 2 sweep job(s) failed" in done.stderr, done.stderr[-2000:]
-    assert [t.state for t in _study(tmp_path, "sweep " + " ".join(sorted(
-        o for o in ["model.lr=interval(1e-5, 1e-4)", *SMALL, f"data.path={tmp_path}/missing.csv"])))
-        .get_trials()] == [TrialState.FAIL] * 2
+NAN_SEARCH = ["-m", "hydra/sweeper=optuna", "model.lr=interval(1e6, 1e7)", *SMALL, "hydra.sweeper.n_trials=2"]
+NAN = "the training loss became nan at step 1"
+
+
+def test_a_search_whose_trials_all_fail_exits_1_and_names_them(tmp_path):
+    """The loss becomes NaN in every trial. With max_failure_rate=0 the search stops after the
+    first failure; with 1.0 it launches n_trials (failed trials do not count toward n_trials)
+    and stops there. Either way: exit 1, each failed trial named with its reason, no advice
+    about pruning."""
+    with at_once() as start:
+        stops = start(run_cli, "ftsweep", *NAN_SEARCH, f"paths.output_root={tmp_path / 'a'}", cwd=tmp_path)
+        tolerant = start(run_cli, "ftsweep", *NAN_SEARCH, "hydra.sweeper.max_failure_rate=1.0",
+                         f"paths.output_root={tmp_path / 'b'}", cwd=tmp_path)
+    for done, n in ((stops.result(), 1), (tolerant.result(), 2)):
+        assert done.returncode == 1, done.stderr[-2000:]
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ftsweep: error:")]
+        assert errors == [f"ftsweep: error: {n} of {n} trial(s) of this run failed; fix what they say and rerun the "
+                          f"same command: the study goes on, failed trials are not counted:"], done.stderr[-2000:]
+        named = [line.strip() for line in done.stderr.splitlines() if line.startswith("  trial ")]
+        assert [line.split(": ", 1)[0] for line in named] == [f"trial {i} (job {i})" for i in range(n)]
+        assert all(NAN in line for line in named)
+        assert "no trial has finished all its folds: no best config yet.\n" in done.stdout
+        assert "Raise hydra.sweeper.n_trials" not in done.stdout and "Traceback" not in done.stderr
+    name = "sweep " + " ".join(sorted(o for o in NAN_SEARCH[2:] if not o.startswith("hydra.")))
+    assert [t.state for t in _study(tmp_path / "a", name).get_trials()] == [TrialState.FAIL]
+    assert [t.state for t in _study(tmp_path / "b", name).get_trials()] == [TrialState.FAIL] * 2

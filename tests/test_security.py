@@ -55,6 +55,13 @@ def trained(tmp_path_factory):
     return cfg, result, root
 
 
+@pytest.fixture
+def own_sys_path(monkeypatch):
+    """load_model puts the model's code/ first on sys.path for good (MLflow); a later spawned
+    process would import ftsweep from there. Undone after the test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
 def _predict(cfg, result, root: Path) -> np.ndarray:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         predict_cfg = compose("predict", overrides=[f"run_id={result.parent_run_id}", f"data.path={root / 'test.csv'}",
@@ -94,10 +101,14 @@ def _tampered(model_dir: Path, marker: Path):
 
 
 @pytest.mark.slow
-def test_predict_runs_no_code_from_the_artifacts(trained, tmp_path, one_thread, monkeypatch):
+def test_predict_runs_no_code_from_the_artifacts(trained, tmp_path, one_thread, monkeypatch, own_sys_path):
     cfg, result, root = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # for load_model below
     before = _predict(cfg, result, root)
+    # from here on predict must take the model's ensemble folder: the fold checkpoints, its
+    # fallback for runs without a model, would predict the same numbers and hide a broken download
+    monkeypatch.setattr("ftsweep.ensemble.predict.from_run", lambda *a: pytest.fail("predict fell back to from_run"))
+    np.testing.assert_allclose(_predict(cfg, result, root), before, rtol=0, atol=1e-6)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)  # for load_model below
     (model_dir,) = {p.parent for p in (root / "artifacts").rglob("MLmodel")}
     marker = tmp_path / "ran-artifact-code"
     with _tampered(model_dir, marker):
@@ -110,7 +121,7 @@ def test_predict_runs_no_code_from_the_artifacts(trained, tmp_path, one_thread, 
 
 
 @pytest.mark.slow
-def test_the_pyfunc_model_takes_empty_text_and_missing_input(trained, monkeypatch):
+def test_the_pyfunc_model_takes_empty_text_and_missing_input(trained, monkeypatch, own_sys_path):
     cfg, result, _ = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
     model = load_model(f"runs:/{result.parent_run_id}/model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -157,6 +158,10 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
     _, runs = _experiment_runs(uri, "resume")
     assert "KILLED" in {r.info.status for r in runs}
     assert len([r for r in runs if r.info.status == "FINISHED" and "ftsweep.fold" in r.data.tags]) < 4
+    (killed,) = [r.info.run_id for r in runs if "ftsweep.fold" not in r.data.tags and r.info.status == "KILLED"]
+    kept = sorted(int(r.data.tags["ftsweep.fold"]) for r in runs if r.info.status == "FINISHED"
+                  and r.data.tags.get("mlflow.parentRunId") == killed)
+    n_done = len([r for r in runs if "ftsweep.fold" not in r.data.tags and r.info.status == "FINISHED"])
 
     rerun = run_cli("ftsweep", *args, cwd=tmp_path, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -166,7 +171,10 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
     assert len(units) == len(set(units)) == 4
     parents = [r for r in runs if "ftsweep.fold" not in r.data.tags]
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}  # the killed parent was reopened
-    assert "resuming MLflow run" in rerun.stderr + rerun.stdout or "already finished" in rerun.stderr + rerun.stdout
+    # the killed config is reopened with the folds it had finished; a config finished before the kill is left
+    said = rerun.stderr + rerun.stdout
+    assert re.findall(r"resuming MLflow run (\w+): folds (\[[\d, ]*\]) already finished", said) == [(killed, str(kept))]
+    assert said.count("already finished in run") == n_done
     # a third run has nothing left to do
     third = run_cli("ftsweep", *args, cwd=tmp_path, timeout=300)
     assert (third.stderr + third.stdout).count("already finished") == 2

@@ -12,7 +12,8 @@ from ftsweep.errors import TrainingError
 from ftsweep.model.param_groups import build_optimizer
 from ftsweep.model.regressor import build_regressor, load_backbone, load_tokenizer
 from ftsweep.model.speed import prepare_model
-from ftsweep.train.loop import FoldSplit, Runtime, fit_fold, rmse
+from ftsweep.train.loop import FLUSH_EVERY, FoldSplit, Runtime, fit_fold, rmse
+from ftsweep.train.phases import PhaseClock
 from ftsweep.train.schedule import plan_steps
 
 
@@ -82,6 +83,25 @@ def test_frequent_evaluation_every_n_batches(make_cfg):
     assert res.best_step == min(sink.steps["val/rmse"], key=sink.steps["val/rmse"].get)
 
 
+def test_phase_timer_sees_every_step_and_syncs_only_at_flushes(make_cfg):
+    """The loop reports its phases to the runtime's PhaseTimer: each step's batching, forward/backward
+    and optimizer; the host waits for the device only where it flushes (every FLUSH_EVERY steps and
+    at an evaluation), never per step."""
+    cfg, model, optimizer, plan, encoded, train, val, targets = _setup(make_cfg, "trainer.epochs=1",
+                                                                       "trainer.batch_size=1")
+    clock = PhaseClock()
+    res = fit_fold(model, optimizer, cfg, FoldSplit(encoded, targets, train, val),
+                   Runtime(torch.device("cpu"), None, 0, clock), RecordingSink(), Quiet())
+    assert res.steps == len(train) == 36 > FLUSH_EVERY
+    assert {k: clock.count[k] for k in ("batching", "forward_backward", "optimizer")} == dict.fromkeys(
+        ("batching", "forward_backward", "optimizer"), 36)
+    # flushed at step 25, then at the epoch's evaluation (step 36): two waits, three logging calls
+    assert clock.count["host_sync"] == 2 and clock.count["evaluation"] == 1 and clock.count["logging"] == 3
+    summary = clock.summary(res.seconds)
+    assert 0 <= summary["outside_phases_s"] and sum(p["s"] for p in summary["phases"].values()) <= res.seconds
+    assert all("device_s" not in p for p in summary["phases"].values())  # no events on a CPU
+
+
 def test_logged_rates_are_the_schedule(make_cfg):
     setup = _setup(make_cfg, "optimizer=llrd", "scheduler.warmup_steps=4", "trainer.epochs=2", "trainer.batch_size=6")
     cfg = setup[0]
@@ -117,6 +137,17 @@ def test_non_finite_loss_stops_the_fold_with_its_step(make_cfg):
     setup[-1][setup[5][3]] = np.nan  # one training target is NaN
     with pytest.raises(TrainingError, match=r"loss became nan at step \d+"):
         _fit(*setup)
+
+
+def test_a_loss_overflowed_by_the_target_scale_names_the_targets(make_cfg):
+    setup = list(_setup(make_cfg, "trainer.batch_size=8"))
+    setup[-1] = setup[-1] * 1e30  # loaded targets are capped at 1e18; these would blame the learning rate
+    with pytest.raises(TrainingError) as err:
+        _fit(*setup)
+    largest = float(np.abs(setup[-1]).max())
+    assert str(err.value) == (f"the training loss became inf at step 0: the targets reach |y| = {largest:.3g}, whose "
+                              f"squared errors overflow float32 in a step of 8 rows; rescale the targets "
+                              f"(e.g. divide them by 1e+31).")
 
 
 def _losses(make_cfg, autocast_dtype, *overrides):

@@ -8,11 +8,15 @@ import shutil
 import signal
 import subprocess
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ftsweep.cv.pipeline import Job, run_cv
+from ftsweep.sweep.table import write_table
+from ftsweep.tracking.store import Tracker
 
 from conftest import ROOT, free_port, wait_for_server
 
@@ -30,9 +34,52 @@ def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, *flags, *with_profile, *args], capture_output=True, text=True, timeout=timeout)
 
 
+class RunsTable(HTMLParser):
+    """The rows MLflow's run table (an AG Grid) rendered: {run id: (row index, {column id: text})}.
+    A row is drawn once per pinned / scrolling part, each with the run id and row index."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.rows: dict[str, tuple[int, dict[str, str]]] = {}
+        self._open: list[tuple[str, dict]] = []
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self._open.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        while self._open and self._open.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data):
+        row = next((a for _, a in reversed(self._open) if a.get("role") == "row" and "row-id" in a), None)
+        cell = next((a["col-id"] for _, a in reversed(self._open) if a.get("role") == "gridcell" and "col-id" in a), None)
+        if row is not None and cell is not None:
+            _, cells = self.rows.setdefault(row["row-id"], (int(row["row-index"]), {}))
+            cells[cell] = cells.get(cell, "") + data
+
+    def in_order(self) -> list[tuple[str, dict[str, str]]]:
+        return [(run_id, cells) for run_id, (_, cells) in sorted(self.rows.items(), key=lambda item: item[1][0])]
+
+
 def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
     results = [run_cv(make_cfg(f"optimizer={name}", "tracking.experiment=browser"), Job([f"optimizer={name}"]))
                for name in ("adamw", "llrd")]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    write_table(Tracker(uri, "browser"), tmp_path / "table")  # a results-table run: not a config's row
+    # what the user is promised, from the store: one row per config, best mean CV RMSE first
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("browser").experiment_id])
+    assert len(runs) == 7  # 2 parents, 4 folds, the results table
+    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.kind" not in r.data.tags]
+    assert {r.info.run_id for r in parents} == {r.parent_run_id for r in results}
+    expected = sorted(parents, key=lambda r: r.data.metrics["rmse_mean"])
+    newest_first = sorted(parents, key=lambda r: r.info.start_time, reverse=True)  # MLflow's own order
+    assert [r.info.run_id for r in expected] != [r.info.run_id for r in newest_first]  # the sort shows
+    (data_file,) = (tmp_path / "data").glob("*.csv")
     port = free_port()
     ui = subprocess.Popen(["make", "-s", "ui", f"OUTPUTS={tmp_path}", f"UI_PORT={port}"], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -45,11 +92,14 @@ def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
             link = found.group(1) if found else None
         assert link and "workflowType=machine_learning" in link, "make ui printed no link"
         assert wait_for_server(f"http://127.0.0.1:{port}", max(1.0, deadline - time.time()))
-        dom = _chromium("--dump-dom", link).stdout
-        for result in results:  # both rows, by their run names, with their mean RMSE
-            assert f"{result.mean():.4f}"[:5] in dom or f"{result.mean():.3f}" in dom, result.mean()
-        assert "optimizer=adamw" in dom and "optimizer=llrd" in dom
-        assert "rmse_mean" in dom
+        # wide enough that the grid draws every column (it leaves out those outside the window)
+        rows = RunsTable(_chromium("--window-size=3840,1000", "--dump-dom", link).stdout).in_order()
+        assert [run_id for run_id, _ in rows] == [r.info.run_id for r in expected]
+        for (_, cells), run in zip(rows, expected, strict=True):
+            assert cells["attributes.`Run Name`"].endswith(run.info.run_name), cells  # after the colour swatch
+            assert float(cells["metrics.`rmse_mean`"]) == pytest.approx(run.data.metrics["rmse_mean"], rel=1e-12)
+            digest = run.data.tags["ftsweep.data_fingerprint"][:16]
+            assert cells["attributes.`Dataset`"].strip().startswith(f"{data_file.stem} ({digest})"), cells
         shot = tmp_path / "runs.png"
         _chromium("--window-size=1920,800", f"--screenshot={shot}", link)
         assert shot.exists() and shot.stat().st_size > 20000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import posixpath
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -189,6 +190,7 @@ def validate(cfg: DictConfig, n_layers: int | None = None, max_tokens: int | Non
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
     _check_model_overrides(cfg)
+    _check_registry(cfg)
     for key in ("data.id_column", "data.text_column", "data.target_column"):
         if not isinstance(_get(cfg, key), str) or not _get(cfg, key).strip():
             raise ConfigError(f"{key}={_get(cfg, key)!r} must name a CSV column.")
@@ -250,7 +252,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         for key in node.keys():
             if key not in known:
                 near = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hint = f" (did you mean {prefix}{near[0]}?)" if near else f"; known: {', '.join(sorted(known))}"
+                hint = f" (did you mean {prefix}{near[0]}?)" if near else " (python -m ftsweep --cfg job lists the keys)"
                 raise ConfigError(f"unknown key {prefix}{key}: nothing reads it{hint}.")
         for key in sorted(required - set(node.keys())):
             raise ConfigError(f"{prefix}{key} is missing (removed with ~?); every run needs it: put it back.")
@@ -326,6 +328,22 @@ def _check_reinit(cfg: DictConfig, n_layers: int | None) -> None:
     n = cfg.reinit.n
     if n_layers is not None and n > n_layers:
         raise ConfigError(f"reinit.n={n} but {cfg.model.name} has {n_layers} encoder layers; use 0..{n_layers}.")
+
+
+def _check_registry(cfg: DictConfig) -> None:
+    """tracking.register_as before any training: MLflow would refuse the name only after every fold ran."""
+    name = cfg.tracking.get("register_as")
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"tracking.register_as={show(name)} must be a model name, e.g. tracking.register_as=readability.")
+    norm = posixpath.normpath(name)
+    if "/" in name or ":" in name or norm != name or norm == "." or norm.startswith(".."):
+        raise ConfigError(f"tracking.register_as={show(name)}: MLflow model names cannot contain '/' or ':' or be a "
+                          f"path like '.' or '..'; use e.g. {show(name.replace('/', '-').replace(':', '-').strip('.') or 'model')}.")
+    if not cfg.trainer.save_models:
+        raise ConfigError(f"tracking.register_as={show(name)} registers the run's fold models, which only "
+                          f"trainer.save_models=true keeps; add trainer.save_models=true.")
 
 
 def _check_speed_and_memory(cfg: DictConfig) -> None:

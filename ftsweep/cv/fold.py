@@ -23,13 +23,14 @@ from ftsweep.train.loop import FoldResult, FoldSplit, MetricSink, ProgressReport
 def build_fold_model(cfg: DictConfig, backbone: nn.Module, split: FoldSplit, runtime: Runtime) -> nn.Module:
     """A fresh regressor for this fold, on its device, seeded with the fold's seed. The backbone
     is copied, so one loaded backbone serves every fold."""
-    torch.manual_seed(runtime.seed)
-    model = build_regressor(copy.deepcopy(backbone), cfg.head)
-    reinit_top_layers(model, int(cfg.reinit.n), bool(cfg.reinit.pooler))
-    if cfg.head.init_bias_to_target_mean:
-        torch.nn.init.constant_(model.regressor.bias, float(split.targets[split.train_rows].mean()))
-    model.to(runtime.device)
-    return prepare_model(model, cfg.trainer)  # gradient checkpointing, torch.compile (opt-in)
+    with runtime.phases.phase("model_setup"):
+        torch.manual_seed(runtime.seed)
+        model = build_regressor(copy.deepcopy(backbone), cfg.head)
+        reinit_top_layers(model, int(cfg.reinit.n), bool(cfg.reinit.pooler))
+        if cfg.head.init_bias_to_target_mean:
+            torch.nn.init.constant_(model.regressor.bias, float(split.targets[split.train_rows].mean()))
+        model.to(runtime.device)
+        return prepare_model(model, cfg.trainer)  # gradient checkpointing, torch.compile (opt-in: compiles lazily)
 
 
 def train_model(model: nn.Module, cfg: DictConfig, split: FoldSplit, runtime: Runtime,

@@ -29,12 +29,14 @@ from ftsweep.sweep.callback import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking.recorder import PREDICTIONS, CvData, CvResult, RunRecorder, fold_predictions
 from ftsweep.train import plots
 from ftsweep.train.devices import resolve_device
-from ftsweep.train.loop import FoldResult, FoldSplit, Runtime
+from ftsweep.train.loop import FoldResult, FoldSplit, NullPhases, PhaseTimer, Runtime
 from ftsweep.train.progress import Progress
 from ftsweep.train.schedule import plan_steps
 
 log = logging.getLogger("ftsweep")
-FoldReport = Callable[[int, float], bool]  # (folds finished - 1, running mean RMSE) -> stop now?
+# (folds finished - 1, running mean RMSE, the fold's validation predictions: id, fold, target,
+# pred_best, pred_last) -> stop now?
+FoldReport = Callable[[int, float, pd.DataFrame], bool]
 
 
 def folds_to_run(cfg: DictConfig) -> list[int]:
@@ -66,21 +68,23 @@ def check_config(cfg: DictConfig) -> None:
 @dataclass
 class Job:
     """How this CV run was launched: its overrides (the row label), whether finished folds are
-    reused, extra tags, a live progress bar, and a search's pruner (None: every fold runs)."""
+    reused, extra tags, a live progress bar, a search's pruner (None: every fold runs), and what
+    times each fold's phases (a profiler's PhaseTimer, e.g. the GPU check's; None: nothing)."""
 
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     use_bar: bool = False
     after_fold: FoldReport | None = None
+    phases: PhaseTimer | None = None
 
 
 def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     """Cross-validate `cfg`. With `job.resume`, folds that already FINISHED for the same config,
     data and seed in this experiment are reused, not rerun; a finished config returns at once; a
     config that another live process is running is left to it. `job.after_fold` (a search's
-    pruner) sees the running mean RMSE after each fold; when it says stop, the parent ends KILLED,
-    tagged ftsweep.pruned=<fold>, with the finished folds kept."""
+    pruner) sees the running mean RMSE and the fold's predictions after each fold; when it says
+    stop, the parent ends KILLED, tagged ftsweep.pruned=<fold>, with the finished folds kept."""
     job = job or Job()
     check_config(cfg)
     device, autocast_dtype = resolve_device(cfg.trainer)
@@ -107,10 +111,11 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
             stored = recorder.stored_fold(fold)
             if stored is None:
                 split = fold_split(data.frame, encoded, targets, fold)
-                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold)
+                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
                 stored = _train_and_record(recorder, split, runtime, (fold, label, job.use_bar), backbone)
             result.folds[fold], fold_runs[fold] = stored
-            stop = job.after_fold is not None and job.after_fold(position, result.mean("rmse_best"))
+            stop = job.after_fold is not None and job.after_fold(
+                position, result.mean("rmse_best"), fold_predictions(data.frame, result.folds[fold]))
             if stop and position < len(folds) - 1:
                 result.pruned_at = fold
                 recorder.pruned(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Canonical column names inside ftsweep, whatever the file calls them.
 ID, TEXT, TARGET = "id", "excerpt", "target"
+# Beyond this a float32 squared error (~3.4e38 at most) overflows within a batch: the loss becomes inf.
+MAX_TARGET = 1e18
 
 
 def resolve_path(data_cfg: DictConfig, output_root: str | Path) -> Path:
@@ -119,9 +122,23 @@ def _numeric_targets(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
             f"(first: row {first + 2}, id {frame[ID].iloc[first]!r}, value {frame[TARGET].iloc[first]!r}); "
             f"fix or drop those rows."
         )
+    big = np.abs(values.to_numpy()) > MAX_TARGET
+    if big.any():
+        first = frame.index[big][0]
+        largest = float(np.abs(values).max())
+        raise DataError(
+            f"{path}: column {column!r} reaches {largest:.3g} (first beyond {MAX_TARGET:g}: row {first + 2}, id "
+            f"{frame[ID].iloc[first]!r}); training computes in float32, where the squared errors of such targets "
+            f"overflow; {rescale_hint(largest)}."
+        )
     if values.nunique() < 2:
         raise DataError(f"{path}: column {column!r} is constant ({values.iloc[0]}); there is nothing to learn.")
     return values
+
+
+def rescale_hint(largest: float) -> str:
+    """How to bring targets that reach `largest` back to a scale float32 training handles."""
+    return f"rescale the targets (e.g. divide them by {10.0 ** math.ceil(math.log10(largest)):g})"
 
 
 def _check_texts(frame: pd.DataFrame, path: Path, column: str) -> None:

@@ -16,6 +16,7 @@ from ftsweep.cv.pipeline import folds_to_run
 from ftsweep.data.loading import ID, TEXT, load_texts
 from ftsweep.ensemble.predictor import from_folder, from_run
 from ftsweep.errors import ConfigError
+from ftsweep.files import file_problem
 from ftsweep.tracking.model_export import ensemble_folder, fold_checkpoints
 from ftsweep.tracking.store import Tracker
 from ftsweep.train.devices import resolve_device
@@ -34,6 +35,9 @@ def check_args(cfg: DictConfig) -> Path:
         raise ConfigError(f"output={out} is a folder; name a file, e.g. output={out / 'submission.csv'}")
     if not out.parent.is_dir():
         raise ConfigError(f"output={out}: the folder {out.parent} does not exist; create it or name another file.")
+    problem = file_problem(out)  # before minutes of predicting, not after
+    if problem is not None:
+        raise ConfigError(f"output={out} cannot be written ({problem}); name a file in a writable folder.")
     return out
 
 

@@ -1,5 +1,6 @@
-"""Inside a search trial's job: report the running mean validation RMSE after every fold and
-ask the sweeper's pruner whether the trial should stop there.
+"""Inside a search trial's job: report the running mean validation RMSE after every fold (and,
+for the paired pruner, the fold's per-row errors) and ask the sweeper's pruner whether the
+trial should stop there.
 
 The job may run in another process or on another node (joblib, SLURM), so it reaches the
 trial through the study's storage; the pruner is the one the sweeper was configured with.
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from ftsweep.cv.pipeline import FoldReport
+from ftsweep.data.loading import TARGET
 
 log = logging.getLogger("ftsweep")
 
@@ -27,20 +30,28 @@ def trial_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 def fold_reporter(cfg: DictConfig) -> FoldReport | None:
-    """None outside a search (every fold runs)."""
+    """None outside a search (every fold runs). Reported after each fold: the running mean RMSE
+    (Optuna's WilcoxonPruner pairs folds, so it gets the fold's own RMSE); for the paired pruner
+    the fold's per-row errors are stored on the trial first."""
     search = cfg.get("search")
     if search is None or search.get("trial_id") is None:
         return None
     import optuna
 
+    from ftsweep.search.paired import ROW_ERRORS, encode_errors
     from ftsweep.search.study import open_storage
+    from ftsweep.train.loop import rmse
 
     pruner = _configured_pruner()
     study = optuna.load_study(study_name=str(search.study), storage=open_storage(str(search.storage)), pruner=pruner)
     trial = optuna.trial.Trial(study, int(search.trial_id))
+    per_fold = isinstance(pruner, optuna.pruners.WilcoxonPruner)
 
-    def report(step: int, running_mean: float) -> bool:
-        trial.report(running_mean, step)
+    def report(step: int, running_mean: float, predictions: pd.DataFrame) -> bool:
+        if getattr(pruner, "needs_row_errors", False):
+            trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(predictions))
+        value = rmse(predictions["pred_best"].to_numpy(), predictions[TARGET].to_numpy()) if per_fold else running_mean
+        trial.report(value, step)
         return trial.should_prune()
 
     return report
@@ -50,9 +61,10 @@ def _configured_pruner():
     """The sweeper's `pruner` (hydra.sweeper.pruner), or none when the job runs without one."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
+
+    from ftsweep.search.paired import build_pruner
 
     if not HydraConfig.initialized():
         return optuna.pruners.NopPruner()
     node = HydraConfig.get().sweeper.get("pruner")
-    return instantiate(node) if node is not None else optuna.pruners.NopPruner()
+    return build_pruner(node) if node is not None else optuna.pruners.NopPruner()

@@ -6,6 +6,10 @@ trial attributes, with the same rules as a unit's lease: exact on one machine, a
 elsewhere). A RUNNING trial whose owner is gone was interrupted, not bad: it is marked FAIL
 and its parameters are queued again under the same lineage, so the retry resumes the
 interrupted trial's MLflow run and keeps the folds it finished.
+
+A study belongs to one dataset and one set of fixed overrides (study attributes, set by its
+first run): trials are only comparable on the same rows and the same fixed config, so a rerun
+on other data or other fixed overrides is refused, naming the option that starts a new study.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from ftsweep.locks import owner_alive, owner_tags, sqlite_path, store_lock
 log = logging.getLogger("ftsweep")
 LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage
 INTERRUPTED = "ftsweep.interrupted"
-OVERRIDES = "ftsweep.overrides"  # the trial's job overrides: fixed ones may change between runs of a study
+OVERRIDES = "ftsweep.overrides"  # the trial's job overrides (what best.yaml rebuilds)
+DATA = "ftsweep.data_fingerprint"  # study attributes: what every trial of the study ran on
+FIXED = "ftsweep.fixed_overrides"
+RUN_ID = "ftsweep.mlflow_run_id"  # the trial's MLflow parent run (the MLflow side has ftsweep.study/trial tags)
+# Overrides that change where results go or how fast, not what is computed (as the unit keys);
+# data.path too: the rows themselves are checked by their fingerprint (a moved file is the same data).
+_NOT_COMPUTED = ("paths.", "tracking.", "trainer.num_threads", "data.path=")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -90,3 +100,31 @@ def own(trial: optuna.trial.Trial) -> None:
         trial.set_user_attr(key, value)
     if LINEAGE not in trial.user_attrs:
         trial.set_user_attr(LINEAGE, trial.number)
+
+
+def identity(fixed: list[str]) -> list[str]:
+    """The fixed overrides that change what a trial computes, in one order."""
+    return sorted({o.strip() for o in fixed if not o.lstrip("+~").startswith(_NOT_COMPUTED)})
+
+
+def bind(study: optuna.Study, storage_url: str, data_fingerprint: str, fixed: list[str]) -> None:
+    """Tie the study to its rows and fixed overrides on its first run; refuse a rerun on others.
+    A study from before these attributes (or an empty one) takes the current ones."""
+    was_data, was_fixed, now = study.user_attrs.get(DATA), study.user_attrs.get(FIXED), identity(fixed)
+    where = f"study {study.study_name!r} in {storage_url}"
+    new_study = "start a new study with hydra.sweeper.study_name=NEW_NAME"
+    if was_data is not None and was_data != data_fingerprint:
+        raise FtsweepError(f"{where} was run on other data (rows fingerprint {was_data[:12]}, now "
+                           f"{data_fingerprint[:12]}): its trials would be ranked with trials on these rows; "
+                           f"{new_study} (or use the data it was run on).")
+    if was_fixed is not None and list(was_fixed) != now:
+        added, dropped = sorted(set(now) - set(was_fixed)), sorted(set(was_fixed) - set(now))
+        change = "; ".join(part for part in (f"now also {' '.join(added)}" if added else "",
+                                             f"no longer {' '.join(dropped)}" if dropped else "") if part)
+        raise FtsweepError(f"{where} was run with other fixed overrides ({change}): its trials would be "
+                           f"ranked with trials of another config; {new_study} (or give the overrides it "
+                           f"was run with).")
+    if was_data is None:
+        study.set_user_attr(DATA, data_fingerprint)
+    if was_fixed is None:
+        study.set_user_attr(FIXED, now)

@@ -40,9 +40,10 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
             f"pruned, {counts[TrialState.FAIL]} failed trial(s); storage {settings.storage}")
     print(head)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if not complete:
-        print("ftsweep: no trial has finished all its folds: no best config yet. Raise hydra.sweeper.n_trials "
-              "(the study goes on from here) or prune less (hydra/sweeper/pruner=...).")
+    if not complete:  # pruning is what more trials or a milder pruner help with; failures are listed next
+        advice = (" Raise hydra.sweeper.n_trials (the study goes on from here) or prune less "
+                  "(hydra/sweeper/pruner=...)." if counts[TrialState.PRUNED] else "")
+        print(f"ftsweep: no trial has finished all its folds: no best config yet.{advice}")
         return
     best = min(complete, key=lambda t: t.value)
     files = {"best": _write_best(best, study.study_name, space, compose, out_dir)}

@@ -1,6 +1,7 @@
-"""A search: ask the study for trials, launch them as Hydra jobs `n_jobs` at a time through
-whatever launcher the sweep uses, tell the study how each ended, until `n_trials` trials
-are complete or pruned (counted over every run of the same command).
+"""A search: ask the study for trials, keep `n_jobs` of them in flight as Hydra jobs through
+whatever launcher the sweep uses (a trial that ends makes room for the next; no batch waits
+for its slowest trial), tell the study how each ended, until `n_trials` trials are complete
+or pruned (counted over every run of the same command).
 
 Everything a user can get wrong is checked before the first trial: the space, each key and
 the values at its bounds (composed and validated like a run), the settings, the storage.
@@ -8,26 +9,32 @@ the values at its bounds (composed and validated like a run), the settings, the 
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import math
+import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import HydraException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
+from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
+from ftsweep.search.paired import build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
     OVERRIDES,
+    RUN_ID,
+    bind,
     default_storage,
     in_progress,
     lineage,
@@ -36,6 +43,7 @@ from ftsweep.search.study import (
     own,
     retry_interrupted,
 )
+from ftsweep.sweep.callback import JOB_STATUS
 from ftsweep.tracking.store import normalize_uri
 
 log = logging.getLogger("ftsweep")
@@ -116,13 +124,8 @@ def composer(config_loader, sweep_config: DictConfig) -> Compose:
     """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with
     the hydra node, whose runtime.choices say which config group options were taken)."""
     def compose(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
-        try:
-            cfg = config_loader.load_sweep_config(sweep_config, list(overrides))
-        except HydraException as exc:
-            said = " ".join(line.strip() for line in str(exc).splitlines()[:2])
-            hint = (" (a key of another config group option? e.g. optimizer.layer_decay exists with optimizer=llrd)"
-                    if "not in struct" in said else "")
-            raise FtsweepError(f"the search cannot use {' '.join(overrides) or 'the config'}: {said}{hint}") from None
+        cfg = compose_or_explain(lambda these: config_loader.load_sweep_config(sweep_config, these), config_loader,
+                                 list(overrides), list(overrides))
         if not keep_hydra:
             with open_dict(cfg):
                 del cfg["hydra"]
@@ -144,7 +147,7 @@ def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
     try:
         sampler = instantiate(spec)
     except Exception as exc:  # noqa: BLE001 (a bad _target_ or argument: one line)
-        raise FtsweepError(f"hydra.sweeper.sampler: {str(exc).splitlines()[0][:300]}") from None
+        raise FtsweepError(f"hydra.sweeper.sampler: {_one_line(exc)}") from None
     if not isinstance(sampler, optuna.samplers.BaseSampler):
         raise FtsweepError(f"hydra.sweeper.sampler._target_ must be an Optuna sampler, not {type(sampler).__name__}.")
     return sampler
@@ -155,11 +158,16 @@ def check_pruner(spec) -> None:
     if spec is None:
         return
     try:
-        pruner = instantiate(spec)
+        pruner = build_pruner(spec)
     except Exception as exc:  # noqa: BLE001
-        raise FtsweepError(f"hydra.sweeper.pruner: {str(exc).splitlines()[0][:300]}") from None
+        raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(exc)}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise FtsweepError(f"hydra.sweeper.pruner._target_ must be an Optuna pruner, not {type(pruner).__name__}.")
+
+
+def _one_line(exc: Exception) -> str:
+    """Hydra's instantiate error in one line: "Error in call to target 'x':" is followed by the reason."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
 
 
 def _check_extension(path: str | None) -> None:
@@ -172,50 +180,106 @@ def _check_extension(path: str | None) -> None:
 
 
 @dataclass
+class Launcher:
+    """How trials reach Hydra's launcher. `launch(jobs, first_job_number)` blocks until those jobs
+    end. With `concurrent` (joblib's loky workers, submitit), calls from several threads at once
+    are safe: n_jobs single-trial launches stay in flight, and a trial that ends (complete, pruned
+    or failed) makes room for the next at once. Otherwise (the basic launcher runs jobs in this
+    process) n_jobs trials are launched as one batch, from this thread."""
+
+    launch: Launch
+    concurrent: bool = False
+
+
+@dataclass
 class Outcome:
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    failures: list[str] = field(default_factory=list)  # "trial N (job J): why", for the closing error
 
     @property
     def told(self) -> int:
         return self.complete + self.pruned + self.failed
 
 
-def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, launch: Launch, full_config: DictConfig,
-               first_job: int = 0) -> Outcome:
+class _Inline:
+    """An executor that runs each launch at once in this thread (the basic launcher's jobs run in
+    this process: Hydra's globals and signal handlers want the main thread)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, launcher: Launcher,
+               full_config: DictConfig, first_job: int = 0) -> Outcome:
     _warn_other_space(study, space)
     retry_interrupted(study)
     extend = get_method(settings.custom_search_space) if settings.custom_search_space else None
-    outcome, job = Outcome(), first_job
-    launched = 0  # failed trials do not count toward n_trials, so this run also stops after n_trials launches
-    while (remaining := min(settings.n_trials - in_progress(study), settings.n_trials - launched)) > 0:
-        batch = []
-        for _ in range(min(settings.n_jobs, remaining)):
-            try:
-                trial = study.ask(dict(space.params))
-            except ValueError as exc:  # e.g. a key searched as a choice where the study has it as a range
-                raise FtsweepError(f"study {study.study_name!r} cannot take this search space: {exc}; set "
-                                   f"hydra.sweeper.study_name for a study of its own.") from None
-            if extend is not None:
-                extend(full_config, trial)  # hydra-optuna-sweeper's custom_search_space(cfg, trial)
-            own(trial)
-            batch.append(trial)
-        jobs = [[*space.overrides(t.params), *_trial_overrides(settings, t)] for t in batch]
-        for trial, job_overrides in zip(batch, jobs, strict=True):  # what best.yaml rebuilds: this trial's own
-            trial.set_user_attr(OVERRIDES, [o for o in job_overrides if not o.startswith("search.")])
-        launched += len(batch)
-        log.info("search: trials %s of %d", [t.number for t in batch], settings.n_trials)
-        with Heartbeat(lambda held=tuple(batch): [t.set_user_attr(HEARTBEAT_TAG, f"{time.time():.0f}") for t in held]):
-            returns = launch(jobs, job)
-        job += len(returns)
-        for trial, ret in zip(batch, returns, strict=True):
-            _tell(study, trial, ret, outcome)
-        if outcome.failed and outcome.failed / outcome.told > settings.max_failure_rate:
-            log.error("search: %d of %d trial(s) failed (hydra.sweeper.max_failure_rate=%s): stopping; the "
-                      "failed jobs are listed below", outcome.failed, outcome.told, settings.max_failure_rate)
-            break
+    outcome, numbers = Outcome(), itertools.count(first_job)
+    per_launch, slots = (1, settings.n_jobs) if launcher.concurrent else (settings.n_jobs, 1)
+    in_flight: dict[Future, list[tuple[optuna.trial.Trial, int]]] = {}
+    launched, stopping = 0, False  # failed trials do not count toward n_trials: this run launches n_trials at most
+
+    def renew() -> None:  # the in-flight trials' heartbeat (what retry_interrupted checks elsewhere)
+        for batch in list(in_flight.values()):
+            for trial, _ in batch:
+                trial.set_user_attr(HEARTBEAT_TAG, beat())
+
+    pool = ThreadPoolExecutor(slots, thread_name_prefix="ftsweep-trial") if launcher.concurrent else _Inline()
+    try:
+        with Heartbeat(renew):
+            while True:
+                while not stopping and len(in_flight) < slots and (remaining := min(
+                        settings.n_trials - in_progress(study), settings.n_trials - launched)) > 0:
+                    batch = [_ask(study, space, extend, full_config) for _ in range(min(per_launch, remaining))]
+                    jobs = [[*space.overrides(t.params), *_trial_overrides(settings, t)] for t in batch]
+                    for trial, job_overrides in zip(batch, jobs, strict=True):  # what best.yaml rebuilds
+                        trial.set_user_attr(OVERRIDES, [o for o in job_overrides if not o.startswith("search.")])
+                    numbered = [(trial, next(numbers)) for trial in batch]
+                    launched += len(batch)
+                    log.info("search: trial(s) %s of %d", [t.number for t in batch], settings.n_trials)
+                    future = pool.submit(launcher.launch, jobs, numbered[0][1])
+                    in_flight[future] = numbered
+                if not in_flight:
+                    break
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    numbered = in_flight.pop(future)
+                    for (trial, job), ret in zip(numbered, future.result(), strict=True):
+                        _tell(study, trial, ret, outcome, job)
+                if not stopping and outcome.failed and outcome.failed / outcome.told > settings.max_failure_rate:
+                    log.error("search: %d of %d trial(s) failed (hydra.sweeper.max_failure_rate=%s): no new "
+                              "trials%s", outcome.failed, outcome.told, settings.max_failure_rate,
+                              "; waiting for the running ones" if in_flight else "")
+                    stopping = True
+    except KeyboardInterrupt:
+        if launcher.concurrent:
+            # The trial threads would wait for their jobs to end. Leave instead: each worker sees its
+            # driver gone, marks its runs KILLED and exits (ftsweep.jobs' orphan watch).
+            print("ftsweep: interrupted; the running trials are retried by the next run of this command (their "
+                  "finished folds are kept).", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
+        raise
+    finally:
+        if launcher.concurrent:
+            pool.shutdown(wait=False)
     return outcome
+
+
+def _ask(study: optuna.Study, space: SearchSpace, extend, full_config: DictConfig) -> optuna.trial.Trial:
+    try:
+        trial = study.ask(dict(space.params))
+    except ValueError as exc:  # e.g. a key searched as a choice where the study has it as a range
+        raise FtsweepError(f"study {study.study_name!r} cannot take this search space: {exc}; set "
+                           f"hydra.sweeper.study_name for a study of its own.") from None
+    if extend is not None:
+        extend(full_config, trial)  # hydra-optuna-sweeper's custom_search_space(cfg, trial)
+    own(trial)
+    return trial
 
 
 def _warn_other_space(study: optuna.Study, space: SearchSpace) -> None:
@@ -233,17 +297,43 @@ def _trial_overrides(settings: Settings, trial: optuna.trial.Trial) -> list[str]
             f"search.trial_id={trial._trial_id}", f"search.lineage={lineage(trial)}"]
 
 
-def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome) -> None:
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome, job: int) -> None:
     value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    if isinstance(value, dict) and value.get("run_id"):  # the trial -> MLflow run link (the run has study/trial tags)
+        trial.set_user_attr(RUN_ID, str(value["run_id"]))
     if isinstance(value, dict) and value.get("pruned_at") is not None:
         study.tell(trial, state=TrialState.PRUNED)
         outcome.pruned += 1
     elif isinstance(value, dict) and isinstance(value.get("value"), float) and math.isfinite(value["value"]):
         study.tell(trial, value["value"])
         outcome.complete += 1
-    else:  # the job failed (its reason is in its folder; the sweep lists it) or was held
+    else:  # the job failed or was held: its reason, for the closing error
         study.tell(trial, state=TrialState.FAIL)
         outcome.failed += 1
+        outcome.failures.append(f"trial {trial.number} (job {job}): {_failure(ret, value)}")
+
+
+def _failure(ret: JobReturn, value) -> str:
+    """Why a trial's job gave no result: its exception, or what the job recorded in its folder."""
+    if ret.status == JobStatus.FAILED:
+        exc, text = ret._return_value, str(ret._return_value).strip()
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+    if isinstance(value, dict) and value.get("held"):
+        return "skipped: another live process is running this config; rerun when it has finished"
+    try:
+        folder = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
+        recorded = json.loads((folder / JOB_STATUS).read_text())
+    except (AttributeError, OSError, ValueError):
+        recorded = {}
+    return str(recorded.get("detail") or "the job returned no finite mean CV RMSE")
+
+
+def report_failures(outcome: Outcome) -> None:
+    """Like a failed grid sweep: the failed trials, one line each, and exit 1."""
+    lines = "\n".join(f"  {line}" for line in outcome.failures)
+    print(f"ftsweep: error: {outcome.failed} of {outcome.told} trial(s) of this run failed; fix what they say and "
+          f"rerun the same command: the study goes on, failed trials are not counted:\n{lines}", file=sys.stderr)
+    sys.exit(1)
 
 
 def open_search(settings: Settings) -> optuna.Study:
@@ -251,13 +341,14 @@ def open_search(settings: Settings) -> optuna.Study:
     known = settings.study_name in optuna.study.get_all_study_names(storage)
     existing = optuna.load_study(study_name=settings.study_name, storage=storage) if known else None
     sampler = make_sampler(settings.sampler, len(existing.trials) if existing is not None else 0)
-    study = open_study(settings.study_name, storage, settings.direction, sampler=sampler)
-    return study
+    return open_study(settings.study_name, storage, settings.direction, sampler=sampler)
 
 
-def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config_loader, launch: Launch,
+def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config_loader, launcher: Launcher,
            default_study: str) -> Outcome:
-    """The whole search; a setting, key or value that cannot work is one line and exit 2 here."""
+    """The whole search; a setting, key or value that cannot work is one line and exit 2 here;
+    failed trials are listed at the end, exit 1."""
+    from ftsweep.cv.pipeline import load_data
     from ftsweep.search.summary import summarize
 
     compose = composer(config_loader, config)
@@ -266,14 +357,14 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
         settings = Settings.read(sweeper, shared, default_study)
         check_pruner(sweeper.get("pruner"))
         _check_extension(settings.custom_search_space)
+        rows = load_data(shared).fingerprint  # bad data stops here, before any trial
         study = open_search(settings)
-    except FtsweepError as exc:
-        print(f"ftsweep: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    try:
-        outcome = run_trials(study, space, settings, launch, config)
+        bind(study, settings.storage, rows, space.fixed)
+        outcome = run_trials(study, space, settings, launcher, config)
     except FtsweepError as exc:
         print(f"ftsweep: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     summarize(study, space, settings, shared, compose, Path(config.hydra.sweep.dir) / "search")
+    if outcome.failed:
+        report_failures(outcome)
     return outcome

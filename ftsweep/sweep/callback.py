@@ -99,9 +99,15 @@ def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, li
             record = {}
         if record.get("sweep") == sweep_id:
             outcomes.setdefault(record["status"], []).append(f"{job_dir.name}: {record.get('detail', '')}".rstrip(": "))
-        elif (job_dir / ".hydra").stat().st_mtime >= started:
+        elif _written_at(job_dir / ".hydra") >= started:
             outcomes["failed"].append(f"{job_dir.name}: the job ended without a result (its process died)")
     return outcomes
+
+
+def _written_at(hydra_dir: Path) -> float:
+    """When the job last wrote its .hydra files: a reused sweep folder gets them rewritten in
+    place, which leaves the folder's own mtime at the earlier sweep's."""
+    return max((p.stat().st_mtime for p in (hydra_dir, *hydra_dir.iterdir())), default=0.0)
 
 
 def _sweeper_prints_own_summary(config: DictConfig) -> bool:
@@ -113,6 +119,16 @@ def _sweeper_prints_own_summary(config: DictConfig) -> bool:
         return bool(getattr(get_class(target), "prints_own_summary", False)) if target else False
     except Exception:  # noqa: BLE001 (an unimportable sweeper never got this far)
         return False
+
+
+def _check_sweep_dir(folder: Path) -> None:
+    from ftsweep.errors import ConfigError
+    from ftsweep.files import folder_problem
+
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ConfigError(f"hydra.sweep.dir={folder}: {problem}; point hydra.sweep.dir (or paths.output_root) "
+                          f"at a writable folder.")
 
 
 class SweepCallback(Callback):
@@ -128,6 +144,7 @@ class SweepCallback(Callback):
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
         self.started = time.time() - 1.0
         try:
+            _check_sweep_dir(Path(str(config.hydra.sweep.dir)))  # Hydra would fail there in a traceback
             Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
         except FtsweepError as exc:  # Hydra would only warn and start every job against a broken store
             print(f"ftsweep: error: {exc}", file=sys.stderr)

@@ -43,7 +43,7 @@ def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict
                  "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}",
                                       f"transformers=={transformers.__version__}",
                                       "safetensors", "pandas", "omegaconf", "numpy"]}
-        uri = tracker.log_pyfunc(parent, model, cfg.tracking.get("register_as") or None)
+        uri = tracker.log_pyfunc(parent, model)
     log.info("logged the %d-fold ensemble as an MLflow model: %s", len(fold_runs), uri)
     return uri
 

@@ -10,9 +10,10 @@ artifacts) -> pruned() or finish() (the summary, the CV model, FINISHED).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import shlex
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.data.loading import ID, TARGET, TEXT
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat
+from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
 from ftsweep.model.checkpoints import MODEL_FOLDER
 from ftsweep.tracking.describe import run_description
 from ftsweep.tracking.keys import config_key, flatten, git_commit, row_key, setup_key, source_tags
@@ -55,6 +56,7 @@ class CvResult:
     link: str = ""  # the experiment's runs in the MLflow UI
     held_by: str | None = None  # another live process is running this unit: nothing was run here
     pruned_at: int | None = None  # a search's pruner stopped the run after this fold
+    registry_error: str | None = None  # the run FINISHED, but tracking.register_as failed (how to retry it)
 
     def mean(self, attr: str = "rmse_best") -> float:
         return float(np.mean([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
@@ -142,7 +144,7 @@ class RunRecorder:
         parent = self.parent
         self._open = [parent]
         try:
-            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: f"{time.time():.0f}"})):
+            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: beat()})):
                 if self.created:
                     self._log_parent()
                 yield
@@ -218,11 +220,29 @@ class RunRecorder:
         the fold weights as one pyfunc model; then FINISHED."""
         result.rmse_oof = self._log_summary(result)
         if model is not None:
-            log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, *model, self.data.frame[TEXT].tolist())
+            uri = log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, *model, self.data.frame[TEXT].tolist())
+            result.registry_error = self._register(uri)
         if not self.created:  # a resumed run that a pruner had stopped is whole now
             self.tracker.delete_tag(self.parent, PRUNED_TAG)
         self.tracker.finish(self.parent, "FINISHED")
         self._open.remove(self.parent)
+
+    def _register(self, model_uri: str) -> str | None:
+        """tracking.register_as: a registry that refuses (no registry on the server, no permission) must
+        not turn finished folds into a failed run; the message says how to register the model later."""
+        name = self.cfg.tracking.get("register_as")
+        if not name:
+            return None
+        try:
+            version = self.tracker.register_model(model_uri, name)
+        except Exception as exc:  # noqa: BLE001 (MLflow and REST errors alike)
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            later = (f"import mlflow; mlflow.set_tracking_uri({json.dumps(self.tracker.uri)}); "
+                     f"mlflow.register_model({json.dumps(model_uri)}, {json.dumps(name)})")
+            return (f"the CV run {self.parent} finished and is kept, but registering its model as {name!r} failed "
+                    f"({reason}); register it later: python -c {shlex.quote(later)}")
+        log.info("registered %s as version %s of model %r", model_uri, version, name)
+        return None
 
     def _log_summary(self, result: CvResult) -> float:
         frame = self.data.frame
@@ -246,7 +266,8 @@ class RunRecorder:
             try:
                 self.tracker.finish(run_id, status, reason)
             except Exception as exc:  # noqa: BLE001
-                log.warning("could not mark run %s %s: %s", run_id, status, str(exc).splitlines()[0][:200])
+                log.warning("could not mark run %s %s (the next run against this store marks it KILLED): %s",
+                            run_id, status, str(exc).splitlines()[0][:200])
         self._open = []
 
     def _unclaimed(self, unit: Claim) -> CvResult:

@@ -25,11 +25,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.files import folder_problem
 from ftsweep.locks import sqlite_path, store_lock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between ftsweep's own lines
+# MLflow's SQL store logs every SQLAlchemy error with its traceback before raising it (a full disk: six
+# tracebacks; a locked SQLite file that _retry waits out: one per try). ftsweep reports the raised error
+# in one line; FTSWEEP_DEBUG=1 shows them all.
+if os.environ.get("FTSWEEP_DEBUG", "") in ("", "0"):
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 MAX_METRICS, MAX_PARAMS = 1000, 100
 # A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after.
 STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "ftsweep.study", "ftsweep.trial", "ftsweep.pruned"
@@ -63,13 +69,10 @@ def normalize_uri(uri: str) -> str:
 
 
 def _check_sqlite_file(db: Path) -> None:
-    try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next((p for p in db.parents if p.exists()), None)
-        why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else exc.strerror
-        raise FtsweepError(f"cannot create the MLflow store's folder {db.parent} ({why}); "
-                           f"point tracking.uri=sqlite:///... at a writable folder.") from None
+    problem = folder_problem(db.parent)  # creates the folder; the lock file and SQLite's journal go there too
+    if problem is not None:
+        raise FtsweepError(f"cannot keep the MLflow store in {db.parent} ({problem}); "
+                           f"point tracking.uri=sqlite:///... at a writable folder.")
     if db.is_dir():
         raise FtsweepError(f"the MLflow store {db} is a folder; name a file: tracking.uri=sqlite:///{db}/mlflow.db")
     if db.exists() and db.stat().st_size > 0:
@@ -77,8 +80,6 @@ def _check_sqlite_file(db: Path) -> None:
             if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                 raise FtsweepError(f"{db} is not an SQLite database; point tracking.uri at another file "
                                    f"(or remove it if it is not yours to keep).")
-    if not os.access(db.parent, os.W_OK):
-        raise FtsweepError(f"cannot write to {db.parent}; point tracking.uri=sqlite:///... at a writable folder.")
 
 
 def _check_server(uri: str) -> None:
@@ -127,6 +128,18 @@ def _check_login(uri: str) -> None:
 
 
 @contextlib.contextmanager
+def _quiet_mlflow(level: int = logging.CRITICAL) -> Iterator[None]:
+    """MLflow's own lines below `level` (progress notes, logged tracebacks) would bury ftsweep's."""
+    logger = logging.getLogger("mlflow")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def _fluent(uri: str) -> Iterator:
     """MLflow's fluent API pointed at `uri` for a moment. set_tracking_uri also exports
     MLFLOW_TRACKING_URI, which later jobs of this process and its children would inherit."""
@@ -150,11 +163,17 @@ _LOCKED = ("database is locked", "database is busy")
 _DUPLICATE_ROW = ("UNIQUE constraint failed", "UniqueViolation", "duplicate key value", "Duplicate entry")
 
 
-def _quoted(value: str) -> str:
-    """A filter-string literal: MLflow takes '...' or "..." and no escapes, so the quote the value lacks."""
-    if "'" in value and '"' in value:
-        raise FtsweepError(f"cannot search MLflow for a value with both quote kinds: {value!r}")
-    return f'"{value}"' if "'" in value else f"'{value}'"
+def _tag_filter(tag: str, value: str) -> str:
+    """A filter string for runs whose `tag` equals `value`. MLflow's literals are '...' or "..."
+    without escapes (a backslash before the closing quote breaks them), so a value with both
+    quote kinds (a user's experiment name: it's "q") or a backslash is matched with LIKE, each
+    such character as the one-character wildcard `_`; the caller keeps the exact matches."""
+    if "\\" not in value and "'" not in value:
+        return f"tags.`{tag}` = '{value}'"
+    if "\\" not in value and '"' not in value:
+        return f'tags.`{tag}` = "{value}"'
+    pattern = value.replace("\\", "_").replace("'", "_").replace('"', "_")
+    return f"tags.`{tag}` LIKE '{pattern}'"
 
 
 def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = _LOCKED) -> T:
@@ -276,9 +295,15 @@ class Tracker:
 
     def runs_tagged(self, tag: str, value: str) -> list[Run]:
         """Runs of this experiment whose `tag` equals `value`, newest first."""
-        return _retry(lambda: self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}", max_results=5000,
+        runs = _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string=_tag_filter(tag, value), max_results=5000,
             order_by=["attributes.start_time DESC"]))
+        return [run for run in runs if run.data.tags.get(tag) == value]
+
+    def running_runs(self) -> list[Run]:
+        """Runs of this experiment that say RUNNING (some may have lost their process)."""
+        return _retry(lambda: self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000))
 
     def all_runs(self) -> list[Run]:
         """Every run of this experiment, newest first."""
@@ -316,23 +341,37 @@ class Tracker:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
         _retry(lambda: self.client.log_inputs(run_id, datasets=[entity]), transient=_LOCKED + _DUPLICATE_ROW)
 
-    def log_pyfunc(self, run_id: str, model: dict, register_as: str | None) -> str:
-        """Log an MLflow pyfunc model under the run (and register a new version); returns its URI.
+    def log_pyfunc(self, run_id: str, model: dict) -> str:
+        """Log an MLflow pyfunc model under the run; returns its URI.
         `model`: mlflow.pyfunc.log_model's python_model, artifacts, code_paths, signature, ..."""
-        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id):  # the only way to log a model to a run
-            info = mlflow.pyfunc.log_model(name=MODEL_NAME, registered_model_name=register_as, **model)
+        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_mlflow(logging.WARNING):
+            info = mlflow.pyfunc.log_model(name=MODEL_NAME, **model)  # start_run: the only way onto a run
         return info.model_uri
+
+    def register_model(self, model_uri: str, name: str) -> str:
+        """A new version of the registered model `name` (created if new); returns the version."""
+        with _fluent(self.uri) as mlflow, _quiet_mlflow():
+            return str(mlflow.register_model(model_uri, name).version)
 
     def download_model_files(self, run_id: str, path: str, folder: Path) -> Path | None:
         """Files of the run's logged model (runs:/<id>/model/<path>), downloaded and never loaded or
-        imported; None when the run has none (saved by an older ftsweep, or unfinished)."""
-        from mlflow.artifacts import download_artifacts
-
-        uri = f"runs:/{run_id}/{MODEL_NAME}/{path}"
-        try:
-            return Path(_retry(lambda: download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=self.uri)))
-        except (MlflowException, OSError):
+        imported; None when the run logged none (an older ftsweep, or an unfinished run)."""
+        outputs = self.get_run(run_id).outputs
+        models = [_retry(lambda i=out.model_id: self.client.get_logged_model(i))
+                  for out in (outputs.model_outputs if outputs is not None else [])]
+        models = [m for m in models if m.name == MODEL_NAME]
+        if not models:
             return None
+        newest = max(models, key=lambda m: m.creation_timestamp)
+        # By its artifact location: MLflow resolves runs:/.../model through a client of the global
+        # tracking URI, whatever it is passed (and a server's mlflow-artifacts:/ through that URI too).
+        with _fluent(self.uri) as mlflow:
+            try:
+                return Path(_retry(lambda: mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{newest.artifact_location.rstrip('/')}/{path}", dst_path=str(folder))))
+            except (MlflowException, OSError) as exc:
+                raise FtsweepError(f"cannot download {path} of the model of run {run_id} "
+                                   f"({str(exc).splitlines()[0][:200]}).") from None
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""

@@ -3,8 +3,9 @@
 A parent run RUNNING under a live owner is left alone; one whose owner died is
 taken over, and the runs it left RUNNING are marked KILLED. On a SQLite store the
 look-and-claim happens under a file lock, so two sweeps on one machine never take
-the same unit; on a server store the claim is written, then checked against rivals,
-and the younger claim backs off.
+the same unit; on a server store the claim is written, then checked against rivals
+after SETTLE_SECONDS: the younger of two new parents is deleted, and of two claims
+reopening one parent, the one whose owner tag was not written last backs off.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def claim(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[st
     """Take the unit for this process: reopen the previous parent (resume) or start a new one."""
     mine = owner_tags()
     with store_lock(tracker.uri) as exclusive:
+        close_orphans(tracker)
         state = inspect(tracker, key, folds) if resume else Claim("run", None, None)
         if state.state != "run":
             return state
@@ -62,6 +64,17 @@ def claim(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[st
 def _kill_stale(tracker: Tracker, previous: PreviousRun, keep: str) -> None:
     """Runs of this unit left RUNNING by a process that is gone (kill -9, a lost node)."""
     close_abandoned(tracker, [r for r in previous.running_folds + previous.parents if r.info.run_id != keep])
+
+
+def close_orphans(tracker: Tracker) -> None:
+    """Runs of any config that a dead process left RUNNING (kill -9, or a full disk that kept it from
+    closing them): owned parents whose owner is gone, and fold runs whose parent is no longer held.
+    Runs without ftsweep's owner tag (tables, summaries, other tools' runs) are left alone."""
+    running = tracker.running_runs()
+    held = {r.info.run_id for r in running if OWNER_TAG in r.data.tags and owner_alive(r.data.tags)}
+    orphans = [r for r in running if (OWNER_TAG in r.data.tags and r.info.run_id not in held)
+               or ("ftsweep.fold" in r.data.tags and r.data.tags.get("mlflow.parentRunId") not in held)]
+    close_abandoned(tracker, orphans)
 
 
 def close_abandoned(tracker: Tracker, runs: list) -> None:

@@ -1,13 +1,16 @@
 """One fold of fine-tuning in plain PyTorch: steps, evaluation cadence, best state, SWA.
 
 Knows nothing of Hydra or MLflow: metrics go to a `MetricSink` (the CV run's is
-tracking.sink.FoldSink) and progress to a `ProgressReporter`; both default to no-ops.
+tracking.sink.FoldSink), progress to a `ProgressReporter`, and the time of each phase
+(batching, forward/backward, optimizer, evaluation, host syncs, logging) to the runtime's
+`PhaseTimer` (a profiler's is train.phases.PhaseClock); all default to no-ops.
 Host syncs happen only at flush points (evaluations and every FLUSH_EVERY steps),
 never per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ftsweep.data.batching import Encoded, eval_batches, pad_batch, steps_per_epoch, train_batches
+from ftsweep.data.loading import rescale_hint
 from ftsweep.errors import TrainingError
 from ftsweep.model.param_groups import group_layers
 from ftsweep.train.schedule import LrSchedule, plan_steps
@@ -37,13 +41,30 @@ class FoldSplit:
     val_rows: np.ndarray
 
 
+class PhaseTimer(Protocol):
+    """Times named phases of a fold; `with timer.phase("optimizer"): ...`. Phases may nest."""
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager: ...
+
+
+class NullPhases:
+    """Times nothing: one shared no-op context, so an untimed step pays ~1 µs in all."""
+
+    _none = contextlib.nullcontext()
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        return self._none
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how a fold runs: device, autocast dtype (None: fp32) and the fold's seed."""
+    """Where and how a fold runs: device, autocast dtype (None: fp32), the fold's seed, and what
+    times its phases (a profiler's PhaseTimer; by default nothing)."""
 
     device: torch.device
     autocast_dtype: torch.dtype | None = None
     seed: int = 0
+    phases: PhaseTimer = field(default_factory=NullPhases, compare=False)
 
 
 class MetricSink(Protocol):
@@ -160,9 +181,10 @@ def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: i
     of one batch of 7 (a mean per micro-batch would count each of the 3 rows 4/3 times as much).
     """
     device, autocast_dtype = runtime.device, runtime.autocast_dtype
-    ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
-    if device.type == "cuda":
-        ids, mask = ids.pin_memory(), mask.pin_memory()
+    with runtime.phases.phase("batching"):
+        ids, mask = pad_batch(encoded, rows, int(tcfg.pad_to_multiple_of))
+        if device.type == "cuda":
+            ids, mask = ids.pin_memory(), mask.pin_memory()
     y = y_all[rows].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
@@ -171,58 +193,101 @@ def _backward(model: nn.Module, encoded: Encoded, rows: np.ndarray, step_rows: i
     return loss.detach()
 
 
+def non_finite_loss(loss: float, step: int, targets: np.ndarray, step_rows: int) -> TrainingError:
+    """The error for a NaN / inf loss: the target scale when a step's summed squared errors can
+    overflow float32 (errors up to twice the largest |target|), else the usual suspects."""
+    targets = np.asarray(targets, dtype=np.float64)
+    finite = np.abs(targets[np.isfinite(targets)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest > math.sqrt(float(np.finfo(np.float32).max) / step_rows) / 2:
+        return TrainingError(f"the training loss became {loss} at step {step}: the targets reach |y| = {largest:.3g}, "
+                             f"whose squared errors overflow float32 in a step of {step_rows} rows; "
+                             f"{rescale_hint(largest)}.")
+    return TrainingError(f"the training loss became {loss} at step {step}; lower the learning rate (model.lr), "
+                         f"keep trainer.grad_clip on, or try trainer.precision=fp32.")
+
+
+class _StepLog:
+    """Each step's loss (kept on the device) and per-layer rates, handed to the sink and progress at
+    flush points only: the one place the loop waits for the device."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, runtime: Runtime, hooks: tuple):
+        self.sink, self.progress, self.broken = hooks  # broken(loss, step) -> the error for a non-finite loss
+        self.layers = group_layers(optimizer)
+        self.first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in self.layers]
+        self.losses = torch.zeros(total_steps, device=runtime.device)
+        self.lr_rows: list[list[float]] = []
+        self.flushed = 0
+        self.phases = runtime.phases
+
+    def rates(self) -> None:
+        """The rates this step trains with (read before the scheduler moves them)."""
+        self.lr_rows.append([g["lr"] for g in self.first_group])
+
+    def flush(self, upto: int) -> None:
+        if upto <= self.flushed:
+            return
+        with self.phases.phase("host_sync"):  # waits for the GPU to finish every step queued so far
+            chunk = self.losses[self.flushed:upto].cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(chunk))
+        if bad.size:  # keep what was measured before it broke
+            self.sink.log_steps("train/loss", chunk[: bad[0]], self.flushed)
+            rates = np.asarray(self.lr_rows[: bad[0]], dtype=float).reshape(-1, len(self.layers))  # [steps, layers]
+            self.sink.log_lr(self.layers, rates, self.flushed)
+            raise self.broken(float(chunk[bad[0]]), self.flushed + int(bad[0]))
+        with self.phases.phase("logging"):
+            self.sink.log_steps("train/loss", chunk, self.flushed)
+            self.sink.log_lr(self.layers, np.asarray(self.lr_rows), self.flushed)
+            self.progress.trained(upto, float(chunk.mean()))
+        self.flushed, self.lr_rows = upto, []
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LrSchedule, step: int,
+                    swa_model: WeightAverager | None, clip: tuple | None) -> WeightAverager | None:
+    """Clip (clip: the parameters and their max norm), step, zero; once SWA is on, fold the new
+    weights into the average; then the schedule."""
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip[0], clip[1], foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if schedule.swa_active(step):
+        if swa_model is None:
+            swa_model = WeightAverager(model)
+        swa_model.update(model)
+    schedule.step()
+    return swa_model
+
+
 def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, split: FoldSplit,
              runtime: Runtime, sink: MetricSink | None = None, progress: ProgressReporter | None = None) -> FoldResult:
     """Train one fold; return best / last (/ SWA) RMSE and validation predictions. The best
     weights are kept (FoldResult.best_state) when trainer.save_models is on."""
-    tcfg = cfg.trainer
+    tcfg, phases, started = cfg.trainer, runtime.phases, time.perf_counter()
     sink, progress = sink or NullSink(), progress or NullProgress()
-    encoded, targets, train_rows, device = split.encoded, split.targets, split.train_rows, runtime.device
-    started = time.perf_counter()
-    plan = plan_steps(cfg, steps_per_epoch(len(train_rows), int(tcfg.batch_size)))
+    encoded, targets, train_rows = split.encoded, split.targets, split.train_rows
+    micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
+    plan = plan_steps(cfg, steps_per_epoch(len(train_rows), micro))
     schedule = LrSchedule(optimizer, cfg, plan)
-    layers = group_layers(optimizer)
-    first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in layers]
+    log = _StepLog(optimizer, plan.total_steps, runtime,
+                   (sink, progress, lambda loss, at: non_finite_loss(loss, at, targets, micro * accum)))
     evaluator = _Evaluator(split, tcfg, runtime, keep_best_state=bool(tcfg.get("save_models")))
     y_all = torch.tensor(np.asarray(targets), dtype=torch.float32)
     swa_model: WeightAverager | None = None
     rng = np.random.default_rng(runtime.seed)
-    losses = torch.zeros(plan.total_steps, device=device)
-    lr_rows: list[list[float]] = []
-    flushed = 0
     grad_clip = tcfg.get("grad_clip")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-
-    def flush(upto: int) -> None:
-        nonlocal flushed, lr_rows
-        if upto <= flushed:
-            return
-        chunk = losses[flushed:upto].cpu().numpy()
-        bad = np.flatnonzero(~np.isfinite(chunk))
-        if bad.size:
-            sink.log_steps("train/loss", chunk[: bad[0]], flushed)  # keep what was measured before it broke
-            sink.log_lr(layers, np.asarray(lr_rows[: bad[0]]), flushed)
-            raise TrainingError(
-                f"the training loss became {chunk[bad[0]]} at step {flushed + bad[0]}; lower the learning rate "
-                f"(model.lr), keep trainer.grad_clip on, or try trainer.precision=fp32."
-            )
-        sink.log_steps("train/loss", chunk, flushed)
-        sink.log_lr(layers, np.asarray(lr_rows), flushed)
-        progress.trained(upto, float(chunk.mean()))
-        flushed, lr_rows = upto, []
+    clip = ([p for g in optimizer.param_groups for p in g["params"]], float(grad_clip)) if grad_clip else None
 
     def evaluate(step: int) -> np.ndarray:
-        flush(step)
-        target = swa_model.module if swa_model is not None else model
-        score, pred = evaluator(target, step)
-        sink.log_steps("val/rmse", np.array([score]), step)
-        progress.evaluated(step, score, evaluator.best)
+        log.flush(step)
+        with phases.phase("evaluation"):
+            score, pred = evaluator(swa_model.module if swa_model is not None else model, step)
+        with phases.phase("logging"):
+            sink.log_steps("val/rmse", np.array([score]), step)
+            progress.evaluated(step, score, evaluator.best)
         return pred
 
     model.train()
-    step = 0
-    last_eval_step, last_pred = -1, None
-    micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
+    step, last_eval_step, last_pred = 0, -1, None
     for epoch in range(int(tcfg.epochs)):
         # Each optimizer step's rows are drawn as one batch of batch_size x grad_accum_steps (same order
         # as without accumulation), then run as micro-batches; the epoch's last, smaller batch steps too.
@@ -230,41 +295,25 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
         for i, rows in enumerate(batches):
             if step >= plan.total_steps:
                 break
-            lr_rows.append([g["lr"] for g in first_group])
-            losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg, runtime)
-                               for k in range(0, len(rows), micro))
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, float(grad_clip), foreach=True)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule.swa_active(step):
-                if swa_model is None:
-                    swa_model = WeightAverager(model)
-                swa_model.update(model)
-            schedule.step()
+            log.rates()
+            with phases.phase("forward_backward"):
+                log.losses[step] = sum(_backward(model, encoded, rows[k : k + micro], len(rows), y_all, tcfg,
+                                                 runtime) for k in range(0, len(rows), micro))
+            with phases.phase("optimizer"):
+                swa_model = _optimizer_step(model, optimizer, schedule, step, swa_model, clip)
             step += 1
-            last_in_epoch = i == len(batches) - 1 or step == plan.total_steps
-            if _eval_due(cfg, epoch, i + 1, last_in_epoch):
+            if _eval_due(cfg, epoch, i + 1, i == len(batches) - 1 or step == plan.total_steps):
                 last_pred, last_eval_step = evaluate(step), step
-            elif step - flushed >= FLUSH_EVERY:
-                flush(step)
+            elif step - log.flushed >= FLUSH_EVERY:
+                log.flush(step)
         if step >= plan.total_steps:
             break
-
     if last_eval_step != step:
         last_pred = evaluate(step)  # the final weights are always scored once
     last = rmse(last_pred, evaluator.targets)
     if swa_model is not None:
         model.load_state_dict(swa_model.module.state_dict())  # the fold's model is the average
-    return FoldResult(
-        rmse_best=evaluator.best,
-        rmse_last=last,
-        rmse_swa=last if swa_model is not None else None,
-        pred_best=evaluator.best_pred,
-        pred_last=last_pred,
-        best_step=evaluator.best_step,
-        steps=step,
-        evaluations=evaluator.count,
-        seconds=time.perf_counter() - started,
-        best_state=evaluator.best_state,
-    )
+    return FoldResult(rmse_best=evaluator.best, rmse_last=last, rmse_swa=last if swa_model is not None else None,
+                      pred_best=evaluator.best_pred, pred_last=last_pred, best_step=evaluator.best_step, steps=step,
+                      evaluations=evaluator.count, seconds=time.perf_counter() - started,
+                      best_state=evaluator.best_state)

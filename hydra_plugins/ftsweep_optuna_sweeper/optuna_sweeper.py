@@ -26,10 +26,22 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from ftsweep.search.sweeper import search
+        from ftsweep.search.sweeper import Launcher, search
         from ftsweep.sweep.callback import EXPERIMENT_ENV
 
         assert self.config is not None
+        launcher = Launcher(lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
+                            concurrent=concurrent_launches(self.launcher))
         return search(self.config.hydra.sweeper, list(arguments), self.config, self.hydra_context.config_loader,
-                      lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
-                      default_study=os.environ.get(EXPERIMENT_ENV, "search"))
+                      launcher, default_study=os.environ.get(EXPERIMENT_ENV, "search"))
+
+
+def concurrent_launches(launcher: Any) -> bool:
+    """Launchers whose launch() may be called from several threads at once, each call running its
+    jobs in other processes: joblib (loky workers; n_jobs=1 would run the job in the calling
+    thread) and submitit (local processes or SLURM jobs, a new executor per call). Any other
+    launcher gets its trials in batches, as launch() was written for."""
+    names = {cls.__name__ for cls in type(launcher).__mro__}
+    if "JoblibLauncher" in names:
+        return getattr(launcher, "joblib", {}).get("n_jobs", -1) != 1
+    return "BaseSubmititLauncher" in names

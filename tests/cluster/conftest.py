@@ -1,5 +1,6 @@
 """The services of `make cluster-up`: a single-node SLURM cluster (with accounting) and an
-MLflow server backed by PostgreSQL. Tests here run only through `make test-cluster`."""
+MLflow server backed by PostgreSQL. Tests here run only through `make test-cluster`; they skip
+when the services are not usable, and fail instead under FTSWEEP_REQUIRE_CLUSTER=1 (CI)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cluster_unusable, run_cli
 
 STATE = Path(os.environ.get("FTSWEEP_CLUSTER_STATE", "/var/lib/ftsweep-cluster"))
 
@@ -81,10 +82,10 @@ class Cluster:
 def cluster() -> Cluster:
     env_file = STATE / "cluster.env"
     if not env_file.exists():
-        pytest.skip(f"the cluster is not up ({env_file} missing): run `make cluster-up` as root first")
+        cluster_unusable(f"the cluster is not up ({env_file} missing): run `make cluster-up` as root first")
     values = _read_env(env_file)
     if "FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE" not in values:
-        pytest.fail(f"{env_file} names no MLflow login (a cluster-up before basic auth): rerun `make cluster-up`")
+        cluster_unusable(f"{env_file} names no MLflow login (a cluster-up before basic auth): rerun `make cluster-up`")
     # The server is behind basic auth: children get the login in their environment, this process
     # (its MlflowClient calls) in os.environ.
     login = {"MLFLOW_TRACKING_USERNAME": values["MLFLOW_TRACKING_USERNAME"],
@@ -97,9 +98,9 @@ def cluster() -> Cluster:
         urllib.request.urlopen(f"{found.uri}/health", timeout=5)
         nodes = found.slurm("sinfo", "-h", "-N", "-o", "%T").split()
     except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"the cluster is not up ({exc}): run `make cluster-up` as root first")
+        cluster_unusable(f"the cluster is not up ({exc}): run `make cluster-up` as root first")
     if not any(state in ("idle", "mixed", "allocated") for state in nodes):
-        pytest.skip(f"the SLURM node is not usable (state {nodes}): run `make cluster-up` as root")
+        cluster_unusable(f"the SLURM node is not usable (state {nodes}): run `make cluster-up` as root")
     return found
 
 

@@ -10,14 +10,14 @@ import pytest
 from optuna.trial import TrialState
 
 from .conftest import experiment_runs, unique
-from conftest import TINY
+from conftest import TINY, cluster_unusable
 
 pytestmark = pytest.mark.cluster
 
 
 def test_parallel_trials_through_slurm_into_a_postgresql_study(cluster, tmp_path):
     if not cluster.study_storage:
-        pytest.skip("cluster.env has no FTSWEEP_CLUSTER_STUDY_STORAGE: rerun `make cluster-up`")
+        cluster_unusable("cluster.env has no FTSWEEP_CLUSTER_STUDY_STORAGE: rerun `make cluster-up`")
     name = unique("search")
     args = ["-m", "hydra/sweeper=optuna", "optimizer=llrd", "model.lr=tag(log, interval(1e-5, 3e-4))",
             "reinit.n=range(0, 3)", *TINY, "cv.n_folds=3", "data.max_rows=48", f"tracking.experiment={name}",

@@ -1,0 +1,241 @@
+"""The command line, checked before Hydra starts: an override it cannot read, a key or
+config group option that does not exist, a sweep without -m, the Optuna sweeper without
+Optuna. Hydra prints each in several lines (or a traceback) and exits 1; here each is one
+line naming what was typed and the closest valid key or option (exit 2 in jobs.py).
+
+The config is composed once up front with Hydra's own loader (~0.2 s): the same errors
+Hydra would raise, with what the user typed at hand to explain them. For a multirun, each
+sweep stands for its first value (an interval for its lower bound), and a sweep over a
+config group's options is composed once per option, since a key may exist in only some.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, ValueType
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ftsweep.config.checks import CONF_DIR
+from ftsweep.errors import ConfigError
+
+Compose = Callable[[list[str]], DictConfig]  # overrides -> the config, with its hydra node
+LIST_KEYS_AT = 10  # a group of at most this many keys is listed when no key is close to a typo
+
+
+def check(argv: list[str], config_name: str) -> None:
+    """Raise ConfigError for the first thing on the command line that Hydra would refuse."""
+    from hydra._internal.utils import get_args_parser
+
+    from ftsweep.jobs import unreadable_override
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    texts = list(args.overrides or [])
+    plain = OverridesParser.create()
+    for text in texts:
+        try:
+            plain.parse_overrides([text])
+        except HydraException as exc:
+            raise ConfigError(unreadable_override(text, exc)) from None
+    if args.help or args.hydra_help or args.shell_completion or args.info or args.config_path is not None:
+        return  # Hydra's own screens, or another primary config folder: Hydra reports those itself
+    loader = _loader(args.config_dir)
+    name = args.config_name or config_name
+
+    def compose(overrides: list[str]) -> DictConfig:
+        return loader.load_configuration(name, overrides, RunMode.RUN)
+
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(texts)
+    jobs = _first_job(parsed)
+    cfg = compose_or_explain(compose, loader, jobs, texts)
+    multirun = bool(args.multirun) or cfg.hydra.get("mode") == RunMode.MULTIRUN
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    if sweeps and not multirun:
+        raise ConfigError(_needs_multirun(sweeps[0]))
+    for i, override in enumerate(parsed):  # a key of one option may be missing from another
+        if override.is_discrete_sweep() and override.key_or_group in cfg.hydra.runtime.choices:
+            for value in list(override.sweep_string_iterator())[1:]:
+                job = [*jobs[:i], f"{override.get_key_element()}={value}", *jobs[i + 1:]]
+                compose_or_explain(compose, loader, job, texts)
+    if multirun and "optuna" in str(cfg.hydra.sweeper.get("_target_") or ""):
+        try:
+            import optuna  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"hydra/sweeper=optuna needs Optuna, which cannot be imported here ({exc}); "
+                              f"install it: pip install 'optuna>=4,<6'.") from None
+
+
+def _loader(config_dir: str | None):
+    """Hydra's config loader as @hydra.main builds it: conf/, and --config-dir in front."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    search_path = create_config_search_path(f"file://{CONF_DIR}")
+    if config_dir is not None:
+        folder = os.path.abspath(config_dir)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--config-dir {config_dir}: no such folder.")
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    return ConfigLoaderImpl(config_search_path=search_path)
+
+
+def _first_job(parsed: list[Override]) -> list[str | None]:
+    """Each override as one job would get it: a sweep stands for its first value (None: left out)."""
+    jobs: list[str | None] = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            jobs.append(override.input_line)
+        elif override.is_interval_sweep():
+            jobs.append(f"{override.get_key_element()}={override.value().start!r}")
+        else:
+            try:
+                jobs.append(f"{override.get_key_element()}={next(override.sweep_string_iterator())}")
+            except (StopIteration, HydraException):  # an empty range, a glob that matches nothing
+                jobs.append(None)
+    return jobs
+
+
+def _needs_multirun(override: Override) -> str:
+    key = override.get_key_element()
+    simple = override.value_type == ValueType.SIMPLE_CHOICE_SWEEP
+    as_list = f"; for one list value write {key}=[{override.get_value_string()}]" if simple else ""
+    return f"{override.input_line} is a sweep: add -m to run one job per value (or a search){as_list}."
+
+
+def compose_or_explain(compose: Compose, loader, jobs: Sequence[str | None], typed: Sequence[str]) -> DictConfig:
+    """compose(jobs), or ConfigError with Hydra's complaint as one line. `typed[i]`: what the user
+    wrote for jobs[i] (a sweep composed as one of its values is named as written)."""
+    kept = [(job, text) for job, text in zip(jobs, typed, strict=True) if job is not None]
+    try:
+        return compose([job for job, _ in kept])
+    except Exception as exc:  # noqa: BLE001 (Hydra's loader: every error it raises is the user's one line)
+        raise ConfigError(explain(exc, [job for job, _ in kept], compose, loader, [text for _, text in kept])) from None
+
+
+def explain(exc: Exception, overrides: list[str], compose: Compose, loader, typed: Sequence[str] | None = None) -> str:
+    """Hydra's composition error in one line, without its advice to add `+` (a key added that
+    way is one nothing reads) and without echoing every override."""
+    typed = list(typed) if typed is not None else overrides
+    message = str(exc).strip()
+    first = message.splitlines()[0] if message else type(exc).__name__
+    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
+        return _missing_option(exc.missing_cfg_file, list(exc.options), overrides, typed)
+    if found := re.match(r"Could not override '([^'@]+)'\. No match in the defaults list", message):
+        shown = _typed(found.group(1), overrides, typed)
+        return f"{shown}: {found.group(1)} is not in the defaults list; add it with +{shown.lstrip('+')}."
+    if found := re.match(r"Could not override '([^'@]+)'\.", message):
+        key = found.group(1)
+        full = str(getattr(exc.__cause__, "full_key", "") or "")
+        return _unknown_key(full if full.startswith(key + ".") else key, key, overrides, compose, loader, typed)
+    if found := re.match(r"Could not delete from config\. '([^']+)' does not exist", message):
+        return _unknown_key(found.group(1), found.group(1), overrides, compose, loader, typed)
+    if found := re.match(r"Could not append to config\. An item is already at '([^']+)'", message) or \
+            re.match(r"Multiple values for ([^ ]+?)\.? To override", message):
+        shown = _typed(found.group(1), overrides, typed)
+        return f"{shown}: {found.group(1)} is already in the config; drop the + ({shown.lstrip('+')})."
+    cause = str(exc.__cause__ or "").strip().splitlines()
+    return f"cannot compose the config: {first}" + (f" ({cause[0]})" if cause else "")
+
+
+def _typed(key: str, overrides: list[str], typed: Sequence[str]) -> str:
+    """What the user wrote for `key` (an override's key, without +, ~ or @package)."""
+    for override, text in zip(overrides, typed, strict=True):
+        if override.split("=", 1)[0].lstrip("+~").split("@", 1)[0] == key:
+            return text
+    return key
+
+
+def _missing_option(missing: str, options: list[str], overrides: list[str], typed: Sequence[str]) -> str:
+    group, _, value = missing.rpartition("/")
+    shown = _typed(group, overrides, typed)
+    ordered = difflib.get_close_matches(value, options, n=len(options), cutoff=0.0)
+    ordered += sorted(set(options) - set(ordered))
+    near = difflib.get_close_matches(value, options, n=1)
+    hint = f" (did you mean {group}={near[0]}?)" if near else ""
+    return f"{shown}: {group} has no option {value!r}{hint}; its options, closest first: {', '.join(ordered)}."
+
+
+def _unknown_key(key: str, overridden: str, overrides: list[str], compose: Compose, loader,
+                 typed: Sequence[str]) -> str:
+    """A key the composed config lacks: another option of its group may have it; else the closest key."""
+    shown = _typed(overridden, overrides, typed)
+    rest = [o for o, t in zip(overrides, typed, strict=True) if t != shown]
+    try:
+        cfg = compose(rest)
+    except Exception:  # noqa: BLE001 (a second problem: name the first without a suggestion)
+        return f"unknown key {key} in {shown}."
+    elsewhere = _options_with_key(cfg, key, loader)
+    if elsewhere is not None:
+        group, choice, having = elsewhere
+        names = ", ".join(f"{group}={o}" for o in having)
+        return f"{shown}: {group}={choice} has no key {key[len(group) + 1:]}; {names} {'has' if len(having) == 1 else 'have'} it."
+    keys = flat_keys(cfg.hydra if key.startswith("hydra.") else cfg, "hydra." if key.startswith("hydra.") else "")
+    parts = key.split(".")
+    for ancestor in (".".join(parts[:n]) for n in range(1, len(parts))):
+        if ancestor in keys and not any(k.startswith(ancestor + ".") for k in keys):
+            return f"unknown key {key} in {shown}: {ancestor} is a value, not a group of keys."
+    near = closest(key, keys)
+    if near is not None:
+        return f"unknown key {key} in {shown}: did you mean {near}?"
+    parent = key.rpartition(".")[0]
+    siblings = sorted(k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent)
+    if parent and 0 < len(siblings) <= LIST_KEYS_AT:
+        return f"unknown key {key} in {shown}: {parent} has {', '.join(siblings)}."
+    where = "hydra" if key.startswith("hydra.") else "job"
+    return f"unknown key {key} in {shown}: no key is close (python -m ftsweep --cfg {where} lists them)."
+
+
+def _options_with_key(cfg: DictConfig, key: str, loader) -> tuple[str, str, list[str]] | None:
+    """(group, its chosen option, the other options that set `key`) when `key` belongs to a config
+    group whose chosen option lacks it and other options have it (optimizer.layer_decay: llrd)."""
+    groups = [g for g, c in cfg.hydra.runtime.choices.items() if c is not None and key.startswith(g.replace("/", ".") + ".")]
+    if not groups:
+        return None
+    group = max(groups, key=len)
+    choice = str(cfg.hydra.runtime.choices[group])
+    path = key[len(group) + 1:].split(".")
+    having = []
+    for option in loader.get_group_options(group):
+        found = loader.repository.load_config(f"{group}/{option}") if option != choice else None
+        if found is not None and found.header.get("package") in (None, "", "_group_") and _has(found.config, path):
+            having.append(option)
+    return (group.replace("/", "."), choice, having) if having else None
+
+
+def _has(node, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(node, DictConfig) or part not in node.keys():  # keys(): `???` and null count
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def flat_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of the config as a dotted path, interpolations left unresolved."""
+    keys = []
+    for key in node.keys():
+        path, child = f"{prefix}{key}", node._get_node(key)
+        keys.append(path)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none() \
+                and not child._is_interpolation():
+            keys.extend(flat_keys(child, path + "."))
+    return keys
+
+
+def closest(key: str, keys: Sequence[str]) -> str | None:
+    """The valid key nearest to a typo: among its siblings when its parent exists (trainer.epoch ->
+    trainer.epochs), else among every path but its own ancestors (trainr.epochs -> trainer.epochs)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent]
+    if siblings:
+        near = difflib.get_close_matches(leaf, siblings, n=1)
+        return (f"{parent}.{near[0]}" if parent else near[0]) if near else None
+    near = difflib.get_close_matches(key, [k for k in keys if not key.startswith(k + ".")], n=1)
+    return near[0] if near else None

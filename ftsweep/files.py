@@ -1,0 +1,44 @@
+"""Can ftsweep write there? Tried, not asked: as root, os.access says yes to /proc, where
+nothing can be created, and a path under a regular file fails only when it is used."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def _blocker(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is a file (a folder cannot be made under it)."""
+    found = next((p for p in path.parents if p.exists()), None)
+    return found if found is not None and not found.is_dir() else None
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created if missing), or None when they can."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = _blocker(folder)
+        return f"{blocker} is a file" if blocker is not None else f"cannot create it: {exc.strerror or exc}"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ftsweep-write-test-"):
+            pass
+    except OSError as exc:
+        return f"cannot write in it: {exc.strerror or exc}"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be written, or None; a file made to find out is removed again."""
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        blocker = _blocker(path)
+        return f"{blocker} is a file" if blocker is not None else exc.strerror or str(exc)
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None

@@ -1,0 +1,167 @@
+"""Hydra's own refusals (an unknown key or option, a sweep without -m, the Optuna sweeper without
+Optuna, a sweep folder that cannot be made) in one line and exit 2, before any job."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from ftsweep.config.command_line import check, closest
+from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.search.sweeper import build_space, composer
+from ftsweep.sweep.callback import EXPERIMENT_ENV, SWEEP_ID_ENV, SWEPT_ENV, SweepCallback
+
+from conftest import CONF, TINY, at_once, run_cli
+
+REFUSED = [
+    (["trainer.epoch=3"], "unknown key trainer.epoch in trainer.epoch=3: did you mean trainer.epochs?"),
+    (["model.lrr=1e-4"], "unknown key model.lrr in model.lrr=1e-4: did you mean model.lr?"),
+    (["trainr.epochs=2"], "unknown key trainr.epochs in trainr.epochs=2: did you mean trainer.epochs?"),
+    (["~trainer.seeed"], "unknown key trainer.seeed in ~trainer.seeed: did you mean trainer.seed?"),
+    (["trainer.epochs.x=1"], "unknown key trainer.epochs.x in trainer.epochs.x=1: trainer.epochs is a value, not a group of keys."),
+    (["zzzz=1"], "unknown key zzzz in zzzz=1: no key is close (python -m ftsweep --cfg job lists them)."),
+    (["optimizer=foo"], "optimizer=foo: optimizer has no option 'foo'; its options, closest first: grouped_llrd, llrd, adamw."),
+    (["optimizer=llrdd"], "optimizer=llrdd: optimizer has no option 'llrdd' (did you mean optimizer=llrd?); its options, "
+                          "closest first: llrd, grouped_llrd, adamw."),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.pruner.foo=1"],
+     "unknown key hydra.sweeper.pruner.foo in hydra.sweeper.pruner.foo=1: hydra.sweeper.pruner has _target_, "
+     "interval_steps, n_startup_trials, n_warmup_steps."),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=3"],
+     "unknown key hydra.sweeper.n_trial in hydra.sweeper.n_trial=3: did you mean hydra.sweeper.n_trials?"),
+    # a sweep is named as typed, though composed as its first value / lower bound
+    (["-m", "hydra/sweeper=optuna", "model.lrr=tag(log, interval(1e-5, 1e-4))"],
+     "unknown key model.lrr in model.lrr=tag(log, interval(1e-5, 1e-4)): did you mean model.lr?"),
+    # a key that only some options of a swept group have: every option is composed, not just the first
+    (["-m", "optimizer=llrd,adamw", "optimizer.layer_decay=0.9"],
+     "optimizer.layer_decay=0.9: optimizer=adamw has no key layer_decay; optimizer=llrd has it."),
+    (["-m", "hydra/sweeper=optuna", "optimizer=choice(adamw, llrd)", "optimizer.layer_decay=interval(0.8, 0.95)"],
+     "optimizer.layer_decay=interval(0.8, 0.95): optimizer=adamw has no key layer_decay; optimizer=llrd has it."),
+    (["reinit.n=0,1"], "reinit.n=0,1 is a sweep: add -m to run one job per value (or a search); for one list value "
+                       "write reinit.n=[0,1]."),
+    (["model.lr=interval(1e-5, 1e-4)"], "model.lr=interval(1e-5, 1e-4) is a sweep: add -m to run one job per value "
+                                        "(or a search)."),
+    (["sweep=table1"], "sweep=table1: sweep is not in the defaults list; add it with +sweep=table1."),
+    (["+trainer.epochs=3"], "+trainer.epochs=3: trainer.epochs is already in the config; drop the + (trainer.epochs=3)."),
+    (["--cfg", "job", "head.typ=cls"], "unknown key head.typ in head.typ=cls: did you mean head.type?"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), REFUSED)
+def test_what_hydra_refuses_is_one_line_with_the_closest_key(argv, message):
+    with pytest.raises(ConfigError) as err:
+        check(argv, "config")
+    assert str(err.value) == message
+    assert "To append" not in message and "+model" not in message  # Hydra's advice, ignored by other options
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["-m", "reinit.n=0,1", "optimizer=adamw,llrd,grouped_llrd"], ["+trainer.epoch=3"],  # `+`: checks.py's job
+    ["-m", "+sweep=table1"], ["-m", "experiment=glob(*)"], ["--help", "trainer.epoch=3"],
+    ["-m", "hydra/sweeper=optuna", "model.lr=tag(log, interval(1e-5, 1e-4))", "reinit.n=range(0, 3)"],
+    ["+sweep=search_llrd", "optimizer.layer_decay=0.8"],
+    ["-m", "reinit.n=range(5, 0)", "optimizer=llrd,grouped_llrd"],  # a sweep with no value beside a swept group
+])
+def test_valid_command_lines_pass(argv):
+    check(argv, "config")
+
+
+def test_the_extra_config_dir_is_searched(tmp_path):
+    (tmp_path / "hparams_search").mkdir()
+    (tmp_path / "hparams_search" / "fast.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 1\n")
+    check(["--config-dir", str(tmp_path), "+hparams_search=fast"], "config")
+    with pytest.raises(ConfigError, match=r"^\+hparams_search=slow: hparams_search has no option 'slow'; .*: fast\.$"):
+        check(["--config-dir", str(tmp_path), "+hparams_search=slow"], "config")
+
+
+def test_predict_command_lines_are_checked_against_its_own_config():
+    check(["run_id=abc", "output=x.csv"], "predict")
+    with pytest.raises(ConfigError, match=r"^unknown key outptu in outptu=x.csv: did you mean output\?$"):
+        check(["run_id=abc", "outptu=x.csv"], "predict")
+
+
+def test_the_optuna_sweeper_without_optuna_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    with pytest.raises(ConfigError) as err:
+        check(["-m", "hydra/sweeper=optuna", "model.lr=interval(1e-5, 1e-4)"], "config")
+    assert str(err.value) == ("hydra/sweeper=optuna needs Optuna, which cannot be imported here (import of optuna "
+                              "halted; None in sys.modules); install it: pip install 'optuna>=4,<6'.")
+    check(["hydra/sweeper=optuna"], "config")  # a single run never starts the sweeper
+
+
+def test_closest_prefers_siblings_and_never_an_ancestor():
+    keys = ["trainer", "trainer.epochs", "trainer.seed", "model", "model.lr", "model.name"]
+    assert closest("trainer.epoch", keys) == "trainer.epochs"
+    assert closest("trainr.epochs", keys) == "trainer.epochs"
+    assert closest("trainer.zzz", keys) is None  # not `trainer`
+
+
+def test_a_search_value_only_some_options_accept_names_them(tmp_path):
+    """A preset's searched key that the chosen group option lacks: found by the sweeper (not on the
+    command line), said without echoing every override or advising `+`."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import RunMode
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(f"file://{CONF}"))  # as @hydra.main's
+    master = loader.load_configuration("config", ["hydra/sweeper=optuna", *TINY, f"paths.output_root={tmp_path}"],
+                                       RunMode.MULTIRUN)
+    with pytest.raises(FtsweepError) as err:
+        build_space([*TINY, "optimizer=adamw"], {"optimizer.layer_decay": "interval(0.8, 0.95)"}, composer(loader, master))
+    assert str(err.value) == "optimizer.layer_decay=0.8: optimizer=adamw has no key layer_decay; optimizer=llrd has it."
+
+
+def _sweep_config(tmp_path, sweep_dir: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"paths.output_root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return cfg
+
+
+@pytest.mark.parametrize(("sweep_dir", "problem"), [
+    ("{tmp}/afile/sweep", "{tmp}/afile is a file"),
+    ("/proc/ftsweep-sweep", "cannot create it: No such file or directory"),
+])
+def test_a_sweep_folder_that_cannot_be_made_stops_before_any_job(tmp_path, monkeypatch, capsys, sweep_dir, problem):
+    for name in (EXPERIMENT_ENV, SWEPT_ENV, SWEEP_ID_ENV):  # restored afterwards
+        monkeypatch.setenv(name, "")
+    (tmp_path / "afile").write_text("x\n")
+    sweep_dir = sweep_dir.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        SweepCallback().on_multirun_start(_sweep_config(tmp_path, sweep_dir))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"ftsweep: error: hydra.sweep.dir={sweep_dir}: {problem.format(tmp=tmp_path)}; "
+                                       f"point hydra.sweep.dir (or paths.output_root) at a writable folder.\n")
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before the store
+
+
+@pytest.mark.slow
+def test_cli_one_line_and_exit_2_for_hydra_errors(tmp_path):
+    """The real commands: Optuna missing and a sweep folder under a file (tracebacks before) are each
+    the only line on stderr, exit 2, with nothing written."""
+    blocker = tmp_path / "blocker" / "optuna"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'optuna'\")\n")
+    (tmp_path / "afile").write_text("x\n")
+    no_optuna = {"PYTHONPATH": os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])}
+    root = f"paths.output_root={tmp_path}"
+    with at_once(2) as start:
+        optuna = start(run_cli, "ftsweep", "-m", "hydra/sweeper=optuna", *TINY, "model.lr=interval(1e-5, 1e-4)", root,
+                       cwd=tmp_path, env=no_optuna)
+        folder = start(run_cli, "ftsweep", "-m", *TINY, "reinit.n=0,1", f"hydra.sweep.dir={tmp_path}/afile/sweep", root,
+                       cwd=tmp_path)
+    expected = [
+        (optuna, "hydra/sweeper=optuna needs Optuna, which cannot be imported here (No module named 'optuna'); "
+                 "install it: pip install 'optuna>=4,<6'."),
+        (folder, f"hydra.sweep.dir={tmp_path}/afile/sweep: {tmp_path}/afile is a file; point hydra.sweep.dir "
+                 f"(or paths.output_root) at a writable folder."),
+    ]
+    for future, line in expected:
+        out = future.result()
+        assert (out.returncode, out.stderr.strip().splitlines()) == (2, [f"ftsweep: error: {line}"]), out.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()

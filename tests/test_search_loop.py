@@ -1,0 +1,115 @@
+"""The trial loop with a fake launcher (no training): n_jobs trials in flight without a batch
+barrier when the launcher takes concurrent launches, batches otherwise; unique job numbers;
+failed trials named; which of Hydra's launchers take concurrent launches."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from ftsweep.search.space import SearchSpace
+from ftsweep.search.sweeper import Launcher, Settings, run_trials
+from hydra_plugins.ftsweep_optuna_sweeper.optuna_sweeper import concurrent_launches
+
+
+class FakeLauncher:
+    """Jobs that take `seconds[trial lineage]` and return what ftsweep's job returns; records
+    each job's (start, end) and number, and the most launch() calls in progress at once."""
+
+    def __init__(self, seconds: dict[int, float], failing: frozenset[int] = frozenset()):
+        self.seconds, self.failing = seconds, failing
+        self.spans: dict[int, tuple[float, float]] = {}
+        self.job_numbers: list[int] = []
+        self.active = self.most_active = 0
+        self._lock = threading.Lock()
+
+    def launch(self, jobs: list[list[str]], first: int) -> list[JobReturn]:
+        with self._lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        returns = []
+        for number, overrides in enumerate(jobs, start=first):
+            trial = int(next(o for o in overrides if o.startswith("search.lineage=")).split("=")[1])
+            start = time.monotonic()
+            time.sleep(self.seconds.get(trial, 0.05))
+            self.spans[trial] = (start, time.monotonic())
+            self.job_numbers.append(number)
+            ret = JobReturn()
+            if trial in self.failing:
+                ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(f"trial {trial} broke")
+            else:
+                ret.status = JobStatus.COMPLETED
+                ret.return_value = {"value": 1.0 + trial / 10, "pruned_at": None, "held": False,
+                                    "run_id": f"run-{trial}"}
+            returns.append(ret)
+        with self._lock:
+            self.active -= 1
+        return returns
+
+
+def settings(n_trials: int, n_jobs: int, max_failure_rate: float = 0.0) -> Settings:
+    return Settings("minimize", n_trials, n_jobs, max_failure_rate, "s", "sqlite:///unused.db", None, None, 10)
+
+
+def search(fake: FakeLauncher, concurrent: bool, n_trials: int, n_jobs: int, rate: float = 0.0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = SearchSpace(params={"x": CategoricalDistribution([1, 2])}, fixed=["model=tiny"])
+    outcome = run_trials(study, space, settings(n_trials, n_jobs, rate), Launcher(fake.launch, concurrent), None)
+    return study, outcome
+
+
+def test_concurrent_launches_keep_n_jobs_trials_in_flight_without_a_batch_barrier():
+    fake = FakeLauncher({0: 1.0})  # trial 0 is long, every other trial short
+    study, outcome = search(fake, concurrent=True, n_trials=5, n_jobs=2)
+    assert outcome.complete == 5 and [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    long_end = fake.spans[0][1]
+    assert [fake.spans[t][0] < long_end for t in (1, 2, 3)] == [True] * 3  # started while trial 0 ran
+    assert fake.most_active == 2  # never more than n_jobs
+    assert sorted(fake.job_numbers) == list(range(5))  # Hydra job numbers (folders) stay unique
+    assert [t.user_attrs["ftsweep.mlflow_run_id"] for t in study.trials] == [f"run-{i}" for i in range(5)]
+
+
+def test_other_launchers_get_batches_of_n_jobs_from_this_thread():
+    fake = FakeLauncher({0: 0.5})
+    calls = []
+    launch = fake.launch
+
+    def recording(jobs, first):
+        calls.append((len(jobs), first, threading.current_thread() is threading.main_thread()))
+        return launch(jobs, first)
+
+    fake.launch = recording
+    study, outcome = search(fake, concurrent=False, n_trials=5, n_jobs=2)
+    assert outcome.complete == 5 and calls == [(2, 0, True), (2, 2, True), (1, 4, True)]
+    assert fake.spans[2][0] >= fake.spans[0][1]  # the second batch waits for the first
+
+
+def test_a_failed_trial_stops_new_launches_and_is_named():
+    """max_failure_rate=0: after trial 0 fails, trials already in flight finish, none start."""
+    fake = FakeLauncher({0: 0.2, 1: 0.6}, failing=frozenset({0}))
+    study, outcome = search(fake, concurrent=True, n_trials=6, n_jobs=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert outcome.failures == ["trial 0 (job 0): RuntimeError: trial 0 broke"]
+
+
+@pytest.mark.parametrize("target, settings_, concurrent", [
+    ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 2}, True),
+    ("hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", {"n_jobs": 1}, False),  # runs in-thread
+    ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", {}, True),
+    ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", {}, True),
+    ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", {}, False),
+])
+def test_which_launchers_take_concurrent_launches(target, settings_, concurrent):
+    from hydra.utils import get_class
+
+    cls = get_class(target)
+    launcher = cls.__new__(cls)
+    if "n_jobs" in settings_:
+        launcher.joblib = dict(settings_)
+    assert concurrent_launches(launcher) is concurrent

@@ -1,0 +1,148 @@
+"""The paired pruner's decision on fabricated per-row errors (no training): it prunes a trial
+whose rows are clearly worse after fold 0, never one identical to the best, never below
+min_delta, and never across other rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from ftsweep.errors import FtsweepError
+from ftsweep.search.paired import ROW_ERRORS, PairedPruner, encode_errors, p_worse, pooled_errors
+from ftsweep.search.sweeper import check_pruner
+
+ROWS = 80
+
+
+def predictions(errors: np.ndarray, ids: list[str] | None = None) -> pd.DataFrame:
+    """A fold's predictions.csv whose squared errors are `errors` (targets 0, so pred = sqrt(e))."""
+    ids = ids or [f"r{i:03d}" for i in range(len(errors))]
+    return pd.DataFrame({"id": ids, "fold": 0, "target": 0.0, "pred_best": np.sqrt(errors), "pred_last": 0.0})
+
+
+def fold_errors(seed: int, n_folds: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.chisquare(1, ROWS) * 0.25 for _ in range(n_folds)]  # rmse around 0.5, skewed like squared errors
+
+
+def study_with_best(pruner, best: list[np.ndarray]) -> optuna.Study:
+    study = optuna.create_study(pruner=pruner)
+    trial = study.ask()
+    for step, errors in enumerate(best):
+        trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(predictions(errors)))
+        trial.report(float(np.sqrt(errors.mean())), step)
+    study.tell(trial, float(np.mean([np.sqrt(e.mean()) for e in best])))
+    return study
+
+
+def pruned_after(study: optuna.Study, folds: list[pd.DataFrame]) -> int | None:
+    """The fold position the pruner stops a new trial at, or None when it runs every fold."""
+    trial = study.ask()
+    for step, frame in enumerate(folds):
+        trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(frame))
+        trial.report(0.0, step)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return step
+    study.tell(trial, 0.0)
+    return None
+
+
+@pytest.mark.parametrize("test", ["bootstrap", "wilcoxon"])
+def test_a_trial_clearly_worse_on_the_rows_is_pruned_after_fold_0(test):
+    best = fold_errors(0)
+    study = study_with_best(PairedPruner(test=test), best)
+    worse = [predictions((np.sqrt(e) + 0.3) ** 2) for e in best]  # every row 0.3 further off
+    assert pruned_after(study, worse) == 0
+
+
+@pytest.mark.parametrize("test", ["bootstrap", "wilcoxon"])
+@pytest.mark.parametrize("min_delta", [0.0, 0.01])
+def test_a_trial_identical_to_the_best_is_never_pruned(test, min_delta):
+    best = fold_errors(1)
+    study = study_with_best(PairedPruner(test=test, min_delta=min_delta), best)
+    assert pruned_after(study, [predictions(e) for e in best]) is None
+    assert p_worse(np.concatenate(best), np.concatenate(best), min_delta, test) == 1.0
+
+
+def test_a_gap_below_min_delta_does_not_prune_however_consistent():
+    """Every row a little worse (RMSE +0.004): significant on 240 rows, but under min_delta=0.01."""
+    best = fold_errors(2)
+    slightly = [predictions((np.sqrt(e) + 0.004) ** 2) for e in best]
+    assert pruned_after(study_with_best(PairedPruner(min_delta=0.01), best), slightly) is None
+    assert pruned_after(study_with_best(PairedPruner(min_delta=0.0), best), slightly) == 0
+
+
+def test_noise_around_the_best_is_not_pruned_but_a_real_gap_is():
+    """Rows that differ by noise (half better, half worse) are not worse; a 0.1 gap under the same noise is."""
+    best = fold_errors(3)
+    rng = np.random.default_rng(4)
+    noisy = [predictions(np.maximum(0, np.sqrt(e) + rng.normal(0, 0.05, ROWS)) ** 2) for e in best]
+    gap = [predictions((np.sqrt(e) + 0.1 + rng.normal(0, 0.05, ROWS)) ** 2) for e in best]
+    assert pruned_after(study_with_best(PairedPruner(), best), noisy) is None
+    assert pruned_after(study_with_best(PairedPruner(), best), gap) == 0
+
+
+def test_other_rows_or_no_complete_trial_never_prune():
+    best = fold_errors(5)
+    other_ids = [f"x{i:03d}" for i in range(ROWS)]  # another dataset's (or fold seed's) rows
+    worse_elsewhere = [predictions((np.sqrt(e) + 0.5) ** 2, other_ids) for e in best]
+    assert pruned_after(study_with_best(PairedPruner(), best), worse_elsewhere) is None
+    lonely = optuna.create_study(pruner=PairedPruner())  # no complete trial to pair with
+    assert pruned_after(lonely, [predictions((np.sqrt(e) + 0.5) ** 2) for e in best]) is None
+
+
+def test_the_pooled_rows_from_fold_0_on_and_n_warmup_steps():
+    """After fold 1 the test pools folds 0 and 1; with n_warmup_steps=1 fold 0 never prunes."""
+    best = fold_errors(6)
+    worse = [predictions((np.sqrt(e) + 0.3) ** 2) for e in best]
+    assert pruned_after(study_with_best(PairedPruner(n_warmup_steps=1), best), worse) == 1
+    study = study_with_best(PairedPruner(), best)
+    digests, pooled = pooled_errors(study.trials[0], 1)
+    assert len(digests) == 2 and np.allclose(pooled, np.concatenate(best[:2]).astype(np.float32))
+
+
+def test_errors_are_stored_in_row_id_order_whatever_the_frame_order():
+    errors = fold_errors(7, 1)[0]
+    frame = predictions(errors)
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    assert encode_errors(shuffled) == encode_errors(frame)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"_target_": "ftsweep.search.paired.PairedPruner", "alpha": 1.5}, "alpha=1.5 must be between 0 and 1"),
+    ({"_target_": "ftsweep.search.paired.PairedPruner", "test": "ttest"}, "test='ttest': use one of"),
+    ({"_target_": "ftsweep.search.paired.PairedPruner", "min_delta": -0.1}, "min_delta=-0.1 must be >= 0"),
+])
+def test_bad_pruner_settings_are_one_line(spec, words):
+    with pytest.raises(FtsweepError, match="hydra.sweeper.pruner: .*" + words.replace("(", r"\(")):
+        check_pruner(spec)
+
+
+@pytest.mark.parametrize("pruner", ["median", "wilcoxon", "paired"])
+def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, pruner):
+    """The running mean RMSE (median), each fold's own RMSE (Optuna's Wilcoxon pairs folds), and
+    for the paired pruner the fold's per-row errors stored on the trial first."""
+    from omegaconf import OmegaConf
+
+    from ftsweep.search import pruning
+
+    made = {"median": optuna.pruners.MedianPruner(), "wilcoxon": optuna.pruners.WilcoxonPruner(),
+            "paired": PairedPruner()}[pruner]
+    monkeypatch.setattr(pruning, "_configured_pruner", lambda: made)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    report = pruning.fold_reporter(OmegaConf.create({"search": {"study": "s", "storage": storage,
+                                                                "trial_id": trial._trial_id}}))
+    folds = [predictions(e) for e in fold_errors(8, 2)]
+    fold_rmse = [float(np.sqrt(np.mean(f["pred_best"] ** 2))) for f in folds]
+    running = [fold_rmse[0], float(np.mean(fold_rmse))]
+    assert [report(step, running[step], frame) for step, frame in enumerate(folds)] == [False, False]
+    stored = optuna.load_study(study_name="s", storage=storage).trials[0]
+    reported = [stored.intermediate_values[step] for step in (0, 1)]
+    assert reported == pytest.approx(fold_rmse if pruner == "wilcoxon" else running, abs=1e-12)
+    assert reported != pytest.approx(running if pruner == "wilcoxon" else fold_rmse, abs=1e-6)
+    keys = sorted(k for k in stored.user_attrs if k.startswith("ftsweep.row_errors."))
+    assert keys == (["ftsweep.row_errors.0", "ftsweep.row_errors.1"] if pruner == "paired" else [])
