@@ -27,7 +27,8 @@ fi
 "$DEPLOY/mlflow/postgres.sh" up
 "$DEPLOY/mlflow/server.sh" up
 
-# What clients need; `source` it to use sbatch/sinfo or the server by hand.
+# What clients need; `source` it to use sbatch/sinfo or the server by hand. It names the
+# secrets' files and holds none: sourcing it reads the MLflow password (root only).
 cat >"$STATE/cluster.env" <<ENV
 export SLURM_CONF=$SLURM_CONF
 export FTSWEEP_CLUSTER_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
@@ -35,6 +36,9 @@ export FTSWEEP_CLUSTER_PARTITION=$PARTITION
 export FTSWEEP_CLUSTER_DATABASE=postgresql://mlflow@127.0.0.1:$PG_PORT/mlflow
 export FTSWEEP_CLUSTER_STUDY_STORAGE=postgresql+psycopg2://mlflow@127.0.0.1:$PG_PORT/optuna
 export PGPASSFILE=$STATE/secrets/pgpass
+export MLFLOW_TRACKING_USERNAME=admin
+export FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE=$STATE/secrets/mlflow-admin
+export MLFLOW_TRACKING_PASSWORD="\$(cat "\$FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE")"
 ENV
 say "cluster up: $(sinfo -h -o '%P %D node(s) %c cpus %T') | MLflow http://127.0.0.1:$MLFLOW_PORT (PostgreSQL :$PG_PORT)"
 say "for sbatch / sinfo by hand: source $STATE/cluster.env"

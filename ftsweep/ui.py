@@ -4,9 +4,14 @@ that lands on its runs table, sorted by mean CV RMSE (not MLflow 3's GenAI overv
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path
@@ -35,9 +40,46 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", tracker.uri, "--host", args.host, "--port", str(args.port),
-                      "--workers", "1"])
-    return 0
+    return serve([mlflow, "ui", "--backend-store-uri", tracker.uri, "--host", args.host, "--port", str(args.port),
+                  "--workers", "1"])
+
+
+def serve(command: list[str], grace: float = 10.0) -> int:
+    """Run the server in a process group of its own and stop the whole group (the MLflow UI and
+    its uvicorn worker) on SIGTERM, SIGINT or SIGHUP to this process: `mlflow ui` alone, killed,
+    leaves its worker serving the port. Killed itself (SIGKILL), this process cannot forward: the
+    server then gets SIGTERM from the kernel (Linux) and stops its worker. Returns the server's
+    exit code (128 + the signal when stopped)."""
+    server = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with(os.getpid()))
+    received: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = server.wait()
+    # The server may end before its worker: wait for the group, then KILL what is left.
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(server.pid, 0)
+            time.sleep(0.1)
+        os.killpg(server.pid, signal.SIGKILL)
+    return 128 + received[0] if received else (128 - code if code < 0 else code)
+
+
+def _die_with(parent: int):
+    """A preexec_fn: the server gets SIGTERM when `parent` dies, however it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing)."""
+    def arrange() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arrange
 
 
 if __name__ == "__main__":

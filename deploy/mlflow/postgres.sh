@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # PostgreSQL 15 for the MLflow server: a private cluster in $STATE/postgres on
 # 127.0.0.1:$FTSWEEP_PG_PORT, role `mlflow` (password in $STATE/secrets) owning the databases
-# `mlflow` (the tracking server's) and `optuna` (search studies: hydra.sweeper.storage).
+# `mlflow` (the tracking server's), `mlflow_auth` (its users and permissions) and `optuna`
+# (search studies: hydra.sweeper.storage). The password goes to psql on stdin, never in argv.
 #   deploy/mlflow/postgres.sh up | down
+# FTSWEEP_PG_BIN: the PostgreSQL binaries to use (default: the newest installed).
 # On a real site point --backend-store-uri at the database your admins give you.
 source "$(dirname "$0")/../lib.sh"
 
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+PG_BIN="${FTSWEEP_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}"
 PG_DATA="$STATE/postgres/data"
 PG_SOCKETS="$STATE/postgres/run"
 AS_POSTGRES=(setpriv --reuid=postgres --regid=postgres --init-groups)
@@ -27,9 +29,10 @@ up() {
     if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'mlflow'")" ]]; then
         psql_admin -c "CREATE ROLE mlflow LOGIN"
     fi
-    psql_admin -c "ALTER ROLE mlflow PASSWORD '$password'"
-    local db  # two databases: MLflow and Optuna both keep an alembic_version table
-    for db in mlflow optuna; do
+    # printf is a shell builtin: the password reaches psql through a pipe, so `ps` never shows it.
+    printf "ALTER ROLE mlflow PASSWORD '%s'\n" "$password" | psql_admin
+    local db  # one database each: MLflow, its auth app and Optuna all keep an alembic_version table
+    for db in mlflow mlflow_auth optuna; do
         if [[ -z "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
             psql_admin -c "CREATE DATABASE $db OWNER mlflow"
         fi

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from omegaconf import DictConfig
 
 from ftsweep.cv.pipeline import CvResult
@@ -26,6 +28,6 @@ def print_summary(cfg: DictConfig, result: CvResult) -> None:
     uri = result.tracking_uri or cfg.tracking.uri
     lines.append(f"  MLflow run {result.parent_run_id} in experiment '{cfg.tracking.experiment}'")
     if sqlite_path(uri) is not None:
-        lines.append(f"  open the UI:  make ui  (or: python -m ftsweep.ui --tracking-uri {uri}), then")
+        lines.append(f"  open the UI:  make ui  (or: python -m ftsweep.ui --tracking-uri {shlex.quote(uri)}), then")
     lines.append(f"  the runs:     {result.link}")
     print("\n".join(lines), flush=True)

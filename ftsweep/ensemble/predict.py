@@ -1,6 +1,7 @@
 """Predictions of a finished CV run on a CSV: the arguments checked before anything loads, then
-the run's MLflow model (runs:/<id>/model), or its fold checkpoints averaged by the same
-Ensemble code where it has none."""
+the ensemble folder of the run's MLflow model (runs:/<id>/model), or its fold checkpoints where it
+has none, averaged by the installed ftsweep's Ensemble code. Only data is read from the run's
+artifacts: code logged with the model never runs here."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from ftsweep.config.checks import validate_predict
 from ftsweep.cv.pipeline import folds_to_run
 from ftsweep.data.loading import ID, TEXT, load_texts
-from ftsweep.ensemble.predictor import from_run
+from ftsweep.ensemble.predictor import from_folder, from_run
 from ftsweep.errors import ConfigError
 from ftsweep.files import file_problem
-from ftsweep.tracking.model_export import fold_checkpoints
+from ftsweep.tracking.model_export import ensemble_folder, fold_checkpoints
 from ftsweep.tracking.store import Tracker
 from ftsweep.train.devices import resolve_device
 
@@ -41,18 +42,19 @@ def check_args(cfg: DictConfig) -> Path:
 
 
 def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
-    """The run's MLflow model (runs:/<id>/model) on the CSV; a run without one (saved by an older
-    ftsweep, or unfinished with allow_partial=true) is averaged from its fold checkpoints by the
-    same Ensemble code the model wraps."""
+    """The run's MLflow model's ensemble folder (config, tokenizer, fold safetensors) on the CSV; a
+    run without one (saved by an older ftsweep, or unfinished with allow_partial=true) is averaged
+    from its fold checkpoints. Either way the installed ftsweep's code predicts: the model's logged
+    code (pyfunc_model.py, code/) is never imported, whoever wrote the artifacts."""
     frame = load_texts(Path(str(cfg.data.path)).expanduser(), cfg.data.id_column, cfg.data.text_column)
     tracker = Tracker(cfg.tracking.uri, experiment=None, create=False)
     device, autocast_dtype = resolve_device(OmegaConf.create({"device": cfg.device, "precision": "auto"}))
+    run_id = str(cfg.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        run_cfg, checkpoints = fold_checkpoints(tracker, str(cfg.run_id), Path(tmp), bool(cfg.allow_partial))
-        model = tracker.load_pyfunc(str(cfg.run_id))
-        if model is not None and len(checkpoints) == len(folds_to_run(run_cfg)):
-            preds = model.predict(pd.DataFrame({str(run_cfg.data.text_column): frame[TEXT]}))["target"].to_numpy()
-        else:
-            preds = from_run(run_cfg, checkpoints).predict(frame[TEXT].tolist(), device, autocast_dtype,
-                                                           int(cfg.batch_size))
+        run_cfg, checkpoints = fold_checkpoints(tracker, run_id, Path(tmp), bool(cfg.allow_partial))
+        (Path(tmp) / "model").mkdir()
+        complete = len(checkpoints) == len(folds_to_run(run_cfg))
+        folder = ensemble_folder(tracker, run_id, Path(tmp) / "model") if complete else None
+        ensemble = from_folder(folder) if folder is not None else from_run(run_cfg, checkpoints)
+        preds = ensemble.predict(frame[TEXT].tolist(), device, autocast_dtype, int(cfg.batch_size))
     return pd.DataFrame({ID: frame[ID], "target": preds}), len(checkpoints)

@@ -1,9 +1,11 @@
 """The fold models of one CV run as one predictor: each fold's weights, the mean of their outputs.
 
-One loader serves both ways in: `python -m ftsweep.predict` (fold checkpoints read from
-MLflow) and the logged MLflow pyfunc model (a self-contained folder, see pyfunc_model.py).
-The folder holds everything to rebuild the models offline: the run's config, the backbone's
-Hugging Face config, the tokenizer and every fold's safetensors.
+One loader serves both ways in: the logged MLflow pyfunc model (a self-contained folder, see
+pyfunc_model.py) and `python -m ftsweep.predict` (that folder, downloaded as files, or a run's
+fold checkpoints where it has no model). The folder holds everything to rebuild the models offline: the run's config, the backbone's
+Hugging Face config, the tokenizer and every fold's safetensors. All of it is data (YAML, JSON,
+tokenizer files, safetensors), read by ftsweep's own code with trust_remote_code=False: a
+folder can change the numbers, never run code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ftsweep.data.batching import encode
+from ftsweep.errors import ModelError
 from ftsweep.model.checkpoints import load_state
 from ftsweep.model.regressor import architecture_config, build_regressor, load_tokenizer
 from ftsweep.train.loop import predict as predict_rows
@@ -35,11 +38,14 @@ class Ensemble:
     def predict(self, texts: list[str], device: torch.device, autocast_dtype: torch.dtype | None = None,
                 batch_size: int = 128) -> np.ndarray:
         """Mean prediction of the fold models for each text (one model in memory at a time)."""
+        if not texts:
+            return np.zeros(0)
         encoded = encode(list(texts), self.tokenizer, int(self.run_cfg.trainer.max_length))
         rows = np.arange(len(texts))
         preds = []
         for path in self.checkpoints:
-            model = build_regressor(AutoModel.from_config(self.backbone_config), self.run_cfg.head)
+            model = build_regressor(AutoModel.from_config(self.backbone_config, trust_remote_code=False),
+                                    self.run_cfg.head)
             load_state(model, path)
             model.to(device)
             preds.append(predict_rows(model, encoded, rows, batch_size, int(self.run_cfg.trainer.pad_to_multiple_of),
@@ -64,6 +70,13 @@ def write_folder(folder: Path, run_cfg: DictConfig, backbone_config, tokenizer, 
 
 
 def from_folder(folder: Path) -> Ensemble:
+    """From a folder write_folder laid out (a logged model's artifacts/ensemble). A config or
+    tokenizer naming custom code (auto_map) is read as the built-in class of its type or refused."""
     folder = Path(folder)
-    return Ensemble(OmegaConf.load(folder / CONFIG), AutoConfig.from_pretrained(folder / BACKBONE),
-                    AutoTokenizer.from_pretrained(folder / TOKENIZER), sorted((folder / FOLDS).glob("*.safetensors")))
+    try:
+        backbone_config = AutoConfig.from_pretrained(folder / BACKBONE, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model folder {folder} ({str(exc).splitlines()[0][:200]}).") from None
+    return Ensemble(OmegaConf.load(folder / CONFIG), backbone_config, tokenizer,
+                    sorted((folder / FOLDS).glob("*.safetensors")))

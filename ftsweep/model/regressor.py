@@ -64,7 +64,7 @@ def load_tokenizer(model_cfg: DictConfig):
     else:
         where = name or _where(model_cfg)
     try:
-        return AutoTokenizer.from_pretrained(where)
+        return AutoTokenizer.from_pretrained(where, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer {where!r} ({_first_line(exc)}); {OFFLINE_HINT}") from None
 
@@ -77,7 +77,7 @@ def architecture_config(model_cfg: DictConfig):
         fields = OmegaConf.to_container(arch, resolve=True)
         return AutoConfig.for_model(fields.pop("model_type"), **fields, **overrides)
     try:
-        return AutoConfig.from_pretrained(_where(model_cfg), **overrides)
+        return AutoConfig.from_pretrained(_where(model_cfg), trust_remote_code=False, **overrides)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the config of {model_cfg.name!r} ({_first_line(exc)}); {OFFLINE_HINT}") from None
 
@@ -116,7 +116,7 @@ def with_sdpa(build):
 
 def random_backbone(model_cfg: DictConfig) -> nn.Module:
     """The architecture with fresh weights (call under `torch.device("meta")` for a weightless shell)."""
-    return with_sdpa(lambda **kw: AutoModel.from_config(architecture_config(model_cfg), **kw))  # fresh config per try
+    return with_sdpa(lambda **kw: AutoModel.from_config(architecture_config(model_cfg), trust_remote_code=False, **kw))  # fresh config per try
 
 
 def load_backbone(model_cfg: DictConfig) -> nn.Module:
@@ -127,7 +127,7 @@ def load_backbone(model_cfg: DictConfig) -> nn.Module:
     overrides = _overrides(model_cfg)
     where = _where(model_cfg)
     try:
-        return with_sdpa(lambda **kw: AutoModel.from_pretrained(where, **overrides, **kw))
+        return with_sdpa(lambda **kw: AutoModel.from_pretrained(where, trust_remote_code=False, **overrides, **kw))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {where!r} ({_first_line(exc)}); {OFFLINE_HINT}") from None
 

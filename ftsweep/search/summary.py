@@ -59,7 +59,7 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
     overrides = as_command(trial_overrides(best, space))
     print(f"Folds trained: {folds_trained} of {finished} x {n_folds} = {finished * n_folds} without pruning\n"
           f"Best: trial {lineage(best)}, mean CV RMSE {best.value:.4f}\n"
-          f"  python -m ftsweep --config-dir {out_dir} --config-name best\n"
+          f"  python -m ftsweep --config-dir {shlex.quote(str(out_dir))} --config-name best\n"
           f"  {overrides}\n")
     if top:
         print(top + "\n")
@@ -82,7 +82,7 @@ def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose,
         cfg.pop("search", None)
     lines = [f"# Best trial (trial {lineage(best)}) of the study {study_name!r}",
              f"# mean CV RMSE {best.value:.6f}",
-             f"# Run it:  python -m ftsweep --config-dir {out_dir} --config-name best",
+             f"# Run it:  python -m ftsweep --config-dir {shlex.quote(str(out_dir))} --config-name best",
              f"# or:      {as_command(overrides)}",
              "defaults:", "  - config"]
     lines += [f"  - override {group}: {json.dumps(str(choice))}" for group, choice in choices.items()]  # "off"

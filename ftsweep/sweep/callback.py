@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import uuid
@@ -167,7 +168,8 @@ class SweepCallback(Callback):
             tracker = Tracker(config.tracking.uri, name, create=False)
             markdown, paths = write_table(tracker, sweep_dir / "table")
             print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
-                  f"Again later: python -m ftsweep.table --experiment '{name}' --tracking-uri {tracker.uri}\n"
+                  f"Again later: python -m ftsweep.table --experiment {shlex.quote(name)} "
+                  f"--tracking-uri {shlex.quote(tracker.uri)}\n"
                   f"The runs in the MLflow UI (make ui): {tracker.runs_link()}")
         except FtsweepError as exc:
             print(f"ftsweep: no results table: {exc}")

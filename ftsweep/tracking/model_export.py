@@ -1,5 +1,7 @@
 """A CV run's fold models in MLflow: logged as one pyfunc model on the parent run, and read back
-(the run's config and fold checkpoints) for python -m ftsweep.predict."""
+as files for python -m ftsweep.predict (the model's ensemble folder, else the run's config and fold
+checkpoints): data only. The model's logged code runs in `mlflow.pyfunc.load_model` and `mlflow
+models predict/serve`, never in ftsweep.predict (docs/mlflow-and-predictions.md: trust boundary)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ftsweep.tracking import pyfunc_model
 from ftsweep.tracking.store import Tracker
 
 log = logging.getLogger("ftsweep")
+ENSEMBLE = "ensemble"  # the model's artifact: the folder write_folder lays out
 
 
 def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict[int, str], backbone_config,
@@ -33,8 +36,8 @@ def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict
         checkpoints = [tracker.download(run_id, f"{MODEL_FOLDER}/{checkpoint_name(fold)}", tmp / "dl" / str(fold))
                        for fold, run_id in sorted(fold_runs.items())]
         folder = write_folder(tmp / "ensemble", cfg, backbone_config, tokenizer, checkpoints)
-        signature = ModelSignature(inputs=Schema([ColSpec("string", text)]), outputs=Schema([ColSpec("double", "target")]))
-        model = {"python_model": pyfunc_model.__file__, "artifacts": {"ensemble": str(folder)},
+        signature = ModelSignature(inputs=pyfunc_model.input_schema(text), outputs=Schema([ColSpec("double", "target")]))
+        model = {"python_model": pyfunc_model.__file__, "artifacts": {ENSEMBLE: str(folder)},
                  "code_paths": [str(Path(ftsweep.__file__).parent)], "signature": signature,
                  "input_example": pd.DataFrame({text: example_texts[:2]}),
                  "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}",
@@ -43,6 +46,11 @@ def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict
         uri = tracker.log_pyfunc(parent, model)
     log.info("logged the %d-fold ensemble as an MLflow model: %s", len(fold_runs), uri)
     return uri
+
+
+def ensemble_folder(tracker: Tracker, run_id: str, folder: Path) -> Path | None:
+    """The ensemble folder of the run's logged model, as files (None: the run has no model)."""
+    return tracker.download_model_files(run_id, f"artifacts/{ENSEMBLE}", folder)
 
 
 def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False

@@ -83,8 +83,8 @@ def _check_sqlite_file(db: Path) -> None:
 
 
 def _check_server(uri: str) -> None:
-    """One quick request the MLflow REST API answers; only a failed connection or a server that
-    is not MLflow is reported (401/403: a server behind auth, which MLflow's client handles)."""
+    """One quick request the MLflow REST API answers; a failed connection or a server that is not
+    MLflow is reported, and so is a server behind auth (HTTP 401/403) that refuses this client."""
     probe = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         urllib.request.urlopen(probe, timeout=REACH_TIMEOUT).close()
@@ -92,10 +92,39 @@ def _check_server(uri: str) -> None:
         if exc.code not in (401, 403):
             raise FtsweepError(f"{uri} answers, but not as an MLflow tracking server (HTTP {exc.code} for "
                                f"/api/2.0/mlflow/experiments/search); check tracking.uri / MLFLOW_TRACKING_URI.") from None
+        _check_login(uri)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FtsweepError(f"cannot reach the MLflow server at {uri} ({reason}); start it "
                            f"(docs/cluster-and-team-server.md) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
+
+
+LOGIN = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (make cluster-up's: "
+         "source /var/lib/ftsweep-cluster/cluster.env; see docs/cluster-and-team-server.md)")
+
+
+def _check_login(uri: str) -> None:
+    """The probe again with what MLflow's client would send (MLFLOW_TRACKING_USERNAME/PASSWORD,
+    ~/.mlflow/credentials, MLFLOW_TRACKING_TOKEN, an auth plugin): a missing or refused login is
+    one line here, not a traceback from the first call that needs it."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0,
+                                timeout=REACH_TIMEOUT, raise_on_status=False, params={"max_results": 1})
+    except Exception as exc:  # noqa: BLE001 (requests' and MLflow's errors: one line)
+        raise FtsweepError(f"cannot reach the MLflow server at {uri} ({str(exc).splitlines()[0][:200]}).") from None
+    if response.status_code not in (401, 403):
+        return
+    if not ((creds.username and creds.password) or creds.token or creds.auth):
+        raise FtsweepError(f"the MLflow server at {uri} needs a login (HTTP {response.status_code}); {LOGIN}.")
+    who = f"user {creds.username!r}" if creds.username else "this login"
+    if response.status_code == 401:
+        raise FtsweepError(f"the MLflow server at {uri} refuses the login of {who} (HTTP 401); {LOGIN}.")
+    raise FtsweepError(f"the MLflow server at {uri} does not let {who} read experiments (HTTP 403); "
+                       f"ask its admin for a permission (docs/cluster-and-team-server.md).")
 
 
 @contextlib.contextmanager
@@ -324,13 +353,25 @@ class Tracker:
         with _fluent(self.uri) as mlflow, _quiet_mlflow():
             return str(mlflow.register_model(model_uri, name).version)
 
-    def load_pyfunc(self, run_id: str):
-        """The run's pyfunc model, or None when it has none (saved by an older ftsweep, or unfinished)."""
+    def download_model_files(self, run_id: str, path: str, folder: Path) -> Path | None:
+        """Files of the run's logged model (runs:/<id>/model/<path>), downloaded and never loaded or
+        imported; None when the run logged none (an older ftsweep, or an unfinished run)."""
+        outputs = self.get_run(run_id).outputs
+        models = [_retry(lambda i=out.model_id: self.client.get_logged_model(i))
+                  for out in (outputs.model_outputs if outputs is not None else [])]
+        models = [m for m in models if m.name == MODEL_NAME]
+        if not models:
+            return None
+        newest = max(models, key=lambda m: m.creation_timestamp)
+        # By its artifact location: MLflow resolves runs:/.../model through a client of the global
+        # tracking URI, whatever it is passed (and a server's mlflow-artifacts:/ through that URI too).
         with _fluent(self.uri) as mlflow:
             try:
-                return mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
-            except (MlflowException, OSError):
-                return None
+                return Path(_retry(lambda: mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{newest.artifact_location.rstrip('/')}/{path}", dst_path=str(folder))))
+            except (MlflowException, OSError) as exc:
+                raise FtsweepError(f"cannot download {path} of the model of run {run_id} "
+                                   f"({str(exc).splitlines()[0][:200]}).") from None
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""

@@ -35,7 +35,7 @@ class Cluster:
     uri: str        # the MLflow server
     database: str   # its PostgreSQL backend (password in $PGPASSFILE)
     partition: str
-    env: dict[str, str]  # what clients need: SLURM_CONF, PGPASSFILE
+    env: dict[str, str]  # what clients need: SLURM_CONF, PGPASSFILE, MLFLOW_TRACKING_USERNAME/PASSWORD
     study_storage: str = ""  # PostgreSQL database for search studies (hydra.sweeper.storage)
 
     def launcher(self) -> list[str]:
@@ -84,8 +84,15 @@ def cluster() -> Cluster:
     if not env_file.exists():
         cluster_unusable(f"the cluster is not up ({env_file} missing): run `make cluster-up` as root first")
     values = _read_env(env_file)
+    if "FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE" not in values:
+        cluster_unusable(f"{env_file} names no MLflow login (a cluster-up before basic auth): rerun `make cluster-up`")
+    # The server is behind basic auth: children get the login in their environment, this process
+    # (its MlflowClient calls) in os.environ.
+    login = {"MLFLOW_TRACKING_USERNAME": values["MLFLOW_TRACKING_USERNAME"],
+             "MLFLOW_TRACKING_PASSWORD": Path(values["FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE"]).read_text().strip()}
+    os.environ.update(login)
     found = Cluster(values["FTSWEEP_CLUSTER_TRACKING_URI"], values["FTSWEEP_CLUSTER_DATABASE"],
-                    values["FTSWEEP_CLUSTER_PARTITION"], {k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")},
+                    values["FTSWEEP_CLUSTER_PARTITION"], {**{k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")}, **login},
                     values.get("FTSWEEP_CLUSTER_STUDY_STORAGE", ""))
     try:
         urllib.request.urlopen(f"{found.uri}/health", timeout=5)
