@@ -129,3 +129,12 @@ def migrated_store(tmp_path, _store_template) -> str:
     schema already exists: MLflow's migrations take 5-8 s for every new SQLite file."""
     shutil.copy(_store_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def _sys_path_kept():
+    """mlflow.pyfunc.load_model puts a model's code/ folder (a copy of ftsweep) first on sys.path for
+    good; a later test's child process would import that copy. Each test gets the path it started with."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
