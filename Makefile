@@ -38,11 +38,13 @@ run:  ## the main job: 5-fold CV of the bundled MiniLM on the demo data (ARGS='o
 table:  ## results table of a sweep: make table EXPERIMENT=table1
 	$(PY) -m ftsweep.table --experiment "$(EXPERIMENT)"
 
-test:  ## the whole test suite, slow end-to-end tests included
-	$(PY) -m pytest -q
+# Two workers, one test file each at a time (module fixtures stay whole): most tests wait on CLI
+# children with one torch thread, so one worker alone leaves a core idle. The 15 slowest are printed.
+test:  ## the whole test suite, slow end-to-end tests included (about 8 minutes on 2 CPU cores)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast:  ## unit tests only (skips the end-to-end CLI runs)
-	$(PY) -m pytest -q -m "not slow and not cluster"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not cluster"
 
 cluster-up:  ## single-node SLURM + PostgreSQL-backed MLflow server on 127.0.0.1 (root; apt-installs what is missing)
 	deploy/cluster-up.sh

@@ -286,14 +286,14 @@ def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
     words = tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib"))
     assert "hydra.sweeper.n_jobs=2" in words and "hydra/launcher=joblib" in words
     done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "cv.n_folds=2", "trainer.epochs=40",
-                   "trainer.max_steps=choice(6, 40)",
+                   "trainer.max_steps=choice(6, 150)",  # the long trial: ~10 s more than a job start, even on a busy box
                    "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
                    f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _study(tmp_path, "search_llrd").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the random sampler (seed 42) makes trial 0 the long one; the rest of the test relies on it
-    assert [t.params["trainer.max_steps"] for t in trials] == [40, 6, 6]
+    assert [t.params["trainer.max_steps"] for t in trials] == [150, 6, 6]
     long, short, later = trials
     assert short.datetime_complete <= later.datetime_start < long.datetime_complete
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)  # reported from the workers
