@@ -8,8 +8,7 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from ftsweep.cv.pipeline import Job, run_cv
-from ftsweep.cv.summary import print_summary
-from ftsweep.errors import RegistryError
+from ftsweep.cv.summary import conclude
 from ftsweep.jobs import check_command_line, guarded, in_multirun, job_number, task_overrides
 from ftsweep.search.pruning import fold_reporter, trial_tags
 from ftsweep.sweep.callback import experiment_name, record_job
@@ -25,9 +24,7 @@ def main(cfg: DictConfig) -> float | dict:
         resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
         result = run_cv(cfg, Job(task_overrides(), resume, {"ftsweep.job_num": str(job_number()), **trial_tags(cfg)},
                                  use_bar=want_bar(multirun), after_fold=fold_reporter(cfg)))
-        print_summary(cfg, result)
-        if result.registry_error:
-            raise RegistryError(result.registry_error)
+        conclude(cfg, result)
         if multirun:
             record_job("held" if result.held_by else "ok", result.held_by or "")
         if cfg.search.get("trial_id") is not None:  # what the search sweeper tells its study

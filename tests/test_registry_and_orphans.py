@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from sqlalchemy import event
 
 from ftsweep.cv.pipeline import check_config, run_cv
-from ftsweep.errors import ConfigError, RegistryError
+from ftsweep.cv.summary import conclude
+from ftsweep.errors import ConfigError
 from ftsweep.jobs import guarded
 from ftsweep.tracking.store import Tracker
 
@@ -59,9 +60,11 @@ def test_a_registry_failure_keeps_the_finished_run(make_cfg, monkeypatch, capsys
     assert model is not None and model.is_file()  # runs:/<id>/model
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # the command says it in one line, exit 1
-        guarded(lambda: (_ for _ in ()).throw(RegistryError(result.registry_error)), None)
+        guarded(lambda: conclude(cfg, result), None)  # what python -m ftsweep does after run_cv
     assert stop.value.code == 1
-    assert capsys.readouterr().err.strip() == f"ftsweep: error: {result.registry_error}"
+    out = capsys.readouterr()
+    assert out.err.strip() == f"ftsweep: error: {result.registry_error}"
+    assert f"MLflow run {result.parent_run_id}" in out.out  # the kept run's summary comes first
 
 
 def _fill_sqlite(tracker: Tracker):

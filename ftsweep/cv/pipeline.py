@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from ftsweep.config.checks import check_structure, validate
 from ftsweep.cv.fold import train_fold
 from ftsweep.data.batching import Encoded, encode, steps_per_epoch
-from ftsweep.data.folds import assign_folds
+from ftsweep.data.folds import assign_folds, folds_to_run
 from ftsweep.data.loading import TARGET, TEXT, fingerprint, load_frame, resolve_path
 from ftsweep.model.checkpoints import checkpoint_name, save_state
 from ftsweep.model.regressor import known_architecture, load_backbone, load_tokenizer, token_limit
@@ -37,10 +37,6 @@ log = logging.getLogger("ftsweep")
 # (folds finished - 1, running mean RMSE, the fold's validation predictions: id, fold, target,
 # pred_best, pred_last) -> stop now?
 FoldReport = Callable[[int, float, pd.DataFrame], bool]
-
-
-def folds_to_run(cfg: DictConfig) -> list[int]:
-    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
 
 
 def fold_steps(cfg: DictConfig, n_train_rows: int) -> int:

@@ -1,4 +1,4 @@
-"""The few lines printed when a CV run ends."""
+"""The few lines printed when a CV run ends, and how the command ends with them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shlex
 from omegaconf import DictConfig
 
 from ftsweep.cv.pipeline import CvResult
+from ftsweep.errors import RegistryError
 from ftsweep.locks import sqlite_path
 
 
@@ -31,3 +32,11 @@ def print_summary(cfg: DictConfig, result: CvResult) -> None:
         lines.append(f"  open the UI:  make ui  (or: python -m ftsweep.ui --tracking-uri {shlex.quote(uri)}), then")
     lines.append(f"  the runs:     {result.link}")
     print("\n".join(lines), flush=True)
+
+
+def conclude(cfg: DictConfig, result: CvResult) -> None:
+    """Print the summary; a model the registry refused ends the command in one line (exit 1),
+    after the summary of the run it keeps."""
+    print_summary(cfg, result)
+    if result.registry_error:
+        raise RegistryError(result.registry_error)

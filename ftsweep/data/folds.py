@@ -49,3 +49,8 @@ def assign_folds(targets: np.ndarray, n_folds: int, seed: int, n_bins: int | Non
         for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(targets)), bins)):
             folds[val_idx] = fold
     return folds
+
+
+def folds_to_run(cfg) -> list[int]:
+    """The folds a run trains: cv.folds (a subset), else all cv.n_folds of them."""
+    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))

@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.config.checks import validate_predict
-from ftsweep.cv.pipeline import folds_to_run
+from ftsweep.data.folds import folds_to_run
 from ftsweep.data.loading import ID, TEXT, load_texts
 from ftsweep.ensemble.predictor import from_folder, from_run
 from ftsweep.errors import ConfigError

@@ -17,6 +17,7 @@ from mlflow.types.schema import ColSpec, Schema
 from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
+from ftsweep.data.folds import folds_to_run
 from ftsweep.ensemble.predictor import write_folder
 from ftsweep.errors import FtsweepError
 from ftsweep.model.checkpoints import MODEL_FOLDER, checkpoint_name
@@ -78,14 +79,10 @@ def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial:
             by_fold.setdefault(int(child.data.tags["ftsweep.fold"]), (child.info.run_id, names[0]))
     if not by_fold:
         raise FtsweepError(f"run {run_id} was saved without fold models; rerun it with trainer.save_models=true.")
-    wanted = _folds(cfg)
+    wanted = folds_to_run(cfg)
     missing = [f for f in wanted if f not in by_fold]
     if (missing or run.info.status != "FINISHED") and not allow_partial:
         raise FtsweepError(f"run {run_id} is {run.info.status} with fold models {sorted(by_fold)} of {wanted}; "
                            f"finish it (rerun its command) or pass allow_partial=true to average the ones it has.")
     paths = [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(by_fold.items())]
     return cfg, paths
-
-
-def _folds(cfg: DictConfig) -> list[int]:
-    return list(cfg.cv.folds) if cfg.cv.get("folds") is not None else list(range(int(cfg.cv.n_folds)))
