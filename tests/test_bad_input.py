@@ -137,10 +137,14 @@ def test_predict_checks_its_arguments_first(tmp_path):
             "device": "auto", "allow_partial": False}
     assert check_args(OmegaConf.create(base)) == tmp_path / "sub.csv"
     assert not (tmp_path / "sub.csv").exists()  # tried, and removed again
+    (tmp_path / "afile").write_text("x\n")
     for changes, message in (({"run_id": "???"}, "run_id is not set; add run_id=<parent run id>"),
                              ({"data": {"path": "???"}}, "data.path is not set"),
                              ({"output": str(tmp_path)}, "is a folder; name a file"),
                              ({"output": str(tmp_path / "no" / "sub.csv")}, "does not exist"),
+                             ({"output": str(tmp_path / "afile" / "deeper" / "sub.csv")},
+                              f"^output={tmp_path}/afile/deeper/sub.csv: {tmp_path}/afile is a file, not a folder; "
+                              "name a file in a folder\\.$"),
                              # as root os.access says yes to /proc; opening the file is the real test
                              ({"output": "/proc/sub.csv"}, r"^output=/proc/sub.csv cannot be written \(.+\); name a "
                                                            r"file in a writable folder\.$"),

@@ -114,29 +114,31 @@ def test_a_search_value_only_some_options_accept_names_them(tmp_path):
     assert str(err.value) == "optimizer.layer_decay=0.8: optimizer=adamw has no key layer_decay; optimizer=llrd has it."
 
 
-def _sweep_config(tmp_path, sweep_dir: str):
+def _job_dir_config(tmp_path, key: str, folder: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"paths.output_root={tmp_path}", f"hydra.sweep.dir={sweep_dir}"],
+        cfg = compose("config", overrides=[*TINY, f"paths.output_root={tmp_path}", f"{key}={folder}"],
                       return_hydra_config=True)
     with open_dict(cfg):
         cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
     return cfg
 
 
-@pytest.mark.parametrize(("sweep_dir", "problem"), [
+@pytest.mark.parametrize(("key", "hook"), [("hydra.sweep.dir", "on_multirun_start"), ("hydra.run.dir", "on_run_start")])
+@pytest.mark.parametrize(("folder", "problem"), [
     ("{tmp}/afile/sweep", "{tmp}/afile is a file"),
     ("/proc/ftsweep-sweep", "cannot create it: No such file or directory"),
 ])
-def test_a_sweep_folder_that_cannot_be_made_stops_before_any_job(tmp_path, monkeypatch, capsys, sweep_dir, problem):
+def test_a_job_folder_that_cannot_be_made_stops_before_any_job(tmp_path, monkeypatch, capsys, key, hook, folder,
+                                                                problem):
     for name in (EXPERIMENT_ENV, SWEPT_ENV, SWEEP_ID_ENV):  # restored afterwards
         monkeypatch.setenv(name, "")
     (tmp_path / "afile").write_text("x\n")
-    sweep_dir = sweep_dir.format(tmp=tmp_path)
+    folder = folder.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as stop:
-        SweepCallback().on_multirun_start(_sweep_config(tmp_path, sweep_dir))
+        getattr(SweepCallback(), hook)(_job_dir_config(tmp_path, key, folder))
     assert stop.value.code == 2
-    assert capsys.readouterr().err == (f"ftsweep: error: hydra.sweep.dir={sweep_dir}: {problem.format(tmp=tmp_path)}; "
-                                       f"point hydra.sweep.dir (or paths.output_root) at a writable folder.\n")
+    assert capsys.readouterr().err == (f"ftsweep: error: {key}={folder}: {problem.format(tmp=tmp_path)}; "
+                                       f"point {key} (or paths.output_root) at a writable folder.\n")
     assert not (tmp_path / "mlflow.db").exists()  # stopped before the store
 
 

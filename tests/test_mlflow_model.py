@@ -144,7 +144,13 @@ def test_the_ensemble_averages_each_folds_best_weights(tmp_path, make_cfg, one_t
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         predict_cfg = compose("predict", overrides=[f"run_id={parent}", f"data.path={tmp_path}/test.csv",
                                                     f"tracking.uri={cfg.tracking.uri}", "device=cpu"])
+    fetched = []
+    download = Tracker.download
+    monkeypatch.setattr(Tracker, "download", lambda self, run_id, path, folder: fetched.append(path)
+                        or download(self, run_id, path, folder))
     submission, n_models = predict_csv(predict_cfg)  # python -m ftsweep.predict: the logged pyfunc model
+    monkeypatch.setattr(Tracker, "download", download)
+    assert fetched == ["config.yaml"]  # the model's folder holds the weights: the fold checkpoints are not fetched too
     assert n_models == 2 and submission[ID].tolist() == test["id"].tolist()
     np.testing.assert_allclose(submission["target"], mean, rtol=0, atol=1e-5)
     # MLflow's own loader (it resolves runs:/ against the current tracking URI, set for this test only)

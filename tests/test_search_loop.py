@@ -113,3 +113,43 @@ def test_which_launchers_take_concurrent_launches(target, settings_, concurrent)
     if "n_jobs" in settings_:
         launcher.joblib = dict(settings_)
     assert concurrent_launches(launcher) is concurrent
+
+
+class TerminatedWorkerError(Exception):
+    """Named as joblib's (loky's): what its launcher raises when a job's process was killed."""
+
+
+def test_a_trial_whose_process_was_killed_fails_by_name_and_the_search_goes_on():
+    fake = FakeLauncher({0: 0.3})
+    launch = fake.launch
+
+    def killing(jobs, first):
+        if any("search.lineage=1" in o for o in jobs[0]):
+            time.sleep(0.6)  # dies after the other trials ended: 1 failure of 4 is under the rate
+            raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated. "
+                                        "The exit codes of the workers are {SIGKILL(-9)}")
+        return launch(jobs, first)
+
+    fake.launch = killing
+    study, outcome = search(fake, concurrent=True, n_trials=4, n_jobs=2, rate=0.5)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                               TrialState.COMPLETE]
+    assert outcome.failures == ["trial 1 (job 1): its job's process died (SIGKILL, often the out-of-memory killer)"]
+
+
+@pytest.mark.parametrize(("exc", "said"), [
+    (TerminatedWorkerError("exit codes of the workers are {SIGKILL(-9)}"),
+     "died (SIGKILL, often the out-of-memory killer)"),
+    (RuntimeError("wrapped"), None),
+    (type("UncompletedJobError", (Exception,), {})("job 12 has not produced any output (state: FAILED)"), "died"),
+    (type("BrokenProcessPool", (Exception,), {})("terminated by signal 15"), "died (SIGTERM)"),
+    (ValueError("SIGKILL in a message is not a dead worker"), None),
+])
+def test_which_errors_mean_a_job_process_died(exc, said):
+    from ftsweep.sweep.launchers import worker_died
+
+    assert worker_died(exc) == said
+    try:  # found through the chain, as a launcher re-raises it
+        raise RuntimeError("launch failed") from exc
+    except RuntimeError as wrapper:
+        assert worker_died(wrapper) == said

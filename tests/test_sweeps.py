@@ -207,3 +207,33 @@ def test_killing_a_joblib_driver_ends_its_workers_and_their_runs(tmp_path):
     _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "orphans")
     assert "RUNNING" not in {r.info.status for r in runs}  # the workers marked their open runs KILLED
     assert "KILLED" in {r.info.status for r in runs}
+
+
+def test_a_killed_joblib_worker_is_one_line_and_keeps_what_finished(tmp_path):
+    """kill -9 of one job's process (what the out-of-memory killer does): joblib's
+    TerminatedWorkerError was ~40 lines of Hydra traceback; now one line, exit 1, finished folds kept."""
+    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=oom", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not _midway(tmp_path / "mlflow.db"):
+            time.sleep(0.3)
+        _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "oom")
+        finished = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "LokyProcess"], capture_output=True,
+                                 text=True).stdout.split()
+        assert workers, "no joblib worker found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "ftsweep: error: a job's process died (SIGKILL, often the out-of-memory killer) under the joblib launcher, "
+        "which stops the sweep; finished jobs keep their runs in MLflow. Rerun the same command to run the rest "
+        "(finished folds are reused); if memory ran out, lower hydra.launcher.n_jobs or trainer.batch_size.")
+    _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "oom")
+    assert finished and finished <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}

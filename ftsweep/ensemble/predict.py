@@ -12,12 +12,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.config.checks import validate_predict
-from ftsweep.data.folds import folds_to_run
 from ftsweep.data.loading import ID, TEXT, load_texts
 from ftsweep.ensemble.predictor import from_folder, from_run
 from ftsweep.errors import ConfigError
 from ftsweep.files import file_problem
-from ftsweep.tracking.model_export import ensemble_folder, fold_checkpoints
+from ftsweep.tracking.model_export import ensemble_folder, find_fold_models
 from ftsweep.tracking.store import Tracker
 from ftsweep.train.devices import resolve_device
 
@@ -34,6 +33,9 @@ def check_args(cfg: DictConfig) -> Path:
     if out.is_dir():
         raise ConfigError(f"output={out} is a folder; name a file, e.g. output={out / 'submission.csv'}")
     if not out.parent.is_dir():
+        blocker = next((p for p in out.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(f"output={out}: {blocker} is a file, not a folder; name a file in a folder.")
         raise ConfigError(f"output={out}: the folder {out.parent} does not exist; create it or name another file.")
     problem = file_problem(out)  # before minutes of predicting, not after
     if problem is not None:
@@ -51,10 +53,11 @@ def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
     device, autocast_dtype = resolve_device(OmegaConf.create({"device": cfg.device, "precision": "auto"}))
     run_id = str(cfg.run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        run_cfg, checkpoints = fold_checkpoints(tracker, run_id, Path(tmp), bool(cfg.allow_partial))
+        models = find_fold_models(tracker, run_id, Path(tmp), bool(cfg.allow_partial))
         (Path(tmp) / "model").mkdir()
-        complete = len(checkpoints) == len(folds_to_run(run_cfg))
-        folder = ensemble_folder(tracker, run_id, Path(tmp) / "model") if complete else None
-        ensemble = from_folder(folder) if folder is not None else from_run(run_cfg, checkpoints)
+        # the model's folder holds the same weights: the fold checkpoints are downloaded only without it
+        folder = ensemble_folder(tracker, run_id, Path(tmp) / "model") if models.complete else None
+        ensemble = (from_folder(folder) if folder is not None
+                    else from_run(models.cfg, models.download(tracker, Path(tmp))))
         preds = ensemble.predict(frame[TEXT].tolist(), device, autocast_dtype, int(cfg.batch_size))
-    return pd.DataFrame({ID: frame[ID], "target": preds}), len(checkpoints)
+    return pd.DataFrame({ID: frame[ID], "target": preds}), len(models.located)

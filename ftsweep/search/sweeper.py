@@ -44,6 +44,7 @@ from ftsweep.search.study import (
     retry_interrupted,
 )
 from ftsweep.sweep.callback import JOB_STATUS
+from ftsweep.sweep.launchers import worker_died
 from ftsweep.tracking.store import normalize_uri
 
 log = logging.getLogger("ftsweep")
@@ -248,7 +249,16 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                 done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
                 for future in done:
                     numbered = in_flight.pop(future)
-                    for (trial, job), ret in zip(numbered, future.result(), strict=True):
+                    try:
+                        returns = future.result()
+                    except Exception as exc:  # a job process killed under joblib/submitit: its trials fail
+                        died = worker_died(exc)
+                        if died is None:
+                            raise
+                        for trial, job in numbered:
+                            _fail(study, trial, outcome, job, f"its job's process {died}")
+                        continue
+                    for (trial, job), ret in zip(numbered, returns, strict=True):
                         _tell(study, trial, ret, outcome, job)
                 if not stopping and outcome.failed and outcome.failed / outcome.told > settings.max_failure_rate:
                     log.error("search: %d of %d trial(s) failed (hydra.sweeper.max_failure_rate=%s): no new "
@@ -308,9 +318,13 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcom
         study.tell(trial, value["value"])
         outcome.complete += 1
     else:  # the job failed or was held: its reason, for the closing error
-        study.tell(trial, state=TrialState.FAIL)
-        outcome.failed += 1
-        outcome.failures.append(f"trial {trial.number} (job {job}): {_failure(ret, value)}")
+        _fail(study, trial, outcome, job, _failure(ret, value))
+
+
+def _fail(study: optuna.Study, trial: optuna.trial.Trial, outcome: Outcome, job: int, why: str) -> None:
+    study.tell(trial, state=TrialState.FAIL)
+    outcome.failed += 1
+    outcome.failures.append(f"trial {trial.number} (job {job}): {why}")
 
 
 def _failure(ret: JobReturn, value) -> str:

@@ -121,17 +121,26 @@ def _sweeper_prints_own_summary(config: DictConfig) -> bool:
         return False
 
 
-def _check_sweep_dir(folder: Path) -> None:
+def _check_job_dir(key: str, folder: Path) -> None:
+    """hydra.run.dir / hydra.sweep.dir: Hydra would fail there in a traceback."""
     from ftsweep.errors import ConfigError
     from ftsweep.files import folder_problem
 
     problem = folder_problem(folder)
     if problem is not None:
-        raise ConfigError(f"hydra.sweep.dir={folder}: {problem}; point hydra.sweep.dir (or paths.output_root) "
-                          f"at a writable folder.")
+        raise ConfigError(f"{key}={folder}: {problem}; point {key} (or paths.output_root) at a writable folder.")
 
 
 class SweepCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from ftsweep.errors import FtsweepError
+
+        try:
+            _check_job_dir("hydra.run.dir", Path(str(config.hydra.run.dir)))
+        except FtsweepError as exc:
+            print(f"ftsweep: error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from ftsweep.errors import FtsweepError
         from ftsweep.tracking.store import Tracker
@@ -144,7 +153,7 @@ class SweepCallback(Callback):
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
         self.started = time.time() - 1.0
         try:
-            _check_sweep_dir(Path(str(config.hydra.sweep.dir)))  # Hydra would fail there in a traceback
+            _check_job_dir("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
             Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
         except FtsweepError as exc:  # Hydra would only warn and start every job against a broken store
             print(f"ftsweep: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -54,9 +55,23 @@ def ensemble_folder(tracker: Tracker, run_id: str, folder: Path) -> Path | None:
     return tracker.download_model_files(run_id, f"artifacts/{ENSEMBLE}", folder)
 
 
-def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False
-                     ) -> tuple[DictConfig, list[Path]]:
-    """The run's config and its fold weights, downloaded into `folder`. A run that is not a
+@dataclass
+class FoldModels:
+    """A CV run's config and where each fold's best weights are logged; nothing downloaded yet."""
+
+    cfg: DictConfig
+    located: dict[int, tuple[str, str]]  # fold -> (its fold run id, the weights' artifact path)
+
+    @property
+    def complete(self) -> bool:
+        return sorted(self.located) == folds_to_run(self.cfg)
+
+    def download(self, tracker: Tracker, folder: Path) -> list[Path]:
+        return [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(self.located.items())]
+
+
+def find_fold_models(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False) -> FoldModels:
+    """The run's config (downloaded into `folder`) and its fold weights' places. A run that is not a
     finished ftsweep CV run with every fold's model is refused unless `allow_partial`."""
     client = tracker.client
     try:
@@ -84,5 +99,11 @@ def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial:
     if (missing or run.info.status != "FINISHED") and not allow_partial:
         raise FtsweepError(f"run {run_id} is {run.info.status} with fold models {sorted(by_fold)} of {wanted}; "
                            f"finish it (rerun its command) or pass allow_partial=true to average the ones it has.")
-    paths = [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(by_fold.items())]
-    return cfg, paths
+    return FoldModels(cfg, by_fold)
+
+
+def fold_checkpoints(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False
+                     ) -> tuple[DictConfig, list[Path]]:
+    """find_fold_models, then the weights downloaded into `folder`."""
+    models = find_fold_models(tracker, run_id, folder, allow_partial)
+    return models.cfg, models.download(tracker, folder)
