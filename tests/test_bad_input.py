@@ -181,3 +181,13 @@ def test_tag_values_with_both_quote_kinds_are_found_exactly(tmp_path):
     ids = {value: tracker.start_run(value, {"ftsweep.study": value}) for value in values}
     for value in values:
         assert [r.info.run_id for r in tracker.runs_tagged("ftsweep.study", value)] == [ids[value]], value
+
+
+def test_a_run_of_listed_folds_is_complete_in_any_order():
+    """predict uses the logged model (not the fold checkpoints) when every fold the run trained has weights."""
+    from ftsweep.tracking.model_export import FoldModels
+
+    cfg = OmegaConf.create({"cv": {"n_folds": 5, "folds": [2, 0]}})
+    assert FoldModels(cfg, {0: ("a", "m0"), 2: ("b", "m2")}).complete
+    assert not FoldModels(cfg, {2: ("b", "m2")}).complete
+    assert not FoldModels(OmegaConf.create({"cv": {"n_folds": 3, "folds": None}}), {0: ("a", "m"), 1: ("b", "m")}).complete

@@ -119,37 +119,76 @@ class TerminatedWorkerError(Exception):
     """Named as joblib's (loky's): what its launcher raises when a job's process was killed."""
 
 
-def test_a_trial_whose_process_was_killed_fails_by_name_and_the_search_goes_on():
-    fake = FakeLauncher({0: 0.3})
+def killing(fake: FakeLauncher, deaths: dict[int, int]):
+    """fake.launch, except that lineage L's first deaths[L] launches raise as joblib's do after kill -9."""
     launch = fake.launch
 
-    def killing(jobs, first):
-        if any("search.lineage=1" in o for o in jobs[0]):
-            time.sleep(0.6)  # dies after the other trials ended: 1 failure of 4 is under the rate
+    def launch_or_die(jobs, first):
+        lineage = int(next(o for o in jobs[0] if o.startswith("search.lineage=")).split("=")[1])
+        if deaths.get(lineage, 0) > 0:
+            deaths[lineage] -= 1
             raise TerminatedWorkerError("A worker process managed by the executor was unexpectedly terminated. "
                                         "The exit codes of the workers are {SIGKILL(-9)}")
         return launch(jobs, first)
 
-    fake.launch = killing
-    study, outcome = search(fake, concurrent=True, n_trials=4, n_jobs=2, rate=0.5)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
-                                               TrialState.COMPLETE]
-    assert outcome.failures == ["trial 1 (job 1): its job's process died (SIGKILL, often the out-of-memory killer)"]
+    fake.launch = launch_or_die
 
 
-@pytest.mark.parametrize(("exc", "said"), [
-    (TerminatedWorkerError("exit codes of the workers are {SIGKILL(-9)}"),
-     "died (SIGKILL, often the out-of-memory killer)"),
-    (RuntimeError("wrapped"), None),
-    (type("UncompletedJobError", (Exception,), {})("job 12 has not produced any output (state: FAILED)"), "died"),
-    (type("BrokenProcessPool", (Exception,), {})("terminated by signal 15"), "died (SIGTERM)"),
-    (ValueError("SIGKILL in a message is not a dead worker"), None),
+def test_a_trial_whose_process_died_runs_again_once_and_keeps_its_lineage():
+    fake = FakeLauncher({})
+    killing(fake, {1: 1})
+    study, outcome = search(fake, concurrent=True, n_trials=4, n_jobs=2)  # max_failure_rate 0: a death is no failure
+    states = {t.number: t.state for t in study.trials}
+    assert outcome.complete == 4 and outcome.failed == 0 and outcome.failures == []
+    assert states[1] == TrialState.FAIL and study.trials[1].user_attrs["ftsweep.interrupted"] is True
+    (retry,) = [t for t in study.trials if t.user_attrs.get("ftsweep.died")]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["ftsweep.lineage"] == 1
+    assert retry.params == study.trials[1].params
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 4  # the retry took the place of no new trial
+
+
+def test_a_trial_whose_process_dies_twice_fails_by_name():
+    fake = FakeLauncher({})
+    killing(fake, {0: 2})
+    study, outcome = search(fake, concurrent=True, n_trials=3, n_jobs=1)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]  # rate 0: nothing after
+    assert [t.user_attrs["ftsweep.lineage"] for t in study.trials] == [0, 0]
+    assert outcome.failures == ["trial 1 (job 1): its job's process died (SIGKILL, often the out-of-memory killer), "
+                                "twice"]
+
+
+def _named(name: str, text: str) -> Exception:
+    return type(name, (Exception,), {})(text)
+
+
+@pytest.mark.parametrize(("exc", "how", "memory"), [
+    (TerminatedWorkerError("The exit codes of the workers are {SIGKILL(-9)}"),
+     "died (SIGKILL, often the out-of-memory killer)", True),
+    (TerminatedWorkerError("The exit codes of the workers are {SIGSEGV(-11)}"), "died (SIGSEGV)", False),
+    (TerminatedWorkerError("terminated; no exit codes"), "died", False),
+    (_named("UncompletedJobError", "Job 12_0 (task: 0) with path /x/12_0_result.pkl\nhas not produced any output "
+                                   "(state: OUT_OF_MEMORY)\nError stream produced:\nCaught signal SIGTERM (-1)"),
+     "ended without a result (state: OUT_OF_MEMORY)", True),
+    (_named("UncompletedJobError", "has not produced any output (state: TIMEOUT)\nBypassing signal SIGKILL"),
+     "ended without a result (state: TIMEOUT)", False),
 ])
-def test_which_errors_mean_a_job_process_died(exc, said):
-    from ftsweep.sweep.launchers import worker_died
+def test_which_errors_mean_a_job_process_died(exc, how, memory):
+    from ftsweep.sweep.launchers import Death, worker_died
 
-    assert worker_died(exc) == said
+    assert worker_died(exc) == Death(how, memory)
     try:  # found through the chain, as a launcher re-raises it
         raise RuntimeError("launch failed") from exc
     except RuntimeError as wrapper:
-        assert worker_died(wrapper) == said
+        assert worker_died(wrapper) == Death(how, memory)
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("wrapped"),
+    ValueError("SIGKILL in a message is not a dead worker"),
+    _named("BrokenProcessPool", "A task has failed to un-serialize"),  # loky's pickling error: no process died
+    _named("FailedJobError", "the job raised"),  # submitit: the job's own exception, not a death
+])
+def test_other_errors_are_not_a_dead_process(exc):
+    from ftsweep.sweep.launchers import worker_died
+
+    assert worker_died(exc) is None

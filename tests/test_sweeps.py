@@ -233,7 +233,8 @@ def test_a_killed_joblib_worker_is_one_line_and_keeps_what_finished(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == (
         "ftsweep: error: a job's process died (SIGKILL, often the out-of-memory killer) under the joblib launcher, "
-        "which stops the sweep; finished jobs keep their runs in MLflow. Rerun the same command to run the rest "
-        "(finished folds are reused); if memory ran out, lower hydra.launcher.n_jobs or trainer.batch_size.")
+        "and the sweep stopped there; finished jobs keep their runs in MLflow experiment 'oom'. Rerun the same "
+        "command to run the rest (finished folds are reused); if memory ran out, lower hydra.launcher.n_jobs or "
+        "trainer.batch_size.")
     _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "oom")
     assert finished and finished <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}

@@ -26,6 +26,7 @@ from ftsweep.locks import owner_alive, owner_tags, sqlite_path, store_lock
 log = logging.getLogger("ftsweep")
 LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage
 INTERRUPTED = "ftsweep.interrupted"
+DIED = "ftsweep.died"  # on a retry: its lineage's job process died once already
 OVERRIDES = "ftsweep.overrides"  # the trial's job overrides (what best.yaml rebuilds)
 DATA = "ftsweep.data_fingerprint"  # study attributes: what every trial of the study ran on
 FIXED = "ftsweep.fixed_overrides"
@@ -86,6 +87,18 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     if queued:
         log.info("search: trial(s) %s were interrupted; they run again and keep their finished folds", queued)
     return queued
+
+
+def retry_died(study: optuna.Study, trial: optuna.trial.Trial) -> bool:
+    """A trial whose job's process died (kill -9, the out-of-memory killer; under joblib the trials
+    sharing its pool of workers too): FAIL it and queue its parameters again, same lineage, once.
+    False when its lineage died before: it is left to fail."""
+    if trial.user_attrs.get(DIED):
+        return False
+    trial.set_user_attr(INTERRUPTED, True)
+    study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={LINEAGE: lineage(trial), DIED: True})
+    return True
 
 
 def in_progress(study: optuna.Study) -> int:

@@ -41,6 +41,7 @@ from ftsweep.search.study import (
     open_storage,
     open_study,
     own,
+    retry_died,
     retry_interrupted,
 )
 from ftsweep.sweep.callback import JOB_STATUS
@@ -251,12 +252,17 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                     numbered = in_flight.pop(future)
                     try:
                         returns = future.result()
-                    except Exception as exc:  # a job process killed under joblib/submitit: its trials fail
-                        died = worker_died(exc)
-                        if died is None:
+                    except Exception as exc:  # a job process that died under joblib/submitit
+                        death = worker_died(exc)
+                        if death is None:
                             raise
                         for trial, job in numbered:
-                            _fail(study, trial, outcome, job, f"its job's process {died}")
+                            if retry_died(study, trial):  # runs again, in place of a new trial
+                                launched -= 1
+                                log.warning("search: trial %d (job %d): its job's process %s; it runs again and "
+                                            "keeps its finished folds", trial.number, job, death.how)
+                            else:
+                                _fail(study, trial, outcome, job, f"its job's process {death.how}, twice")
                         continue
                     for (trial, job), ret in zip(numbered, returns, strict=True):
                         _tell(study, trial, ret, outcome, job)

@@ -64,7 +64,7 @@ class FoldModels:
 
     @property
     def complete(self) -> bool:
-        return sorted(self.located) == folds_to_run(self.cfg)
+        return sorted(self.located) == sorted(folds_to_run(self.cfg))  # cv.folds may list them in any order
 
     def download(self, tracker: Tracker, folder: Path) -> list[Path]:
         return [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(self.located.items())]
