@@ -163,8 +163,9 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         name = os.environ.get(EXPERIMENT_ENV, "sweep")
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not _sweeper_prints_own_summary(config):
-            self._print_table(config, name, sweep_dir)
+        if _sweeper_prints_own_summary(config):
+            return  # a search: its summary, and its failed trials by name (a job that died ran again)
+        self._print_table(config, name, sweep_dir)
         self._report_jobs(sweep_dir)
 
     @staticmethod

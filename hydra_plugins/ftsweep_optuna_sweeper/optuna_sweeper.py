@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    # Read by ftsweep's SweepCallback: a search writes its own summary (best.yaml, top trials),
-    # so the grid's closing results table is not printed.
+    # Read by ftsweep's SweepCallback: a search writes its own summary (best.yaml, top trials) and
+    # names its failed trials, so the grid's closing results table and job report are not printed
+    # (a job folder left by a trial that died and ran again is no failure).
     prints_own_summary = True
 
     def __init__(self, **settings: Any) -> None:
