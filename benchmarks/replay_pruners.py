@@ -109,14 +109,14 @@ def _predictions(tracker: Tracker, run_id: str) -> pd.DataFrame:
         return pd.read_csv(tracker.download(run_id, PREDICTIONS, Path(tmp)), dtype={ID: str})
 
 
-def make_pruner(name: str, args: argparse.Namespace) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, args: argparse.Namespace, min_delta: float | None = None) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=args.median_startup, n_warmup_steps=0)
     if name == "wilcoxon":
         return build_pruner({"_target_": "optuna.pruners.WilcoxonPruner", "p_threshold": args.wilcoxon_p,
                              "n_startup_steps": args.wilcoxon_startup})
     if name == "paired":
-        return PairedPruner(alpha=args.alpha, min_delta=args.min_delta, test=args.test)
+        return PairedPruner(alpha=args.alpha, min_delta=min_delta, test=args.test)
     return optuna.pruners.NopPruner()
 
 
@@ -174,30 +174,47 @@ def _folds(trial: StoredTrial) -> pd.DataFrame:
     return pd.DataFrame({"seed": 0, "fold": trial.folds, "rmse_best": trial.rmse})
 
 
+def closest_pruned(result: Replay, trials: list[StoredTrial]) -> tuple[int, float] | None:
+    """The pruned trial that, run to the end, came closest to the eventual best: (trial, its
+    mean CV RMSE minus the best's). The cost of a pruner's mistakes in RMSE, beside their count:
+    a fold-paired interval over 5 folds is wide, and one diverged fold widens it further."""
+    complete = {t.number: t for t in trials if t.complete}
+    if not complete:
+        return None
+    best = min(complete.values(), key=lambda t: t.mean)
+    gaps = [(number, complete[number].mean - best.mean) for number in result.pruned if number in complete]
+    return min(gaps, key=lambda item: item[1]) if gaps else None
+
+
 def summarize(results: list[Replay], trials: list[StoredTrial]) -> list[dict]:
     complete = [t for t in trials if t.complete]
     eventual = min(complete, key=lambda t: t.mean) if complete else None
     rows = []
     for result in results:
         best = min(result.complete.items(), key=lambda item: item[1]) if result.complete else None
+        closest = closest_pruned(result, trials)
         rows.append({"pruner": result.pruner, "folds_trained": result.folds_trained,
                      "trials_pruned": len(result.pruned), "best_trial": best[0] if best else None,
                      "best_rmse": best[1] if best else None,
                      "found_eventual_best": bool(best and eventual and best[0] == eventual.number),
-                     "false_prunes": false_prunes(result, trials), "unknown": result.unknown,
-                     "pruned_after": {str(k): v for k, v in result.pruned.items()}})
+                     "false_prunes": false_prunes(result, trials),
+                     "closest_pruned": {"trial": closest[0], "delta": closest[1]} if closest else None,
+                     "unknown": result.unknown, "pruned_after": {str(k): v for k, v in result.pruned.items()}})
     return rows
 
 
 def to_markdown(rows: list[dict], n_trials: int, n_folds: int) -> str:
     lines = [f"| pruner | folds trained (of {n_trials * n_folds}) | trials pruned | best trial found (RMSE) | "
-             f"false prunes | unknown (stopped live earlier) |", "|---|---|---|---|---|---|"]
+             f"false prunes | closest pruned trial (Δ to best) | unknown (stopped live earlier) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         best = f"trial {row['best_trial']} ({row['best_rmse']:.4f})" if row["best_trial"] is not None else "none"
         false = ", ".join(map(str, row["false_prunes"])) or "none"
+        closest = row["closest_pruned"]
+        near = f"trial {closest['trial']} ({closest['delta']:+.4f})" if closest else "–"
         unknown = ", ".join(map(str, row["unknown"])) or "none"
         lines.append(f"| {row['pruner']} | {row['folds_trained']} | {row['trials_pruned']} | {best} | "
-                     f"{len(row['false_prunes'])}: {false} | {unknown} |")
+                     f"{len(row['false_prunes'])}: {false} | {near} | {unknown} |")
     return "\n".join(lines)
 
 
@@ -211,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--wilcoxon-p", type=float, default=0.1)
     parser.add_argument("--wilcoxon-startup", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--min-delta", type=float, default=0.01)
+    parser.add_argument("--min-delta", type=float, nargs="+", default=[0.01],
+                        help="the paired pruner's margin(s): one row per value")
     parser.add_argument("--test", default="bootstrap", choices=("bootstrap", "wilcoxon"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -219,7 +237,12 @@ def main(argv: list[str] | None = None) -> dict:
     study, trials = load_trials(tracker, args.study, "paired" in args.pruners)
     if not trials:
         sys.exit(f"replay: study {study!r} has no finished folds")
-    results = [replay(trials, name, make_pruner(name, args)) for name in args.pruners]
+    runs = [(name, None) for name in args.pruners if name != "paired"]
+    if "paired" in args.pruners:
+        at = args.pruners.index("paired")
+        several = len(args.min_delta) > 1
+        runs[at:at] = [(f"paired δ={delta:g}" if several else "paired", delta) for delta in args.min_delta]
+    results = [replay(trials, label, make_pruner(label.split()[0], args, delta)) for label, delta in runs]
     rows = summarize(results, trials)
     n_folds = max(len(t.folds) for t in trials)
     print(f"Replay of study {study!r}: {len(trials)} trials, {sum(t.complete for t in trials)} complete, "

@@ -98,3 +98,25 @@ def test_gpu_check_smoke(smoke_runs):
     assert jobs["samples_per_s"] * jobs["training_span_s"] == pytest.approx(3 * 16, rel=1e-9)
     assert sections["large"]["tiny"]["gradient_checkpointing"] and sections["large"]["tiny"]["batch"] == "16 x 2"
     assert re.search(r"ratio_vs_hf\s+[\d.]+\s+>= 3\s+n/a \(smoke\)", text)
+
+
+def test_replay_counts_false_prunes_as_defined_and_reports_the_closest_pruned_trial():
+    """What a pruner's mistakes are: pruned trials that beat the best or whose fold-paired interval
+    against it holds 0 (one diverged fold makes that interval wide), and the closest one's gap."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("replay_pruners", ROOT / "benchmarks" / "replay_pruners.py")
+    replay = importlib.util.module_from_spec(spec)
+    sys.modules["replay_pruners"] = replay  # its dataclasses look their module up there
+    spec.loader.exec_module(replay)
+    folds = [0, 1, 2, 3, 4]
+    stored = [replay.StoredTrial(0, True, folds, [0.50, 0.50, 0.50, 0.50, 0.50], []),  # the best
+              replay.StoredTrial(1, True, folds, [0.51, 0.49, 0.50, 0.52, 0.50], []),  # +0.004, within noise
+              replay.StoredTrial(2, True, folds, [0.50, 0.50, 1.00, 0.50, 0.50], []),  # one diverged fold
+              replay.StoredTrial(3, True, folds, [0.60, 0.61, 0.60, 0.61, 0.60], []),  # clearly worse
+              replay.StoredTrial(4, False, [0], [0.70], [])]  # stopped live: never complete
+    result = replay.Replay("x", pruned={1: 0, 2: 1, 3: 0, 4: 0})
+    assert replay.false_prunes(result, stored) == [1, 2]
+    (number, gap), = [replay.closest_pruned(result, stored)]
+    assert number == 1 and gap == pytest.approx(0.004)
+    assert replay.closest_pruned(replay.Replay("none"), stored) is None

@@ -29,7 +29,7 @@ REFUSED = [
                           "closest first: llrd, grouped_llrd, adamw."),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.pruner.foo=1"],
      "unknown key hydra.sweeper.pruner.foo in hydra.sweeper.pruner.foo=1: hydra.sweeper.pruner has _target_, "
-     "interval_steps, n_startup_trials, n_warmup_steps."),
+     "alpha, min_delta, n_resamples, n_warmup_steps, seed, test."),
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=3"],
      "unknown key hydra.sweeper.n_trial in hydra.sweeper.n_trial=3: did you mean hydra.sweeper.n_trials?"),
     # a sweep is named as typed, though composed as its first value / lower bound

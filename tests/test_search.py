@@ -65,7 +65,7 @@ def _runs(out, experiment):
 def searched(tmp_path_factory):
     """6 trials, median pruning from the second trial on."""
     out = tmp_path_factory.mktemp("search")
-    args = [*README_SEARCH, "tracking.experiment=s6", "hydra.sweeper.n_trials=6",
+    args = [*README_SEARCH, "tracking.experiment=s6", "hydra.sweeper.n_trials=6", "hydra/sweeper/pruner=median",
             "hydra.sweeper.pruner.n_startup_trials=1", f"paths.output_root={out}"]
     done = run_cli("ftsweep", *args, cwd=out)
     assert done.returncode == 0, done.stderr[-3000:]

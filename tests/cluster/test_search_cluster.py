@@ -22,7 +22,8 @@ def test_parallel_trials_through_slurm_into_a_postgresql_study(cluster, tmp_path
     args = ["-m", "hydra/sweeper=optuna", "optimizer=llrd", "model.lr=tag(log, interval(1e-5, 3e-4))",
             "reinit.n=range(0, 3)", *TINY, "cv.n_folds=3", "data.max_rows=48", f"tracking.experiment={name}",
             f"hydra.sweeper.storage={cluster.study_storage}", "hydra.sweeper.n_jobs=3",
-            "hydra.sweeper.pruner.n_startup_trials=1", *cluster.launcher(), f"paths.output_root={tmp_path}"]
+            "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", *cluster.launcher(),
+            f"paths.output_root={tmp_path}"]
     first = cluster.run("ftsweep", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     again = cluster.run("ftsweep", *args, "hydra.sweeper.n_trials=4", cwd=tmp_path)  # the study goes on
