@@ -45,6 +45,9 @@ def test_presets_are_the_reference_rows(tmp_path):
     assert cfg.optimizer.group_lrs == [1e-6, 1.75e-6, 3.5e-6] and cfg.optimizer.head_lr == 3.6e-6
     assert cfg.swa.lr == 2e-6 and cfg.reinit.n == 5 and cfg.scheduler.warmup_steps == 50
     assert cfg.eval.every_n_batches == 10 and cfg.trainer.epochs == 5
+    # the row label names the layers re-initialised: the write-up's 5 on roberta, MiniLM's own 2 (of 6)
+    minilm = compose_cfg(["experiment=llrd_warmup_reinit_swa"], tmp_path)
+    assert (minilm.reinit.n, minilm.label) == (2, "LLRD (50 warm-up steps) + re-initialize top 2 layers + SWA")
 
 
 def test_rates_follow_the_model_base_rate(tmp_path):
