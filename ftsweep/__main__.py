@@ -7,17 +7,20 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ftsweep.cv.pipeline import Job, run_cv
-from ftsweep.cv.summary import conclude
 from ftsweep.jobs import check_command_line, guarded, in_multirun, job_number, task_overrides
-from ftsweep.search.pruning import fold_reporter, trial_tags
-from ftsweep.sweep.callback import experiment_name, record_job
-from ftsweep.train.progress import want_bar
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | dict:
     def job() -> float | dict:
+        # torch, transformers and MLflow (~6 s) only once the command line has passed its checks:
+        # a mistyped key is answered at once
+        from ftsweep.cv.pipeline import Job, run_cv
+        from ftsweep.cv.summary import conclude
+        from ftsweep.search.pruning import fold_reporter, trial_tags
+        from ftsweep.sweep.callback import experiment_name, record_job
+        from ftsweep.train.progress import want_bar
+
         multirun = in_multirun()
         with open_dict(cfg):
             cfg.tracking.experiment = experiment_name(cfg, multirun)

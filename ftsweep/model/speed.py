@@ -6,9 +6,12 @@ first step, so it pays only on a GPU over many steps; on a CPU or a short run ea
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a model is prepared: config checks read COMPILE without it
+    from torch import nn
 
 # trainer.compile -> torch.compile keyword arguments.
 #  default:         static shapes; inductor code specialised per (batch, width) shape.
@@ -43,6 +46,8 @@ def prepare_model(model: nn.Module, tcfg: DictConfig) -> nn.Module:
     mode = tcfg.get("compile") or False
     if mode:
         # Past the recompile limit (8 by default) dynamo silently runs every further shape eager.
+        import torch
+
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), shape_budget(tcfg)))
