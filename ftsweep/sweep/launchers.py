@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 _LOKY_EXIT = re.compile(r"exit codes of the workers are \{(SIG[A-Z0-9]+)\(")  # joblib: {SIGKILL(-9)}
 _SLURM_STATE = re.compile(r"\(state: ([A-Z_]+)\)")  # submitit: "has not produced any output (state: TIMEOUT)"
-_OUT_OF_MEMORY = {"SIGKILL", "OUT_OF_MEMORY"}
+_SLURM_OUT_OF_MEMORY = "OUT_OF_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def worker_died(exc: BaseException | None) -> Death | None:
             found = _SLURM_STATE.search(text)
             state = found.group(1) if found else None
             return Death(f"ended without a result (state: {state})" if state else "ended without a result",
-                         state in _OUT_OF_MEMORY)
+                         state == _SLURM_OUT_OF_MEMORY)
         exc = exc.__cause__ or exc.__context__
     return None
 
