@@ -158,10 +158,13 @@ def test_predict_checks_its_arguments_first(tmp_path):
 
 @pytest.mark.slow
 def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
-    with at_once() as start:  # three processes that each stop at their first line: side by side
+    with at_once() as start:  # processes that each stop at their first line: side by side
         no_path = start(run_cli, "ftsweep", *TINY, "data=commonlit", f"paths.output_root={tmp_path}", cwd=tmp_path)
         bad_clip = start(run_cli, "ftsweep", *TINY, "trainer.grad_clip=-1", f"paths.output_root={tmp_path}", cwd=tmp_path)
         no_run = start(run_cli, "ftsweep.predict", f"paths.output_root={tmp_path}", cwd=tmp_path)
+        (tmp_path / "afile").write_text("x\n")
+        no_dir = start(run_cli, "ftsweep.predict", "run_id=abc", "data.path=t.csv", f"hydra.run.dir={tmp_path}/afile/p",
+                       f"paths.output_root={tmp_path}", cwd=tmp_path)
     out = no_path.result()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "ftsweep: error: data=commonlit needs a file: add data.path=/path/to/train.csv"
@@ -171,6 +174,10 @@ def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # nothing was created for a run that never started
     out = no_run.result()
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("ftsweep: error: run_id is not set")
+    out = no_dir.result()  # a traceback before
+    assert (out.returncode, out.stderr.strip().splitlines()) == (2, [
+        f"ftsweep: error: hydra.run.dir={tmp_path}/afile/p: {tmp_path}/afile is a file; point hydra.run.dir "
+        f"(or paths.output_root) at a writable folder."]), out.stderr[-2000:]
 
 
 def test_tag_values_with_both_quote_kinds_are_found_exactly(tmp_path):
