@@ -1,10 +1,11 @@
 """What search with fold-level pruning buys, on the embedded default (MiniLM-L6, demo data):
 
-    python benchmarks/search_benefit.py                 # 20-trial TPE search + the table1 grid (CPU: ~1.5 h)
+    python benchmarks/search_benefit.py                 # 20-trial TPE search + the table1 grid (~1 h on 2 CPU cores with hydra/launcher=joblib, 2 jobs)
     python benchmarks/search_benefit.py --trials 4 --extra model=tiny cv.n_folds=3 ...   # a quick look
 
-1. `python -m ftsweep +sweep=search_llrd` (TPE, median pruning after each fold): folds trained
-   against trials x folds without pruning;
+1. `python -m ftsweep +sweep=search_llrd` (TPE, the default paired pruning after each fold;
+   `--search-extra hydra/sweeper/pruner=none` runs every trial to the end, as
+   benchmarks/RESULTS.md did): folds trained against trials x folds without pruning;
 2. `python -m ftsweep -m +sweep=table1` on the same data and folds (fold_seed) into the same store;
 3. the best trial's CV RMSE against the best table1 preset's, paired by fold (mean difference
    with its 95% t-interval), as the results table computes it.
