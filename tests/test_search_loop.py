@@ -171,6 +171,11 @@ def _named(name: str, text: str) -> Exception:
      "ended without a result (state: OUT_OF_MEMORY)", True),
     (_named("UncompletedJobError", "has not produced any output (state: TIMEOUT)\nBypassing signal SIGKILL"),
      "ended without a result (state: TIMEOUT)", False),
+    (_named("UncompletedJobError", "has not produced any output (state: CANCELLED by 0)\nNo output/error stream"),
+     "ended without a result (state: CANCELLED by 0)", False),  # sacct names who ran scancel
+    (_named("UncompletedJobError", "has not produced any output (state: UNKNOWN)"),
+     "ended without a result (state: UNKNOWN)", False),
+    (_named("UncompletedJobError", "has not produced any output"), "ended without a result", False),
 ])
 def test_which_errors_mean_a_job_process_died(exc, how, memory):
     from ftsweep.sweep.launchers import Death, worker_died

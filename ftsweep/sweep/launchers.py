@@ -12,7 +12,9 @@ import signal
 from dataclasses import dataclass
 
 _LOKY_EXIT = re.compile(r"exit codes of the workers are \{(SIG[A-Z0-9]+)\(")  # joblib: {SIGKILL(-9)}
-_SLURM_STATE = re.compile(r"\(state: ([A-Z_]+)\)")  # submitit: "has not produced any output (state: TIMEOUT)"
+# submitit: "has not produced any output (state: TIMEOUT)"; sacct's state may carry more words,
+# as in "CANCELLED by 0" (the uid that ran scancel)
+_SLURM_STATE = re.compile(r"\(state: ([A-Z_]+[^)\n]*)\)")
 _SLURM_OUT_OF_MEMORY = "OUT_OF_MEMORY"
 
 
@@ -39,7 +41,7 @@ def worker_died(exc: BaseException | None) -> Death | None:
             found = _SLURM_STATE.search(text)
             state = found.group(1) if found else None
             return Death(f"ended without a result (state: {state})" if state else "ended without a result",
-                         state == _SLURM_OUT_OF_MEMORY)
+                         state is not None and state.split()[0] == _SLURM_OUT_OF_MEMORY)
         exc = exc.__cause__ or exc.__context__
     return None
 
