@@ -59,8 +59,34 @@ def unreadable_override(text: str, exc: Exception) -> str:
             f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt  # the same clean-up as Ctrl-C: open runs are marked KILLED
+_job_running = False
+_launcher_worker = False  # this process runs jobs for a parallel local launcher (joblib, submitit_local)
+_received: int | None = None  # the signal that interrupted the job
+
+
+def _interrupt(signum, frame):
+    """SIGTERM, and SIGINT in a launcher's worker: while a job runs, the same clean-up as Ctrl-C
+    (open runs are marked KILLED); a worker between jobs has nothing open and ends at once, where
+    a KeyboardInterrupt would surface as a traceback in the launcher's own code. A worker already
+    closing its runs ignores the next signal (the orphan watch's grace still bounds it)."""
+    global _received
+    if _launcher_worker and not _job_running:
+        _die_by(signum)
+    if _launcher_worker and _received is not None:
+        return  # already closing its runs (Ctrl-C, then the orphan watch's SIGTERM): let it finish
+    _received = signum
+    raise KeyboardInterrupt
+
+
+def _die_by(signum: int) -> None:
+    """End this process by `signum` itself, as an uncaught signal would: its launcher then reports
+    a process ended by SIGTERM/SIGINT (joblib would take a SystemExit for the job's result and keep
+    the process)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # not reached: the default action of both signals ends the process
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -76,23 +102,27 @@ def disk_full(exc: BaseException) -> bool:
 
 
 _watching = False
-_orphaned = threading.Event()
 
 
 def exit_with_launcher() -> None:
     """Parallel local launchers (joblib's loky workers, submitit_local) run jobs in child
     processes that outlive a killed driver for minutes. Watch the parent: when it is gone,
-    SIGTERM this process (its open runs become KILLED), and exit for good after a grace."""
-    global _watching
+    SIGTERM this process (its open runs become KILLED), and exit for good after a grace.
+    SIGINT or SIGTERM here ends the job's runs KILLED, then the process by that signal."""
+    global _watching, _launcher_worker
     if _watching:
         return
     _watching = True
+    _launcher_worker = True
+    try:
+        signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # not the main thread
+        pass
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        _orphaned.set()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE)
         os._exit(143)
@@ -103,9 +133,10 @@ def exit_with_launcher() -> None:
 def guarded(job: Callable[[], T], failed_value: T) -> T:
     """Run `job`; turn user errors into one line and exit 2 (or, in a multirun, a logged
     failure that lets the other jobs go on). FTSWEEP_DEBUG=1 shows tracebacks."""
+    global _job_running
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:
-            signal.signal(signal.SIGTERM, _sigterm)
+            signal.signal(signal.SIGTERM, _interrupt)
         except ValueError:  # not the main thread (some launchers)
             pass
     multirun = in_multirun()
@@ -114,6 +145,7 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
 
         if parallel_local():
             exit_with_launcher()
+    _job_running = True
     try:
         return job()
     except FtsweepError as exc:
@@ -121,9 +153,9 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
             raise
         return _failed(str(exc), exc.exit_code, failed_value, multirun)
     except KeyboardInterrupt:
+        if _launcher_worker:  # the launching process says it, once, for the whole sweep
+            _die_by(_received or signal.SIGINT)
         print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
-        if _orphaned.is_set():
-            os._exit(130)  # a launcher's worker would catch SystemExit and wait for work that never comes
         sys.exit(130)
     except Exception as exc:
         if DEBUG:
@@ -136,6 +168,8 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
             _record("failed", f"{type(exc).__name__}: {exc}")
             return failed_value
         raise
+    finally:
+        _job_running = False
 
 
 def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:

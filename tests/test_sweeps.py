@@ -209,32 +209,59 @@ def test_killing_a_joblib_driver_ends_its_workers_and_their_runs(tmp_path):
     assert "KILLED" in {r.info.status for r in runs}
 
 
-def test_a_killed_joblib_worker_is_one_line_and_keeps_what_finished(tmp_path):
-    """kill -9 of one job's process (what the out-of-memory killer does): joblib's
-    TerminatedWorkerError was ~40 lines of Hydra traceback; now one line, exit 1, finished folds kept."""
-    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", "optimizer=adamw,llrd",
-            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=oom", f"paths.output_root={tmp_path}"]
+_DEAD_WORKER = ("ftsweep: error: a job's process died (SIGKILL, often the out-of-memory killer) under the joblib "
+                "launcher, and the sweep stopped there; finished jobs keep their runs in MLflow experiment 'stop'. "
+                "Rerun the same command to run the rest (finished folds are reused); if memory ran out, lower "
+                "hydra.launcher.n_jobs or trainer.batch_size.")
+_INTERRUPTED = ("ftsweep: interrupted; finished jobs keep their runs in MLflow experiment 'stop'. Rerun the same "
+                "command to run the rest (finished folds are reused).")
+_SEARCH_INTERRUPTED = ("ftsweep: interrupted; the running trials are retried by the next run of this command (their "
+                       "finished folds are kept).")
+_GRID = ["optimizer=adamw,llrd"]
+_SEARCH = ["+sweep=search_llrd", "reinit.n=range(0, 3)", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
+
+
+@pytest.mark.parametrize(("sweep", "stop", "code", "last_line"), [
+    pytest.param(_GRID, "kill -9 a worker", 1, _DEAD_WORKER, id="grid-kill-9"),
+    pytest.param(_GRID, "Ctrl-C", 130, _INTERRUPTED, id="grid-ctrl-c"),
+    # the driver leaves at once; its workers close their runs
+    pytest.param(_SEARCH, "Ctrl-C", 130, _SEARCH_INTERRUPTED, id="search-ctrl-c"),
+])
+def test_a_stopped_joblib_sweep_is_one_line_and_keeps_what_finished(tmp_path, sweep, stop, code, last_line):
+    """kill -9 of one job's process (what the out-of-memory killer does), or Ctrl-C (SIGINT to the
+    whole process group, as a terminal sends it): each was ~40 lines of traceback (joblib's, or an
+    idle worker's), and the runs that joblib's SIGKILL of its other workers left open stayed
+    RUNNING. Now one line, finished folds kept, nothing left RUNNING, no process left."""
+    args = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=6", *sweep,
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=stop", f"paths.output_root={tmp_path}"]
     proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         while time.time() < deadline and not _midway(tmp_path / "mlflow.db"):
             time.sleep(0.3)
-        _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "oom")
+        _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "stop")
         finished = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "LokyProcess"], capture_output=True,
-                                 text=True).stdout.split()
-        assert workers, "no joblib worker found"
-        os.kill(int(workers[0]), signal.SIGKILL)
+        if stop == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "LokyProcess"], capture_output=True,
+                                     text=True).stdout.split()
+            assert workers, "no joblib worker found"
+            os.kill(int(workers[0]), signal.SIGKILL)
         err = proc.communicate(timeout=120)[1]
+        deadline = time.time() + 30  # a search's workers close their runs after their driver has left
+        while time.time() < deadline and _group_alive(proc.pid):
+            time.sleep(0.5)
+        left = _group_alive(proc.pid)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None or _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
-    assert err.strip().splitlines()[-1] == (
-        "ftsweep: error: a job's process died (SIGKILL, often the out-of-memory killer) under the joblib launcher, "
-        "and the sweep stopped there; finished jobs keep their runs in MLflow experiment 'oom'. Rerun the same "
-        "command to run the rest (finished folds are reused); if memory ran out, lower hydra.launcher.n_jobs or "
-        "trainer.batch_size.")
-    _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "oom")
-    assert finished and finished <= {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert proc.returncode == code and "Traceback" not in err and "Warning" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == last_line
+    assert not left, left
+    _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "stop")
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert finished and all(status[run_id] == "FINISHED" for run_id in finished)
+    assert "RUNNING" not in status.values() and "KILLED" in status.values()

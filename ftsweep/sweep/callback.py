@@ -33,6 +33,7 @@ _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or qu
 _LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
 _NOT_NAMING = ("hydra", "tracking.", "paths.")
 DEFAULT_EXPERIMENT = "ftsweep"
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -151,6 +152,10 @@ class SweepCallback(Callback):
         os.environ[EXPERIMENT_ENV] = name
         os.environ[SWEPT_ENV] = json.dumps(keys)
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex
+        # joblib's resource tracker (a process of its own, started with this environment) outlives a
+        # driver that leaves at once on Ctrl-C (a search) and warns of each semaphore and /dev/shm
+        # folder it then removes: noise under the sweep's one line.
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER)))
         self.started = time.time() - 1.0
         try:
             _check_job_dir("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))

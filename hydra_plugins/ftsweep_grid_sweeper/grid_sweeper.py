@@ -1,8 +1,10 @@
 """ftsweep's sweeper for -m grids, registered as `hydra/sweeper=basic` (Hydra's default, so
 every grid gets it): Hydra's basic sweeper, the same keys (`params`, `max_batch_size`), except
 that a job process that died under the launcher (joblib, submitit: kill -9, the out-of-memory
-killer) ends the sweep with one line and exit 1 instead of Hydra's traceback. Finished jobs keep
-their runs and folds; rerunning the command resumes the rest."""
+killer) ends the sweep with one line and exit 1, and Ctrl-C with one line and exit 130, instead
+of a traceback. Either way joblib kills its other workers with SIGKILL, so the runs they had open
+are marked KILLED here (only runs whose process is gone). Finished jobs keep their runs and
+folds; rerunning the command resumes the rest."""
 
 import os
 import sys
@@ -18,20 +20,38 @@ class GridSweeper(BasicSweeper):
         from ftsweep.sweep.callback import EXPERIMENT_ENV
         from ftsweep.sweep.launchers import what_to_do, worker_died
 
+        name = os.environ.get(EXPERIMENT_ENV, "sweep")
         try:
             return super().sweep(arguments)
+        except KeyboardInterrupt:
+            self._close_dead_runs(name)
+            print(f"ftsweep: interrupted; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the "
+                  f"same command to run the rest (finished folds are reused).", file=sys.stderr)
+            sys.exit(130)
         except Exception as exc:
             death = worker_died(exc)
             if death is None:
                 raise
+            self._close_dead_runs(name)
             launcher = str(self.config.hydra.runtime.choices.get("hydra/launcher") or "its")
-            name = os.environ.get(EXPERIMENT_ENV, "sweep")
             # No results table here: under SLURM the sweep's other jobs may still be running.
             print(f"ftsweep: error: a job's process {death.how} under the {launcher} launcher, and the sweep "
                   f"stopped there; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the same "
                   f"command to run the rest (finished folds are reused); {what_to_do(launcher, death)}.",
                   file=sys.stderr)
             sys.exit(1)
+
+    def _close_dead_runs(self, experiment: str) -> None:
+        """Runs of this sweep's experiment left RUNNING by job processes that are gone -> KILLED, as
+        the next run against the store would do; a failure here must not hide the sweep's message."""
+        from ftsweep.tracking.store import Tracker
+        from ftsweep.tracking.units import close_orphans
+
+        try:
+            close_orphans(Tracker(str(self.config.tracking.uri), experiment, create=False))
+        except Exception as exc:  # noqa: BLE001 (a store that went away: the next run closes them)
+            print(f"ftsweep: could not mark the interrupted runs KILLED ({str(exc).splitlines()[0][:200]}); "
+                  f"the next run against this store does.", file=sys.stderr)
 
 
 @dataclass
