@@ -146,3 +146,29 @@ def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, prune
     assert reported != pytest.approx(running if pruner == "wilcoxon" else fold_rmse, abs=1e-6)
     keys = sorted(k for k in stored.user_attrs if k.startswith("ftsweep.row_errors."))
     assert keys == (["ftsweep.row_errors.0", "ftsweep.row_errors.1"] if pruner == "paired" else [])
+
+
+def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
+    from omegaconf import OmegaConf
+
+    from ftsweep.search.study import PRUNERS, note_pruner
+    from ftsweep.search.sweeper import pruner_rule
+
+    median = pruner_rule(OmegaConf.create({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5}), "median")
+    paired = pruner_rule(OmegaConf.create({"_target_": "ftsweep.search.paired.PairedPruner", "min_delta": 0.01,
+                                           "alpha": 0.05}), None)
+    assert (median, paired) == ("median(n_startup_trials=5)", "PairedPruner(alpha=0.05, min_delta=0.01)")
+    assert pruner_rule(None, "none") == "none"
+    study = optuna.create_study()
+    note_pruner(study, median)
+    note_pruner(study, paired)  # nothing finished under median yet: nothing to say
+    said = lambda: [r.getMessage() for r in caplog.records if r.name == "ftsweep"]  # noqa: E731
+    assert study.user_attrs[PRUNERS] == [median, paired] and said() == []
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    with caplog.at_level("WARNING", logger="ftsweep"):
+        note_pruner(study, median)
+        note_pruner(study, median)  # the rule of the run before: nothing new
+    assert said() == [
+        f"search: study {study.study_name!r} was pruned by {paired} before; this run prunes by {median}, so its "
+        f"pruned trials were stopped by different rules (give the earlier pruner's settings to keep one rule)."]
+    assert study.user_attrs[PRUNERS] == [median, paired, median]

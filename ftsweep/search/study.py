@@ -10,6 +10,8 @@ interrupted trial's MLflow run and keeps the folds it finished.
 A study belongs to one dataset and one set of fixed overrides (study attributes, set by its
 first run): trials are only comparable on the same rows and the same fixed config, so a rerun
 on other data or other fixed overrides is refused, naming the option that starts a new study.
+A rerun under another pruner is said, not refused: it changes which trials stop, not what a
+complete trial measures.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ DIED = "ftsweep.died"  # on a retry: its lineage's job process died once already
 OVERRIDES = "ftsweep.overrides"  # the trial's job overrides (what best.yaml rebuilds)
 DATA = "ftsweep.data_fingerprint"  # study attributes: what every trial of the study ran on
 FIXED = "ftsweep.fixed_overrides"
+PRUNERS = "ftsweep.pruners"  # study attribute: the pruning rules its runs used, a new entry per change
 RUN_ID = "ftsweep.mlflow_run_id"  # the trial's MLflow parent run (the MLflow side has ftsweep.study/trial tags)
 # Overrides that change where results go or how fast, not what is computed (as the unit keys);
 # data.path too: the rows themselves are checked by their fingerprint (a moved file is the same data).
@@ -141,3 +144,17 @@ def bind(study: optuna.Study, storage_url: str, data_fingerprint: str, fixed: li
         study.set_user_attr(DATA, data_fingerprint)
     if was_fixed is None:
         study.set_user_attr(FIXED, now)
+
+
+def note_pruner(study: optuna.Study, rule: str) -> None:
+    """A study continued under another pruning rule is not refused (complete trials stay comparable:
+    same rows, same fixed config) but said, as its pruned trials were stopped by other rules. The
+    study keeps each change of rule in order."""
+    used = list(study.user_attrs.get(PRUNERS) or [])
+    if used and used[-1] == rule:
+        return
+    if used and study.get_trials(deepcopy=False, states=COUNTED):
+        log.warning("search: study %r was pruned by %s before; this run prunes by %s, so its pruned trials were "
+                    "stopped by different rules (give the earlier pruner's settings to keep one rule).",
+                    study.study_name, used[-1], rule)
+    study.set_user_attr(PRUNERS, [*used, rule])

@@ -38,6 +38,7 @@ from ftsweep.search.study import (
     default_storage,
     in_progress,
     lineage,
+    note_pruner,
     open_storage,
     open_study,
     own,
@@ -165,6 +166,15 @@ def check_pruner(spec) -> None:
         raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(exc)}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise FtsweepError(f"hydra.sweeper.pruner._target_ must be an Optuna pruner, not {type(pruner).__name__}.")
+
+
+def pruner_rule(spec, choice: str | None) -> str:
+    """The pruning rule as the command chose it, e.g. `paired(alpha=0.05, min_delta=0.01, ...)`."""
+    if spec is None:
+        return "none"
+    node = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
+    name = choice or str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+    return f"{name}({', '.join(f'{key}={value}' for key, value in sorted(node.items()) if key != '_target_')})"
 
 
 def _one_line(exc: Exception) -> str:
@@ -380,6 +390,7 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
         rows = load_data(shared).fingerprint  # bad data stops here, before any trial
         study = open_search(settings)
         bind(study, settings.storage, rows, space.fixed)
+        note_pruner(study, pruner_rule(sweeper.get("pruner"), config.hydra.runtime.choices.get("hydra/sweeper/pruner")))
         outcome = run_trials(study, space, settings, launcher, config)
     except FtsweepError as exc:
         print(f"ftsweep: error: {exc}", file=sys.stderr)
