@@ -106,9 +106,11 @@ _watching = False
 
 def exit_with_launcher() -> None:
     """Parallel local launchers (joblib's loky workers, submitit_local) run jobs in child
-    processes that outlive a killed driver for minutes. Watch the parent: when it is gone,
-    SIGTERM this process (its open runs become KILLED), and exit for good after a grace.
-    SIGINT or SIGTERM here ends the job's runs KILLED, then the process by that signal."""
+    processes. Loky workers outlive a killed driver for minutes: watch the parent, and when it is
+    gone SIGTERM this process (its open runs become KILLED) and exit for good after a grace. (A
+    submitit_local job's parent is submitit's controller, which outlives the driver: it runs on.)
+    SIGINT (and SIGTERM, unless the launcher handles it: submitit does) ends the job's runs KILLED,
+    then the process by that signal."""
     global _watching, _launcher_worker
     if _watching:
         return
@@ -133,7 +135,7 @@ def exit_with_launcher() -> None:
 def guarded(job: Callable[[], T], failed_value: T) -> T:
     """Run `job`; turn user errors into one line and exit 2 (or, in a multirun, a logged
     failure that lets the other jobs go on). FTSWEEP_DEBUG=1 shows tracebacks."""
-    global _job_running
+    global _job_running, _received
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:
             signal.signal(signal.SIGTERM, _interrupt)
@@ -153,10 +155,11 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
             raise
         return _failed(str(exc), exc.exit_code, failed_value, multirun)
     except KeyboardInterrupt:
-        if _launcher_worker:  # the launching process says it, once, for the whole sweep
-            _die_by(_received or signal.SIGINT)
-        print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
-        sys.exit(130)
+        if _launcher_worker:  # the launching process says it, once, for the whole sweep (see finally)
+            _received = _received or signal.SIGINT
+        else:
+            print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
+            sys.exit(130)
     except Exception as exc:
         if DEBUG:
             raise
@@ -170,6 +173,9 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
         raise
     finally:
         _job_running = False
+        if _launcher_worker and _received is not None:
+            # however the job ended after the signal (even inside a handler above): by that signal
+            _die_by(_received)
 
 
 def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:

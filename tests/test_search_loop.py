@@ -187,6 +187,14 @@ def test_which_errors_mean_a_job_process_died(exc, how, memory):
         assert worker_died(wrapper) == Death(how, memory)
 
 
+def test_a_worker_ended_by_ctrl_c_is_an_interruption_not_a_crash():
+    from ftsweep.sweep.launchers import Death, worker_died
+
+    assert worker_died(TerminatedWorkerError("The exit codes of the workers are {SIGINT(-2)}")) == Death(
+        "died (SIGINT)", memory=False, interrupted=True)
+    assert not worker_died(TerminatedWorkerError("The exit codes of the workers are {SIGTERM(-15)}")).interrupted
+
+
 @pytest.mark.parametrize("exc", [
     RuntimeError("wrapped"),
     ValueError("SIGKILL in a message is not a dead worker"),

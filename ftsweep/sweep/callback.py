@@ -155,7 +155,8 @@ class SweepCallback(Callback):
         # joblib's resource tracker (a process of its own, started with this environment) outlives a
         # driver that leaves at once on Ctrl-C (a search) and warns of each semaphore and /dev/shm
         # folder it then removes: noise under the sweep's one line.
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _QUIET_TRACKER)))
+        filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
+        os.environ["PYTHONWARNINGS"] = ",".join([*filters, *([] if _QUIET_TRACKER in filters else [_QUIET_TRACKER])])
         self.started = time.time() - 1.0
         try:
             _check_job_dir("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))

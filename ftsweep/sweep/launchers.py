@@ -22,6 +22,7 @@ _SLURM_OUT_OF_MEMORY = "OUT_OF_MEMORY"
 class Death:
     how: str  # "died (SIGKILL, often the out-of-memory killer)", "ended without a result (state: TIMEOUT)"
     memory: bool  # what the kernel's or SLURM's out-of-memory killer does
+    interrupted: bool = False  # ended by SIGINT: Ctrl-C reached the job before the launching process
 
 
 def worker_died(exc: BaseException | None) -> Death | None:
@@ -36,7 +37,7 @@ def worker_died(exc: BaseException | None) -> Death | None:
             sig = found.group(1) if found and found.group(1) in signal.Signals.__members__ else None
             memory = sig == "SIGKILL"
             return Death(f"died ({sig}, often the out-of-memory killer)" if memory else
-                         f"died ({sig})" if sig else "died", memory)
+                         f"died ({sig})" if sig else "died", memory, sig == "SIGINT")
         if name == "UncompletedJobError":
             found = _SLURM_STATE.search(text)
             state = found.group(1) if found else None

@@ -7,9 +7,10 @@ are marked KILLED here (only runs whose process is gone). Finished jobs keep the
 folds; rerunning the command resumes the rest."""
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
@@ -21,19 +22,18 @@ class GridSweeper(BasicSweeper):
         from ftsweep.sweep.launchers import what_to_do, worker_died
 
         name = os.environ.get(EXPERIMENT_ENV, "sweep")
+        launcher = str(self.config.hydra.runtime.choices.get("hydra/launcher") or "its")
         try:
             return super().sweep(arguments)
         except KeyboardInterrupt:
-            self._close_dead_runs(name)
-            print(f"ftsweep: interrupted; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the "
-                  f"same command to run the rest (finished folds are reused).", file=sys.stderr)
-            sys.exit(130)
+            self._interrupted(name, launcher)
         except Exception as exc:
             death = worker_died(exc)
             if death is None:
                 raise
+            if death.interrupted:  # Ctrl-C ended an idle worker before this process saw its own SIGINT
+                self._interrupted(name, launcher)
             self._close_dead_runs(name)
-            launcher = str(self.config.hydra.runtime.choices.get("hydra/launcher") or "its")
             # No results table here: under SLURM the sweep's other jobs may still be running.
             print(f"ftsweep: error: a job's process {death.how} under the {launcher} launcher, and the sweep "
                   f"stopped there; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the same "
@@ -41,14 +41,30 @@ class GridSweeper(BasicSweeper):
                   file=sys.stderr)
             sys.exit(1)
 
+    def _interrupted(self, experiment: str, launcher: str) -> NoReturn:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the clean-up short
+        self._close_dead_runs(experiment)
+        if launcher.startswith("submitit") and "local" not in launcher:  # Hydra's launcher cancels nothing
+            print(f"ftsweep: interrupted; the sweep's SLURM jobs go on running and logging to MLflow experiment "
+                  f"{experiment!r} (scancel stops them; their ids are in the job folders under hydra.sweep.dir). "
+                  f"Rerun the same command for the rest and the table (finished folds are reused).", file=sys.stderr)
+        else:
+            print(f"ftsweep: interrupted; finished jobs keep their runs in MLflow experiment {experiment!r}. Rerun "
+                  f"the same command to run the rest (finished folds are reused).", file=sys.stderr)
+        sys.exit(130)
+
     def _close_dead_runs(self, experiment: str) -> None:
         """Runs of this sweep's experiment left RUNNING by job processes that are gone -> KILLED, as
-        the next run against the store would do; a failure here must not hide the sweep's message."""
+        the next run against the store would do (under the store's lock, as a claim does: another
+        sweep may be reopening one of them); a failure here must not hide the sweep's message."""
+        from ftsweep.locks import store_lock
         from ftsweep.tracking.store import Tracker
         from ftsweep.tracking.units import close_orphans
 
         try:
-            close_orphans(Tracker(str(self.config.tracking.uri), experiment, create=False))
+            tracker = Tracker(str(self.config.tracking.uri), experiment, create=False)
+            with store_lock(tracker.uri):
+                close_orphans(tracker)
         except Exception as exc:  # noqa: BLE001 (a store that went away: the next run closes them)
             print(f"ftsweep: could not mark the interrupted runs KILLED ({str(exc).splitlines()[0][:200]}); "
                   f"the next run against this store does.", file=sys.stderr)
