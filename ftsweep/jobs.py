@@ -55,7 +55,10 @@ def unreadable_override(text: str, exc: Exception) -> str:
     """Hydra's parse error in one line: its reason, not its 'Error parsing override' header."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error parsing") else lines[0]
-    return (f"cannot read the override {text!r}: {reason} (Hydra's override grammar: "
+    if "integer string conversion" in reason:  # Python's own limit, not the user's to raise
+        reason = "a whole number of over 4,300 digits"
+    shown = text if len(text) <= 200 else f"{text[:100]}…{text[-20:]}"
+    return (f"cannot read the override {shown!r}: {reason} (Hydra's override grammar: "
             f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
 
 

@@ -47,6 +47,18 @@ REFUSED = [
     (["sweep=table1"], "sweep=table1: sweep is not in the defaults list; add it with +sweep=table1."),
     (["+trainer.epochs=3"], "+trainer.epochs=3: trainer.epochs is already in the config; drop the + (trainer.epochs=3)."),
     (["--cfg", "job", "head.typ=cls"], "unknown key head.typ in head.typ=cls: did you mean head.type?"),
+    # ranges Hydra cannot step through, and a group given null: each was a traceback
+    (["-m", "reinit=on", "reinit.n=range(0,2,0)"], "reinit.n=range(0,2,0): range() arg 3 must not be zero; a range "
+     "needs finite numbers and a step other than 0, e.g. range(0, 4) or range(0.0, 0.2, 0.05)."),
+    (["-m", "scheduler.warmup_ratio=range(0.0,nan,0.1)"], "scheduler.warmup_ratio=range(0.0,nan,0.1): a bound or the "
+     "step is not a finite number; a range needs finite numbers and a step other than 0, e.g. range(0, 4) or "
+     "range(0.0, 0.2, 0.05)."),
+    (["-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=null"], "hydra/sweeper/pruner=null: a config group takes "
+     "one of its options by name, not null (python -m ftsweep --help lists them)."),
+    (["-m", "trainer.seed=0,1", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 must be a whole "
+     "number >= 1 (or null: all jobs at once)."),
+    (["trainer.seed=" + "9" * 5000], "cannot read the override 'trainer.seed=" + "9" * 87 + "…" + "9" * 20 + "': a "
+     "whole number of over 4,300 digits (Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)"),
 ]
 
 

@@ -111,14 +111,59 @@ def test_errors_are_stored_in_row_id_order_whatever_the_frame_order():
     assert encode_errors(shuffled) == encode_errors(frame)
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"_target_": "ftsweep.search.paired.PairedPruner", "alpha": 1.5}, "alpha=1.5 must be between 0 and 1"),
-    ({"_target_": "ftsweep.search.paired.PairedPruner", "test": "ttest"}, "test='ttest': use one of"),
-    ({"_target_": "ftsweep.search.paired.PairedPruner", "min_delta": -0.1}, "min_delta=-0.1 must be >= 0"),
+PAIRED = "ftsweep.search.paired.PairedPruner"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"_target_": PAIRED, "alpha": 1.5}, "hydra.sweeper.pruner.alpha=1.5 must be a number between 0 and 1 (say 0.05)."),
+    ({"_target_": PAIRED, "alpha": "abc"}, "hydra.sweeper.pruner.alpha='abc' must be a number between 0 and 1 "
+                                           "(say 0.05)."),
+    ({"_target_": PAIRED, "test": "ttest"}, "hydra.sweeper.pruner.test='ttest': use one of bootstrap, wilcoxon."),
+    ({"_target_": PAIRED, "min_delta": -0.1}, "hydra.sweeper.pruner.min_delta=-0.1 must be a number >= 0, in RMSE "
+                                              "units (say 0.01)."),
+    ({"_target_": PAIRED, "min_delta": float("nan")}, "hydra.sweeper.pruner.min_delta=nan must be a number >= 0, in "
+                                                      "RMSE units (say 0.01)."),  # it would never prune
+    ({"_target_": PAIRED, "min_delta": True}, "hydra.sweeper.pruner.min_delta=True must be a number >= 0, in RMSE "
+                                              "units (say 0.01)."),
+    ({"_target_": PAIRED, "n_resamples": 1e12}, "hydra.sweeper.pruner.n_resamples=1000000000000.0 must be a whole "
+                                                "number from 100 to 100000."),  # 233 TiB at the first decision
+    ({"_target_": PAIRED, "seed": -1}, "hydra.sweeper.pruner.seed=-1 must be a whole number from 0 to 4294967295."),
+    ({"_target_": PAIRED, "n_warmup_steps": 1.5}, "hydra.sweeper.pruner.n_warmup_steps=1.5 must be a whole number "
+                                                  "from 0 to 1000000."),
+    ({"_target_": PAIRED, "n_warmup_steps": 5}, "hydra.sweeper.pruner.n_warmup_steps=5 but a trial runs 5 folds "
+     "(steps 0..4): this pruner could never stop a trial; use 0..4, or hydra/sweeper/pruner=none."),
+    ({"_target_": "optuna.pruners.WilcoxonPruner", "n_startup_steps": 7}, "hydra.sweeper.pruner.n_startup_steps=7 "
+     "but a trial runs 5 folds (steps 0..4): this pruner could never stop a trial; use 0..4, or "
+     "hydra/sweeper/pruner=none."),
+    ({"_target_": "optuna.pruners.HyperbandPruner", "reduction_factor": 1}, "hydra.sweeper.pruner.reduction_factor=1 "
+                                                                            "must be a whole number >= 2."),
+    ({"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 0}, "hydra.sweeper.pruner.min_resource=0 must "
+                                                                        "be a whole number >= 1."),
+    ({"_target_": "optuna.pruners.ThresholdPruner", "upper": float("nan")}, "hydra.sweeper.pruner.upper=nan must be "
+                                                                            "a number (or null: no bound)."),
+    (42, "hydra.sweeper.pruner=42 is not a pruner's settings: choose one with hydra/sweeper/pruner=NAME (paired, "
+         "median, wilcoxon, hyperband, threshold or none), then set its keys as hydra.sweeper.pruner.KEY=VALUE."),
 ])
-def test_bad_pruner_settings_are_one_line(spec, words):
-    with pytest.raises(FtsweepError, match="hydra.sweeper.pruner: .*" + words.replace("(", r"\(")):
-        check_pruner(spec)
+def test_bad_pruner_settings_are_one_line_naming_the_key(spec, message):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(FtsweepError) as err:
+        check_pruner(OmegaConf.create(spec) if isinstance(spec, dict) else spec, n_folds=5)
+    assert str(err.value) == message
+
+
+def test_the_bootstrap_draws_in_blocks_give_the_p_value_of_one_draw(monkeypatch):
+    """Resamples are drawn in blocks so memory stays flat on large data: the same p-value."""
+    from ftsweep.search import paired
+
+    rng = np.random.default_rng(1)
+    best = rng.chisquare(1, 3000) * 0.25
+    trial = best + rng.normal(0.002, 0.2, 3000)  # near the best: a p-value far from its floor
+    whole = paired.p_worse(trial, best, 0.0)
+    draws = np.random.default_rng(0).integers(0, 3000, size=(2000, 3000))
+    assert whole == (np.count_nonzero((trial - best)[draws].mean(axis=1) <= 0.0) + 1) / 2001
+    monkeypatch.setattr(paired, "_RESAMPLE_BLOCK", 4000)  # one resample a block
+    assert paired.p_worse(trial, best, 0.0) == whole and 0.05 < whole < 0.95
 
 
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon", "paired"])

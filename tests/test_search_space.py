@@ -51,6 +51,7 @@ def test_the_command_line_wins_over_params_and_ranges_keep_their_step():
     ("data.path=glob(*)", "interval(...), range(...), choice(...)"),
     ("model.lr=interval(1e-5", "cannot read the override"),
     ("eval.every_n_batches=interval(2.5, 10)", "give integer bounds"),
+    ("model.lr=tag(lgo, interval(1e-5, 1e-3))", "unknown tag lgo; the one tag a search reads is log"),  # was linear
 ])
 def test_bad_search_spaces_are_refused(override, words):
     with pytest.raises(FtsweepError, match=words.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
@@ -91,6 +92,12 @@ def test_settings_default_to_a_study_beside_the_mlflow_store():
     ({"n_trials": 2, "direction": "maximize"}, "use direction=minimize"),
     ({"n_trials": 2, "direction": ["minimize", "minimize"]}, "optimises one value"),
     ({"n_trials": 2, "max_failure_rate": 1.5}, "max_failure_rate=1.5"),
+    # the trials' jobs cannot see an in-memory database: every trial failed with KeyError
+    ({"n_trials": 2, "storage": "sqlite:///"}, "an in-memory database is not seen by the trials' jobs"),
+    ({"n_trials": 2, "storage": "sqlite:///:memory:"}, "an in-memory database"),
+    ({"n_trials": 2, "study_name": ["a", "b"]}, "study_name=['a', 'b'] must be a name of 1 to 500 characters"),
+    ({"n_trials": 2, "study_name": ""}, "study_name='' must be a name"),
+    ({"n_trials": 2, "study_name": "x" * 501}, "must be a name of 1 to 500 characters"),
 ])
 def test_impossible_settings_are_refused(sweeper, words):
     with pytest.raises(FtsweepError, match=words.replace("[", r"\[")):
@@ -103,6 +110,12 @@ def test_a_resumed_seeded_sampler_moves_its_seed_on():
     assert make_sampler(spec, 5)._rng.rng.random() != make_sampler(spec, 0)._rng.rng.random()
     with pytest.raises(FtsweepError, match="must be an Optuna sampler"):
         make_sampler(OmegaConf.create({"_target_": "collections.OrderedDict"}), 0)
+    for seed in ("abc", 1.5, -1, 2**32, True):  # on a resumed study `abc` was a traceback
+        with pytest.raises(FtsweepError) as err:
+            make_sampler(OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": seed}), 5)
+        assert str(err.value) == (f"hydra.sweeper.sampler.seed={seed!r} must be a whole number from 0 to 2**32-1 "
+                                  f"(or null).")
+    assert make_sampler(OmegaConf.create({"_target_": "optuna.samplers.RandomSampler", "seed": 2**32 - 1}), 5)
 
 
 @pytest.mark.parametrize("kind", ["sampler", "pruner"])

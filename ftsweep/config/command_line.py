@@ -41,7 +41,7 @@ def check(argv: list[str], config_name: str) -> None:
     for text in texts:
         try:
             plain.parse_overrides([text])
-        except HydraException as exc:
+        except (HydraException, ValueError) as exc:  # ValueError: an integer of over 4,300 digits
             raise ConfigError(unreadable_override(text, exc)) from None
     if args.help or args.hydra_help or args.shell_completion or args.info or args.config_path is not None:
         return  # Hydra's own screens, or another primary config folder: Hydra reports those itself
@@ -60,9 +60,13 @@ def check(argv: list[str], config_name: str) -> None:
         raise ConfigError(_needs_multirun(sweeps[0]))
     for i, override in enumerate(parsed):  # a key of one option may be missing from another
         if override.is_discrete_sweep() and override.key_or_group in cfg.hydra.runtime.choices:
-            for value in list(override.sweep_string_iterator())[1:]:
+            for value in _sweep_values(override)[1:]:
                 job = [*jobs[:i], f"{override.get_key_element()}={value}", *jobs[i + 1:]]
                 compose_or_explain(compose, loader, job, texts)
+    size = cfg.hydra.sweeper.get("max_batch_size") if multirun else None  # Hydra's own check is a bare assert
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"hydra.sweeper.max_batch_size={size!r} must be a whole number >= 1 (or null: all jobs "
+                          f"at once).")
     if multirun and "optuna" in str(cfg.hydra.sweeper.get("_target_") or ""):
         try:
             import optuna  # noqa: F401
@@ -95,11 +99,21 @@ def _first_job(parsed: list[Override]) -> list[str | None]:
         elif override.is_interval_sweep():
             jobs.append(f"{override.get_key_element()}={override.value().start!r}")
         else:
-            try:
-                jobs.append(f"{override.get_key_element()}={next(override.sweep_string_iterator())}")
-            except (StopIteration, HydraException):  # an empty range, a glob that matches nothing
-                jobs.append(None)
+            values = _sweep_values(override)  # empty: a range with no values, a glob that matches nothing
+            jobs.append(f"{override.get_key_element()}={values[0]}" if values else None)
     return jobs
+
+
+def _sweep_values(override: Override) -> list[str]:
+    """A sweep's values; a range Hydra cannot step through (step 0, nan) is one line."""
+    try:
+        return list(override.sweep_string_iterator())
+    except HydraException:
+        return []
+    except (ValueError, ArithmeticError) as exc:  # range(0, 2, 0), range(0.0, 0.2, nan)
+        reason = str(exc) if isinstance(exc, ValueError) else "a bound or the step is not a finite number"
+        raise ConfigError(f"{override.input_line}: {reason}; a range needs finite "
+                          f"numbers and a step other than 0, e.g. range(0, 4) or range(0.0, 0.2, 0.05).") from None
 
 
 def _needs_multirun(override: Override) -> str:
@@ -140,6 +154,10 @@ def explain(exc: Exception, overrides: list[str], compose: Compose, loader, type
             re.match(r"Multiple values for ([^ ]+?)\.? To override", message):
         shown = _typed(found.group(1), overrides, typed)
         return f"{shown}: {found.group(1)} is already in the config; drop the + ({shown.lstrip('+')})."
+    if first.startswith("Config group override must be a string or a list"):  # group=null
+        nulls = [o for o in typed if "=" in o and o.partition("=")[2] == "null"]
+        return (f"{nulls[0] if nulls else 'a config group'}: a config group takes one of its options by name, "
+                f"not null (python -m ftsweep --help lists them).")
     cause = str(exc.__cause__ or "").strip().splitlines()
     return f"cannot compose the config: {first}" + (f" ({cause[0]})" if cause else "")
 

@@ -31,6 +31,8 @@ from ftsweep.data.loading import ID, TARGET
 
 ROW_ERRORS = "ftsweep.row_errors.{step}"  # a trial attribute per fold position: {"rows": digest, "sq_err": b64}
 TESTS = ("bootstrap", "wilcoxon")
+MAX_RESAMPLES = 100_000  # a decision's time grows with resamples x rows
+_RESAMPLE_BLOCK = 2**22  # indices drawn at once (32 MiB): memory stays flat however many rows
 
 
 def build_pruner(spec) -> BasePruner:
@@ -89,8 +91,25 @@ def p_worse(trial: np.ndarray, best: np.ndarray, min_delta: float, test: str = "
 
         return float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
     rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_resamples, len(d)))].mean(axis=1)
-    return float((np.count_nonzero(means <= 0.0) + 1) / (n_resamples + 1))
+    per_block = max(1, _RESAMPLE_BLOCK // len(d))
+    not_worse = 0
+    for start in range(0, n_resamples, per_block):  # the same draws as one (n_resamples, rows) array
+        size = min(per_block, n_resamples - start)
+        not_worse += int(np.count_nonzero(d[rng.integers(0, len(d), size=(size, len(d)))].mean(axis=1) <= 0.0))
+    return float((not_worse + 1) / (n_resamples + 1))
+
+
+def _real(key: str, value, ok, want: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{key}={value!r} must be {want}")
+    return float(value)
+
+
+def _whole(key: str, value, low: int, high: int) -> int:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or not low <= value <= high:
+        raise ValueError(f"{key}={value!r} must be a whole number from {low} to {high}")
+    return int(value)
 
 
 class PairedPruner(BasePruner):
@@ -101,16 +120,14 @@ class PairedPruner(BasePruner):
 
     def __init__(self, alpha: float = 0.05, min_delta: float = 0.01, test: str = "bootstrap",
                  n_warmup_steps: int = 0, n_resamples: int = 2000, seed: int = 0):
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha={alpha!r} must be between 0 and 1")
-        if min_delta < 0:
-            raise ValueError(f"min_delta={min_delta!r} must be >= 0 (RMSE units)")
+        self.alpha = _real("alpha", alpha, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (say 0.05)")
+        self.min_delta = _real("min_delta", min_delta, lambda v: v >= 0.0, "a number >= 0, in RMSE units (say 0.01)")
         if test not in TESTS:
-            raise ValueError(f"test={test!r}: use one of {TESTS}")
-        if n_warmup_steps < 0 or n_resamples < 100:
-            raise ValueError("n_warmup_steps must be >= 0 and n_resamples >= 100")
-        self.alpha, self.min_delta, self.test = float(alpha), float(min_delta), test
-        self.n_warmup_steps, self.n_resamples, self.seed = int(n_warmup_steps), int(n_resamples), int(seed)
+            raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
+        self.test = test
+        self.n_warmup_steps = _whole("n_warmup_steps", n_warmup_steps, 0, 10**6)
+        self.n_resamples = _whole("n_resamples", n_resamples, 100, MAX_RESAMPLES)
+        self.seed = _whole("seed", seed, 0, 2**32 - 1)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step

@@ -65,8 +65,12 @@ def parse(arguments: list[str], params: dict[str, str] | None, int_keys: set[str
 
 def distribution(key: str, override: Override, int_valued: bool = False) -> BaseDistribution:
     value = override.value()
-    log = "log" in getattr(value, "tags", set())
+    tags = set(getattr(value, "tags", set()))
+    log = "log" in tags
     where = override.input_line or key
+    if tags - {"log"}:
+        raise FtsweepError(f"{where}: unknown tag {', '.join(sorted(tags - {'log'}))}; the one tag a search "
+                           f"reads is log, as in tag(log, interval(1e-5, 1e-3)).")
     if isinstance(value, ChoiceSweep):
         if log:
             raise FtsweepError(f"{where}: tag(log, ...) needs an interval or a range, not a choice.")

@@ -57,8 +57,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         with store_lock(url):  # two sweeps creating one new SQLite schema at once
             return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as exc:  # noqa: BLE001 (SQLAlchemy, driver and OS errors: one line)
+        if url.startswith("postgresql://") and "import" in str(exc):  # SQLAlchemy's default driver: psycopg 3
+            raise FtsweepError(f"cannot open the Optuna storage {url}: no driver for it; write "
+                               f"postgresql+psycopg2://{url[len('postgresql://'):]} (psycopg2 comes with make "
+                               f"install).") from None
         raise FtsweepError(f"cannot open the Optuna storage {url}: {str(exc).splitlines()[0][:300]}; set "
-                           f"hydra.sweeper.storage to sqlite:///path/optuna.db or a postgresql:// URL.") from None
+                           f"hydra.sweeper.storage to sqlite:///path/optuna.db or a postgresql+psycopg2:// "
+                           f"URL.") from None
 
 
 def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, sampler=None,

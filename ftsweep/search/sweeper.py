@@ -22,14 +22,14 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
-from ftsweep.search.paired import build_pruner
+from ftsweep.search.paired import PairedPruner, build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
     OVERRIDES,
@@ -87,8 +87,19 @@ class Settings:
             raise FtsweepError(f"hydra.sweeper.max_failure_rate={rate!r} must be a number from 0 to 1.")
         tracking = normalize_uri(str(job_cfg.tracking.uri))
         storage = get("storage") or default_storage(tracking, str(job_cfg.paths.output_root))
+        if not isinstance(storage, str):
+            raise FtsweepError(f"hydra.sweeper.storage={storage!r} must be a database URL: sqlite:///path/optuna.db "
+                               f"or postgresql+psycopg2://user@host/db.")
+        if storage.split("?")[0].rstrip("/") in ("sqlite:", "sqlite://") or ":memory:" in storage:
+            raise FtsweepError(f"hydra.sweeper.storage={storage}: an in-memory database is not seen by the trials' "
+                               f"jobs; give a file, sqlite:///path/optuna.db.")
+        name = get("study_name")
+        if name is not None and (not isinstance(name, (str, int)) or isinstance(name, bool)
+                                 or not str(name).strip() or len(str(name)) > 500):
+            raise FtsweepError(f"hydra.sweeper.study_name={name!r} must be a name of 1 to 500 characters (or "
+                               f"null: the sweep's experiment name).")
         top = _positive_int("top", get("top", 10))
-        return cls(direction, n_trials, n_jobs, float(rate), str(get("study_name") or default_study), str(storage),
+        return cls(direction, n_trials, n_jobs, float(rate), str(name or default_study), storage,
                    get("sampler"), get("custom_search_space"), top)
 
 
@@ -145,8 +156,11 @@ def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
     if isinstance(spec, optuna.samplers.BaseSampler):
         return spec
     spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True)) if not isinstance(spec, DictConfig) else spec
-    if existing_trials and spec.get("seed") is not None:
-        spec = OmegaConf.merge(spec, {"seed": int(spec.seed) + existing_trials})
+    seed = spec.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+        raise FtsweepError(f"hydra.sweeper.sampler.seed={seed!r} must be a whole number from 0 to 2**32-1 (or null).")
+    if existing_trials and seed is not None:
+        spec = OmegaConf.merge(spec, {"seed": (seed + existing_trials) % 2**32})
     try:
         sampler = instantiate(spec)
     except Exception as exc:  # noqa: BLE001 (a bad _target_ or argument: one line)
@@ -156,16 +170,54 @@ def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
     return sampler
 
 
-def check_pruner(spec) -> None:
-    """The pruner each job builds (ftsweep.pruning), built once here so a typo fails before any trial."""
+_WARM_UP = ("n_warmup_steps", "n_startup_steps")  # steps are folds: a pruner waits this many
+_PRUNER_CHOICES = "paired, median, wilcoxon, hyperband, threshold or none"
+
+
+def check_pruner(spec, n_folds: int | None = None) -> None:
+    """The pruner each job builds (ftsweep.pruning), built once here so a typo fails before any
+    trial; and settings that build but cannot work (a warm-up past the last fold never prunes)."""
     if spec is None:
         return
+    if not isinstance(spec, (DictConfig, dict)):
+        raise FtsweepError(f"hydra.sweeper.pruner={spec!r} is not a pruner's settings: choose one with "
+                           f"hydra/sweeper/pruner=NAME ({_PRUNER_CHOICES}), then set its keys as "
+                           f"hydra.sweeper.pruner.KEY=VALUE.")
     try:
         pruner = build_pruner(spec)
     except Exception as exc:  # noqa: BLE001
-        raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(exc)}") from None
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
+        if cause is not None and isinstance(pruner_cls(spec), type) and issubclass(pruner_cls(spec), PairedPruner):
+            raise FtsweepError(f"hydra.sweeper.pruner.{cause}.") from None  # its messages start with the key
+        raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(cause or exc)}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise FtsweepError(f"hydra.sweeper.pruner._target_ must be an Optuna pruner, not {type(pruner).__name__}.")
+    get = spec.get
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        for key, low in (("min_resource", 1), ("reduction_factor", 2)):
+            value = get(key)
+            if value not in (None, "auto") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise FtsweepError(f"hydra.sweeper.pruner.{key}={value!r} must be a whole number >= {low}.")
+    if isinstance(pruner, optuna.pruners.ThresholdPruner):
+        for key in ("lower", "upper"):
+            value = get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or math.isnan(value)):
+                raise FtsweepError(f"hydra.sweeper.pruner.{key}={value!r} must be a number (or null: no bound).")
+    for key in _WARM_UP:
+        value = get(key)
+        if n_folds is not None and isinstance(value, int) and not isinstance(value, bool) and value >= n_folds:
+            raise FtsweepError(f"hydra.sweeper.pruner.{key}={value} but a trial runs {n_folds} folds (steps 0.."
+                               f"{n_folds - 1}): this pruner could never stop a trial; use 0..{n_folds - 1}, or "
+                               f"hydra/sweeper/pruner=none.")
+
+
+def pruner_cls(spec):
+    target = spec.get("_target_")
+    try:
+        return get_class(str(target)) if target else None
+    except Exception:  # noqa: BLE001 (build_pruner has said what is wrong with it)
+        return None
 
 
 def pruner_rule(spec, choice: str | None) -> str:
@@ -379,13 +431,14 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
     """The whole search; a setting, key or value that cannot work is one line and exit 2 here;
     failed trials are listed at the end, exit 1."""
     from ftsweep.cv.pipeline import load_data
+    from ftsweep.data.folds import folds_to_run
     from ftsweep.search.summary import summarize
 
     compose = composer(config_loader, config)
     try:
         space, shared = build_space(arguments, searched(sweeper), compose)
         settings = Settings.read(sweeper, shared, default_study)
-        check_pruner(sweeper.get("pruner"))
+        check_pruner(sweeper.get("pruner"), len(folds_to_run(shared)))
         _check_extension(settings.custom_search_space)
         rows = load_data(shared).fingerprint  # bad data stops here, before any trial
         study = open_search(settings)
