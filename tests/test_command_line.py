@@ -55,6 +55,8 @@ REFUSED = [
      "range(0.0, 0.2, 0.05)."),
     (["-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=null"], "hydra/sweeper/pruner=null: a config group takes "
      "one of its options by name, not null (python -m ftsweep --help lists them)."),
+    (["-m", "trainer.seed=0,1", "hydra.sweeper.pruner.alpha=0.1"], "hydra.sweeper.pruner.alpha=0.1: "
+     "hydra.sweeper.pruner belongs to a search; add -m hydra/sweeper=optuna (or -m +sweep=search_llrd)."),
     (["-m", "trainer.seed=0,1", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 must be a whole "
      "number >= 1 (or null: all jobs at once)."),
     (["trainer.seed=" + "9" * 5000], "cannot read the override 'trainer.seed=" + "9" * 87 + "…" + "9" * 20 + "': a "

@@ -339,7 +339,10 @@ BAD_SEARCHES = [
     (["model.lrr=interval(1e-5, 1e-4)"], "unknown key model.lrr in model.lrr=interval(1e-5, 1e-4): did you mean model.lr?"),
     (["model.lr=interval(1e-5, 3e-4)", "hydra.sweeper.n_trials=0"], "n_trials=0 must be a whole number >= 1"),
     (["model.lr=interval(1e-5"], "cannot read the override 'model.lr=interval(1e-5'"),
-    (["reinit.n=range(0, 5)"], "reinit.n=4"),  # beyond the tiny model's 2 layers, at the range's end
+    # beyond the tiny model's 2 layers, at the range's end (a preset's range says the same)
+    (["reinit.n=range(0, 5)"], "the search space of reinit.n (the command line's, or the preset's "
+                               "hydra.sweeper.params) reaches reinit.n=4: reinit.n=4 but tiny-bert has 2 encoder "
+                               "layers; use 0..2. Narrow it on the command line."),
     (["model.lr=interval(1e-5, 1e-4)", "data=commonlit", "data.path=missing.csv"], "missing.csv"),  # no trial runs
 ]
 

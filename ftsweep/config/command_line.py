@@ -189,6 +189,10 @@ def _unknown_key(key: str, overridden: str, overrides: list[str], compose: Compo
         cfg = compose(rest)
     except Exception:  # noqa: BLE001 (a second problem: name the first without a suggestion)
         return f"unknown key {key} in {shown}."
+    if key.startswith(("hydra.sweeper.pruner.", "hydra.sweeper.sampler.")) and \
+            cfg.hydra.runtime.choices.get("hydra/sweeper") != "optuna":  # composed from the search's defaults
+        return (f"{shown}: hydra.sweeper.{key.split('.')[2]} belongs to a search; add -m hydra/sweeper=optuna (or "
+                f"-m +sweep=search_llrd).")
     elsewhere = _options_with_key(cfg, key, loader)
     if elsewhere is not None:
         group, choice, having = elsewhere

@@ -126,7 +126,13 @@ def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[S
     check_config(shared)
     for key, dist in space.params.items():
         for value in bounds_and_choices(dist):
-            check_config(compose([*space.fixed, *space.overrides({key: value})[len(space.fixed):]]))
+            job = compose([*space.fixed, *space.overrides({key: value})[len(space.fixed):]])
+            try:
+                check_config(job)
+            except FtsweepError as exc:  # the value may be a preset's bound the user never typed
+                raise type(exc)(f"the search space of {key} (the command line's, or the preset's "
+                                   f"hydra.sweeper.params) reaches {key}={format_value(value)}: {exc} Narrow it "
+                                   f"on the command line.") from None
     return space, shared
 
 
