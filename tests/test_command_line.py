@@ -55,6 +55,10 @@ REFUSED = [
      "range(0.0, 0.2, 0.05)."),
     (["-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=null"], "hydra/sweeper/pruner=null: a config group takes "
      "one of its options by name, not null (python -m ftsweep --help lists them)."),
+    (["-m", "hydra/sweeper=optuna", "hydra.sweeper.params.model.lr=interval(1e-5,1e-3)"],
+     "hydra.sweeper.params.model.lr=interval(1e-5,1e-3): a key is searched by giving its range as an override of "
+     "its own, model.lr=interval(1e-5,1e-3) (with -m hydra/sweeper=optuna); hydra.sweeper.params holds a preset's "
+     "ranges."),  # was: did you mean hydra.sweeper.params.model.lr?
     (["-m", "trainer.seed=0,1", "hydra.sweeper.pruner.alpha=0.1"], "hydra.sweeper.pruner.alpha=0.1: "
      "hydra.sweeper.pruner belongs to a search; add -m hydra/sweeper=optuna (or -m +sweep=search_llrd)."),
     (["-m", "trainer.seed=0,1", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 must be a whole "

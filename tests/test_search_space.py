@@ -79,6 +79,11 @@ def _job_cfg():
     return OmegaConf.create({"tracking": {"uri": "sqlite:////tmp/x/mlflow.db"}, "paths": {"output_root": "/tmp/x"}})
 
 
+def test_a_whole_number_written_as_a_float_is_taken():
+    settings = Settings.read(OmegaConf.create({"n_trials": 1e3, "n_jobs": 2.0}), _job_cfg(), "s")
+    assert (settings.n_trials, settings.n_jobs) == (1000, 2) and isinstance(settings.n_trials, int)
+
+
 def test_settings_default_to_a_study_beside_the_mlflow_store():
     settings = Settings.read(OmegaConf.create({"n_trials": 3}), _job_cfg(), "sweep x")
     assert (settings.storage, settings.study_name, settings.n_jobs, settings.direction) == (
@@ -133,12 +138,19 @@ def test_every_shipped_sampler_and_pruner_config_builds(kind):
             check_pruner(spec)
 
 
-def test_a_storage_beside_a_file_and_a_missing_extension_are_one_line(tmp_path):
+def test_a_storage_beside_a_file_and_a_missing_extension_are_one_line(tmp_path, capsys):
     from ftsweep.search.study import open_storage
-    from ftsweep.search.sweeper import _check_extension
+    from ftsweep.search.sweeper import extension
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FtsweepError, match="cannot open the Optuna storage"):
         open_storage(f"sqlite:///{tmp_path}/afile/optuna.db")
-    with pytest.raises(FtsweepError, match="custom_search_space='nomod.fn'"):
-        _check_extension("nomod.fn")
+    fix = "give module.function(cfg, trial), importable from where you run the command."
+    for path, why in [("nomod.fn", "ModuleNotFoundError: No module named 'nomod'"),  # the reason, not just the path
+                      ("json.no_such_fn", "AttributeError: module 'json' has no attribute 'no_such_fn'"),
+                      ("json.decoder", "not a function"), ("loads", "not a dotted path")]:
+        with pytest.raises(FtsweepError) as err:
+            extension(path)
+        assert str(err.value) == f"hydra.sweeper.custom_search_space={path!r}: {why}; {fix}"
+    assert extension("json.loads") is __import__("json").loads
+    assert capsys.readouterr() == ("", "")  # nothing logged beside the one line

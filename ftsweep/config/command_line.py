@@ -189,6 +189,11 @@ def _unknown_key(key: str, overridden: str, overrides: list[str], compose: Compo
         cfg = compose(rest)
     except Exception:  # noqa: BLE001 (a second problem: name the first without a suggestion)
         return f"unknown key {key} in {shown}."
+    if key.startswith("hydra.sweeper.params.") and len(key.split(".")) > 3:  # a dotted key is one name there
+        searched = key[len("hydra.sweeper.params."):]
+        value = shown.partition("=")[2]
+        return (f"{shown}: a key is searched by giving its range as an override of its own, {searched}={value} "
+                f"(with -m hydra/sweeper=optuna); hydra.sweeper.params holds a preset's ranges.")
     if key.startswith(("hydra.sweeper.pruner.", "hydra.sweeper.sampler.")) and \
             cfg.hydra.runtime.choices.get("hydra/sweeper") != "optuna":  # composed from the search's defaults
         return (f"{shown}: hydra.sweeper.{key.split('.')[2]} belongs to a search; add -m hydra/sweeper=optuna (or "

@@ -9,12 +9,14 @@ the values at its bounds (composed and validated like a run), the settings, the 
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import get_class, get_method, instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
@@ -104,9 +106,10 @@ class Settings:
 
 
 def _positive_int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # 1e3 is Hydra's float
+    if isinstance(value, bool) or not whole or value < 1:
         raise FtsweepError(f"hydra.sweeper.{key}={value!r} must be a whole number >= 1.")
-    return value
+    return int(value)
 
 
 def searched(sweeper: DictConfig) -> dict:
@@ -168,7 +171,9 @@ def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
     if existing_trials and seed is not None:
         spec = OmegaConf.merge(spec, {"seed": (seed + existing_trials) % 2**32})
     try:
-        sampler = instantiate(spec)
+        with warnings.catch_warnings():  # Optuna's "experimental" warning (QMC, GP) is noise here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = instantiate(spec)
     except Exception as exc:  # noqa: BLE001 (a bad _target_ or argument: one line)
         raise FtsweepError(f"hydra.sweeper.sampler: {_one_line(exc)}") from None
     if not isinstance(sampler, optuna.samplers.BaseSampler):
@@ -240,13 +245,21 @@ def _one_line(exc: Exception) -> str:
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
 
 
-def _check_extension(path: str | None) -> None:
-    if path:
-        try:
-            get_method(path)
-        except Exception as exc:  # noqa: BLE001 (ImportError, AttributeError, ...: one line)
-            raise FtsweepError(f"hydra.sweeper.custom_search_space={path!r}: {str(exc).splitlines()[0][:200]}; "
-                               f"give module.function(cfg, trial).") from None
+def extension(path: str) -> Callable:
+    """hydra.sweeper.custom_search_space's function (Hydra's get_method would log three lines of its
+    own, and its message drops the reason)."""
+    module, _, name = str(path).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name) if module else None
+    except Exception as exc:  # noqa: BLE001 (ImportError, AttributeError, the module's own errors: one line)
+        reason = str(exc).strip().splitlines()
+        found, why = None, f"{type(exc).__name__}: {reason[0][:200]}" if reason else type(exc).__name__
+    else:
+        why = "not a function" if module else "not a dotted path"
+    if not callable(found):
+        raise FtsweepError(f"hydra.sweeper.custom_search_space={path!r}: {why}; give module.function(cfg, trial), "
+                           f"importable from where you run the command.")
+    return found
 
 
 @dataclass
@@ -287,7 +300,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                full_config: DictConfig, first_job: int = 0) -> Outcome:
     _warn_other_space(study, space)
     retry_interrupted(study)
-    extend = get_method(settings.custom_search_space) if settings.custom_search_space else None
+    extend = extension(settings.custom_search_space) if settings.custom_search_space else None
     outcome, numbers = Outcome(), itertools.count(first_job)
     per_launch, slots = (1, settings.n_jobs) if launcher.concurrent else (settings.n_jobs, 1)
     in_flight: dict[Future, list[tuple[optuna.trial.Trial, int]]] = {}
@@ -445,7 +458,8 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
         space, shared = build_space(arguments, searched(sweeper), compose)
         settings = Settings.read(sweeper, shared, default_study)
         check_pruner(sweeper.get("pruner"), len(folds_to_run(shared)))
-        _check_extension(settings.custom_search_space)
+        if settings.custom_search_space:
+            extension(settings.custom_search_space)
         rows = load_data(shared).fingerprint  # bad data stops here, before any trial
         study = open_search(settings)
         bind(study, settings.storage, rows, space.fixed)
