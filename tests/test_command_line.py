@@ -55,6 +55,8 @@ REFUSED = [
      "range(0.0, 0.2, 0.05)."),
     (["-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=null"], "hydra/sweeper/pruner=null: a config group takes "
      "one of its options by name, not null (python -m ftsweep --help lists them)."),
+    (["trainer.grad_clip=null", "optimizer=null"], "optimizer=null: a config group takes one of its options by name, "
+     "not null (python -m ftsweep --help lists them)."),  # the group named, not the key that may be null
     (["-m", "hydra/sweeper=optuna", "hydra.sweeper.params.model.lr=interval(1e-5,1e-3)"],
      "hydra.sweeper.params.model.lr=interval(1e-5,1e-3): a key is searched by giving its range as an override of "
      "its own, model.lr=interval(1e-5,1e-3) (with -m hydra/sweeper=optuna); hydra.sweeper.params holds a preset's "

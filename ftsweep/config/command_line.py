@@ -155,9 +155,10 @@ def explain(exc: Exception, overrides: list[str], compose: Compose, loader, type
         shown = _typed(found.group(1), overrides, typed)
         return f"{shown}: {found.group(1)} is already in the config; drop the + ({shown.lstrip('+')})."
     if first.startswith("Config group override must be a string or a list"):  # group=null
-        nulls = [o for o in typed if "=" in o and o.partition("=")[2] == "null"]
-        return (f"{nulls[0] if nulls else 'a config group'}: a config group takes one of its options by name, "
-                f"not null (python -m ftsweep --help lists them).")
+        keys = [o.partition("=")[0].lstrip("+~") for o in typed if o.partition("=")[2] == "null"]
+        groups = [k for k in keys if "/" in k or (CONF_DIR / k).is_dir()]  # not a plain key set to null
+        return (f"{groups[0] + '=null' if groups else 'a config group'}: a config group takes one of its options "
+                f"by name, not null (python -m ftsweep --help lists them).")
     cause = str(exc.__cause__ or "").strip().splitlines()
     return f"cannot compose the config: {first}" + (f" ({cause[0]})" if cause else "")
 

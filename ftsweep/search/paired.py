@@ -99,16 +99,20 @@ def p_worse(trial: np.ndarray, best: np.ndarray, min_delta: float, test: str = "
     return float((not_worse + 1) / (n_resamples + 1))
 
 
+class SettingError(ValueError):
+    """A PairedPruner setting that cannot work; the message starts with the key."""
+
+
 def _real(key: str, value, ok, want: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{key}={value!r} must be {want}")
+        raise SettingError(f"{key}={value!r} must be {want}")
     return float(value)
 
 
 def _whole(key: str, value, low: int, high: int) -> int:
     whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole or not low <= value <= high:
-        raise ValueError(f"{key}={value!r} must be a whole number from {low} to {high}")
+        raise SettingError(f"{key}={value!r} must be a whole number from {low} to {high}")
     return int(value)
 
 
@@ -123,7 +127,7 @@ class PairedPruner(BasePruner):
         self.alpha = _real("alpha", alpha, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (say 0.05)")
         self.min_delta = _real("min_delta", min_delta, lambda v: v >= 0.0, "a number >= 0, in RMSE units (say 0.01)")
         if test not in TESTS:
-            raise ValueError(f"test={test!r}: use one of {', '.join(TESTS)}")
+            raise SettingError(f"test={test!r}: use one of {', '.join(TESTS)}")
         self.test = test
         self.n_warmup_steps = _whole("n_warmup_steps", n_warmup_steps, 0, 10**6)
         self.n_resamples = _whole("n_resamples", n_resamples, 100, MAX_RESAMPLES)

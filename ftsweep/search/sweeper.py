@@ -24,14 +24,14 @@ from pathlib import Path
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
-from ftsweep.search.paired import PairedPruner, build_pruner
+from ftsweep.search.paired import SettingError, build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
     OVERRIDES,
@@ -134,8 +134,8 @@ def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[S
                 check_config(job)
             except FtsweepError as exc:  # the value may be a preset's bound the user never typed
                 raise type(exc)(f"the search space of {key} (the command line's, or the preset's "
-                                   f"hydra.sweeper.params) reaches {key}={format_value(value)}: {exc} Narrow it "
-                                   f"on the command line.") from None
+                                f"hydra.sweeper.params) reaches {key}={format_value(value)}: {exc} Narrow it "
+                                f"on the command line.") from None
     return space, shared
 
 
@@ -197,8 +197,8 @@ def check_pruner(spec, n_folds: int | None = None) -> None:
     try:
         pruner = build_pruner(spec)
     except Exception as exc:  # noqa: BLE001
-        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None
-        if cause is not None and isinstance(pruner_cls(spec), type) and issubclass(pruner_cls(spec), PairedPruner):
+        cause = exc.__cause__ if isinstance(exc.__cause__, ValueError) else None  # Hydra wraps the reason
+        if isinstance(cause, SettingError):
             raise FtsweepError(f"hydra.sweeper.pruner.{cause}.") from None  # its messages start with the key
         raise FtsweepError(f"hydra.sweeper.pruner: {_one_line(cause or exc)}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
@@ -221,14 +221,6 @@ def check_pruner(spec, n_folds: int | None = None) -> None:
             raise FtsweepError(f"hydra.sweeper.pruner.{key}={value} but a trial runs {n_folds} folds (steps 0.."
                                f"{n_folds - 1}): this pruner could never stop a trial; use 0..{n_folds - 1}, or "
                                f"hydra/sweeper/pruner=none.")
-
-
-def pruner_cls(spec):
-    target = spec.get("_target_")
-    try:
-        return get_class(str(target)) if target else None
-    except Exception:  # noqa: BLE001 (build_pruner has said what is wrong with it)
-        return None
 
 
 def pruner_rule(spec, choice: str | None) -> str:
