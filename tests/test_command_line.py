@@ -63,8 +63,8 @@ REFUSED = [
      "ranges."),  # was: did you mean hydra.sweeper.params.model.lr?
     (["-m", "trainer.seed=0,1", "hydra.sweeper.pruner.alpha=0.1"], "hydra.sweeper.pruner.alpha=0.1: "
      "hydra.sweeper.pruner belongs to a search; add -m hydra/sweeper=optuna (or -m +sweep=search_llrd)."),
-    (["-m", "trainer.seed=0,1", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 must be a whole "
-     "number >= 1 (or null: all jobs at once)."),
+    (["-m", "trainer.seed=0,1", "hydra.sweeper.max_batch_size=0"], "hydra.sweeper.max_batch_size=0 must be an integer "
+     ">= 1 (or null: all jobs at once)."),
     (["trainer.seed=" + "9" * 5000], "cannot read the override 'trainer.seed=" + "9" * 87 + "…" + "9" * 20 + "': a "
      "whole number of over 4,300 digits (Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)"),
 ]

@@ -22,7 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ftsweep.config.checks import CONF_DIR
+from ftsweep.config.checks import CONF_DIR, Range, show
 from ftsweep.errors import ConfigError
 
 Compose = Callable[[list[str]], DictConfig]  # overrides -> the config, with its hydra node
@@ -64,8 +64,8 @@ def check(argv: list[str], config_name: str) -> None:
                 job = [*jobs[:i], f"{override.get_key_element()}={value}", *jobs[i + 1:]]
                 compose_or_explain(compose, loader, job, texts)
     size = cfg.hydra.sweeper.get("max_batch_size") if multirun else None  # Hydra's own check is a bare assert
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ConfigError(f"hydra.sweeper.max_batch_size={size!r} must be a whole number >= 1 (or null: all jobs "
+    if size is not None and not Range(integer=True, low=1).admits(size):
+        raise ConfigError(f"hydra.sweeper.max_batch_size={show(size)} must be an integer >= 1 (or null: all jobs "
                           f"at once).")
     if multirun and "optuna" in str(cfg.hydra.sweeper.get("_target_") or ""):
         try:

@@ -27,6 +27,7 @@ import pandas as pd
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
+from ftsweep.config.checks import SEED_MAX, Range, show
 from ftsweep.data.loading import ID, TARGET
 
 ROW_ERRORS = "ftsweep.row_errors.{step}"  # a trial attribute per fold position: {"rows": digest, "sq_err": b64}
@@ -103,17 +104,21 @@ class SettingError(ValueError):
     """A PairedPruner setting that cannot work; the message starts with the key."""
 
 
-def _real(key: str, value, ok, want: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise SettingError(f"{key}={value!r} must be {want}")
-    return float(value)
+# The settings, checked by the same rules (and words) as the run config's numeric keys.
+_SETTINGS = {
+    "alpha": Range(low=0.0, high=1.0, low_open=True, high_open=True),
+    "min_delta": Range(low=0.0),  # RMSE units
+    "n_warmup_steps": Range(integer=True, low=0, high=10**6),
+    "n_resamples": Range(integer=True, low=100, high=MAX_RESAMPLES),
+    "seed": Range(integer=True, low=0, high=SEED_MAX),
+}
 
 
-def _whole(key: str, value, low: int, high: int) -> int:
-    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not whole or not low <= value <= high:
-        raise SettingError(f"{key}={value!r} must be a whole number from {low} to {high}")
-    return int(value)
+def _setting(key: str, value):
+    rule = _SETTINGS[key]
+    if not rule.admits(value):
+        raise SettingError(f"{key}={show(value)} must be {rule.describe()}")
+    return value
 
 
 class PairedPruner(BasePruner):
@@ -124,14 +129,12 @@ class PairedPruner(BasePruner):
 
     def __init__(self, alpha: float = 0.05, min_delta: float = 0.01, test: str = "bootstrap",
                  n_warmup_steps: int = 0, n_resamples: int = 2000, seed: int = 0):
-        self.alpha = _real("alpha", alpha, lambda v: 0.0 < v < 1.0, "a number between 0 and 1 (say 0.05)")
-        self.min_delta = _real("min_delta", min_delta, lambda v: v >= 0.0, "a number >= 0, in RMSE units (say 0.01)")
+        self.alpha, self.min_delta = float(_setting("alpha", alpha)), float(_setting("min_delta", min_delta))
         if test not in TESTS:
-            raise SettingError(f"test={test!r}: use one of {', '.join(TESTS)}")
+            raise SettingError(f"test={show(test)}: use one of {', '.join(TESTS)}")
         self.test = test
-        self.n_warmup_steps = _whole("n_warmup_steps", n_warmup_steps, 0, 10**6)
-        self.n_resamples = _whole("n_resamples", n_resamples, 100, MAX_RESAMPLES)
-        self.seed = _whole("seed", seed, 0, 2**32 - 1)
+        self.n_warmup_steps, self.n_resamples, self.seed = (_setting(key, value) for key, value in (
+            ("n_warmup_steps", n_warmup_steps), ("n_resamples", n_resamples), ("seed", seed)))
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step

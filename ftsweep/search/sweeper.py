@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
+from ftsweep.config.checks import SEED_MAX, Range, show
 from ftsweep.config.command_line import compose_or_explain
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
@@ -166,10 +167,9 @@ def make_sampler(spec, existing_trials: int) -> optuna.samplers.BaseSampler:
         return spec
     spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True)) if not isinstance(spec, DictConfig) else spec
     seed = spec.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
-        raise FtsweepError(f"hydra.sweeper.sampler.seed={seed!r} must be a whole number from 0 to 2**32-1 (or null).")
+    _check_number("sampler.seed", seed, Range(integer=True, low=0, high=SEED_MAX, nullable=True))
     if existing_trials and seed is not None:
-        spec = OmegaConf.merge(spec, {"seed": (seed + existing_trials) % 2**32})
+        spec = OmegaConf.merge(spec, {"seed": (seed + existing_trials) % (SEED_MAX + 1)})
     try:
         with warnings.catch_warnings():  # Optuna's "experimental" warning (QMC, GP) is noise here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -206,21 +206,22 @@ def check_pruner(spec, n_folds: int | None = None) -> None:
     get = spec.get
     if isinstance(pruner, optuna.pruners.HyperbandPruner):
         for key, low in (("min_resource", 1), ("reduction_factor", 2)):
-            value = get(key)
-            if value not in (None, "auto") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise FtsweepError(f"hydra.sweeper.pruner.{key}={value!r} must be a whole number >= {low}.")
+            if key in spec and get(key) != "auto":
+                _check_number(f"pruner.{key}", get(key), Range(integer=True, low=low))
     if isinstance(pruner, optuna.pruners.ThresholdPruner):
         for key in ("lower", "upper"):
-            value = get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or math.isnan(value)):
-                raise FtsweepError(f"hydra.sweeper.pruner.{key}={value!r} must be a number (or null: no bound).")
+            _check_number(f"pruner.{key}", get(key), Range(nullable=True), "a number (or null: no bound)")
     for key in _WARM_UP:
         value = get(key)
         if n_folds is not None and isinstance(value, int) and not isinstance(value, bool) and value >= n_folds:
             raise FtsweepError(f"hydra.sweeper.pruner.{key}={value} but a trial runs {n_folds} folds (steps 0.."
                                f"{n_folds - 1}): this pruner could never stop a trial; use 0..{n_folds - 1}, or "
                                f"hydra/sweeper/pruner=none.")
+
+
+def _check_number(key: str, value, rule: Range, want: str | None = None) -> None:
+    if not (value is None and rule.nullable) and not rule.admits(value):
+        raise FtsweepError(f"hydra.sweeper.{key}={show(value)} must be {want or rule.describe()}.")
 
 
 def pruner_rule(spec, choice: str | None) -> str:
