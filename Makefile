@@ -55,8 +55,9 @@ cluster-down:  ## stop what cluster-up started (data kept in /var/lib/ftsweep-cl
 test-cluster:  ## integration tests against the services of make cluster-up (tests/cluster)
 	$(PY) -m pytest -q -m cluster --durations=0 tests/cluster
 
-lint:  ## ruff
+lint:  ## ruff, and the layers of docs/layout.md as import-linter contracts (pyproject.toml)
 	$(PY) -m ruff check ftsweep hydra_plugins tests benchmarks
+	$(VENV)/bin/lint-imports
 
 ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(UI_PORT)
 	@mkdir -p $(OUTPUTS)

@@ -42,6 +42,7 @@ import ftsweep.sweep.callback  # noqa: F401
 from ftsweep.cv.fold import train_fold
 from ftsweep.cv.pipeline import Job
 from ftsweep.model.regressor import load_backbone, random_backbone
+from ftsweep.tags import DEVICE_TAG, FOLD_TAG, KIND_TAG, TABLE_KIND  # noqa: E402
 from ftsweep.tracking.store import Tracker
 from ftsweep.train.devices import resolve_device
 from ftsweep.train.loop import FoldSplit, Runtime
@@ -338,10 +339,10 @@ def section_cli(c: Check) -> dict:
     status: dict[str, int] = {}
     for r in runs:
         status[r.info.status] = status.get(r.info.status, 0) + 1
-    folds = [r for r in runs if "ftsweep.fold" in r.data.tags]
-    parents = [r for r in runs if "ftsweep.fold" not in r.data.tags and r.data.tags.get("ftsweep.kind") != "table"]
+    folds = [r for r in runs if FOLD_TAG in r.data.tags]
+    parents = [r for r in runs if FOLD_TAG not in r.data.tags and r.data.tags.get(KIND_TAG) != TABLE_KIND]
     printed = "Results of sweep 'table1'" in text and "| Fine-tuning techniques |" in text
-    devices = sorted({r.data.tags.get("ftsweep.device", "?") for r in parents})
+    devices = sorted({r.data.tags.get(DEVICE_TAG, "?") for r in parents})
     on_device = all(d.startswith(c.device.type) for d in devices)
     n_folds = 2 * c.sizes.cli_rows  # every cli size has cv.n_folds=2
     if not (status == {"FINISHED": len(runs)} and len(parents) == c.sizes.cli_rows and len(folds) == n_folds
@@ -360,14 +361,14 @@ def section_jobs(c: Check) -> dict:
         _, wall = _cli(c, ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n}", f"trainer.seed={seeds}",
                            *c.sizes.job, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"tracking.experiment={name}"])
         runs = _runs(c, name)
-        folds = [r for r in runs if "ftsweep.fold" in r.data.tags]
-        params = {r.info.run_id: r.data.params for r in runs if "ftsweep.fold" not in r.data.tags}
+        folds = [r for r in runs if FOLD_TAG in r.data.tags]
+        params = {r.info.run_id: r.data.params for r in runs if FOLD_TAG not in r.data.tags}
         # the batch size is a parameter of the fold's parent run (fold runs log metrics only)
         samples = sum(int(params[r.data.tags["mlflow.parentRunId"]]["trainer.batch_size"]) * r.data.metrics["steps"]
                       for r in folds)
         span = (max(r.info.end_time for r in folds) - min(r.info.start_time for r in folds)) / 1e3
         out[name] = {"wall_s": wall, "training_span_s": span, "samples_per_s": samples / span,
-                     "devices": sorted({r.data.tags.get("ftsweep.device", "?") for r in folds})}
+                     "devices": sorted({r.data.tags.get(DEVICE_TAG, "?") for r in folds})}
         c.note(**out)
     if "jobs_1" in out:
         out["speedup_vs_one_job"] = {k: v["samples_per_s"] / out["jobs_1"]["samples_per_s"]

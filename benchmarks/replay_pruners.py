@@ -36,10 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ftsweep.data.loading import ID  # noqa: E402
-from ftsweep.search.paired import ROW_ERRORS, PairedPruner, build_pruner, encode_errors  # noqa: E402
+from ftsweep.search.paired import PairedPruner, build_pruner, encode_errors  # noqa: E402
 from ftsweep.sweep.table import default_tracking_uri, paired_difference  # noqa: E402
+from ftsweep.tags import FOLD_TAG, PRUNED_TAG, ROW_ERRORS_ATTR, STUDY_TAG, TRIAL_TAG  # noqa: E402
 from ftsweep.tracking.recorder import PREDICTIONS  # noqa: E402
-from ftsweep.tracking.store import PRUNED_TAG, STUDY_TAG, TRIAL_TAG, Tracker  # noqa: E402
+from ftsweep.tracking.store import Tracker  # noqa: E402
 
 PRUNERS = ("median", "wilcoxon", "paired", "none")
 
@@ -81,18 +82,18 @@ def load_trials(tracker: Tracker, study: str | None, with_predictions: bool) -> 
     elif study not in studies:
         sys.exit(f"replay: no trial of study {study!r} in experiment {tracker.experiment_name!r} ({studies})")
     mine = [r for r in runs if r.data.tags.get(STUDY_TAG) == study and TRIAL_TAG in r.data.tags]
-    parents = {r.info.run_id: r for r in mine if "ftsweep.fold" not in r.data.tags}
+    parents = {r.info.run_id: r for r in mine if FOLD_TAG not in r.data.tags}
     by_trial: dict[int, list] = {}
     for run in mine:
         parent = parents.get(run.data.tags.get("mlflow.parentRunId", ""))
         if parent is None or run.info.status != "FINISHED" or "rmse_best" not in run.data.metrics:
             continue
         by_trial.setdefault(int(run.data.tags[TRIAL_TAG]), []).append(run)
-    n_folds = max((len({r.data.tags["ftsweep.fold"] for r in fold_runs}) for fold_runs in by_trial.values()),
+    n_folds = max((len({r.data.tags[FOLD_TAG] for r in fold_runs}) for fold_runs in by_trial.values()),
                   default=0)
     trials = []
     for number in sorted(by_trial):
-        fold_runs = {int(r.data.tags["ftsweep.fold"]): r for r in by_trial[number]}  # newest first: oldest kept
+        fold_runs = {int(r.data.tags[FOLD_TAG]): r for r in by_trial[number]}  # newest first: oldest kept
         folds = sorted(fold_runs)
         parent = parents[fold_runs[folds[0]].data.tags["mlflow.parentRunId"]]
         complete = parent.info.status == "FINISHED" and PRUNED_TAG not in parent.data.tags and len(folds) == n_folds
@@ -132,7 +133,7 @@ def replay(trials: list[StoredTrial], name: str, pruner: optuna.pruners.BasePrun
         for position in range(len(stored.folds)):
             result.folds_trained += 1
             if getattr(pruner, "needs_row_errors", False):
-                trial.set_user_attr(ROW_ERRORS.format(step=position), encode_errors(stored.predictions[position]))
+                trial.set_user_attr(ROW_ERRORS_ATTR.format(step=position), encode_errors(stored.predictions[position]))
             running = float(np.mean(stored.rmse[: position + 1]))  # as run_cv's result.mean("rmse_best")
             trial.report(stored.rmse[position] if per_fold else running, position)
             if position < len(stored.folds) - 1 or not stored.complete:

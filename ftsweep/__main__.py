@@ -7,7 +7,9 @@ import sys
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ftsweep.jobs import check_command_line, guarded, in_multirun, job_number, task_overrides
+from ftsweep.hydra_job import in_multirun, job_number, task_overrides
+from ftsweep.jobs import check_command_line, guarded
+from ftsweep.tags import JOB_NUM_TAG
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -17,15 +19,16 @@ def main(cfg: DictConfig) -> float | dict:
         # a mistyped key is answered at once
         from ftsweep.cv.pipeline import Job, run_cv
         from ftsweep.cv.summary import conclude
+        from ftsweep.hydra_job import record_job
         from ftsweep.search.pruning import fold_reporter, trial_tags
-        from ftsweep.sweep.callback import experiment_name, record_job
+        from ftsweep.tracking.naming import experiment_name
         from ftsweep.train.progress import want_bar
 
         multirun = in_multirun()
         with open_dict(cfg):
             cfg.tracking.experiment = experiment_name(cfg, multirun)
         resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
-        result = run_cv(cfg, Job(task_overrides(), resume, {"ftsweep.job_num": str(job_number()), **trial_tags(cfg)},
+        result = run_cv(cfg, Job(task_overrides(), resume, {JOB_NUM_TAG: str(job_number()), **trial_tags(cfg)},
                                  use_bar=want_bar(multirun), after_fold=fold_reporter(cfg)))
         conclude(cfg, result)
         if multirun:

@@ -12,28 +12,13 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-
-from ftsweep.errors import FtsweepError
+from ftsweep.errors import FtsweepError, exit_with
+from ftsweep.hydra_job import in_multirun, record_job
 
 log = logging.getLogger("ftsweep")
 T = TypeVar("T")
 DEBUG = os.environ.get("FTSWEEP_DEBUG", "") not in ("", "0")
 ORPHAN_GRACE = 20.0  # seconds a job whose launcher died gets to mark its runs KILLED
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def task_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def job_number() -> int:
-    """The job's index in its sweep (0 for single runs): orders rows like the command did."""
-    return int(HydraConfig.get().job.get("num", 0) or 0) if HydraConfig.initialized() else 0
 
 
 def check_command_line(argv: list[str], config_name: str = "config") -> None:
@@ -47,19 +32,7 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
     except FtsweepError as exc:
         if DEBUG:
             raise
-        print(f"ftsweep: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-
-
-def unreadable_override(text: str, exc: Exception) -> str:
-    """Hydra's parse error in one line: its reason, not its 'Error parsing override' header."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error parsing") else lines[0]
-    if "integer string conversion" in reason:  # Python's own limit, not the user's to raise
-        reason = "a whole number of over 4,300 digits"
-    shown = text if len(text) <= 200 else f"{text[:100]}…{text[-20:]}"
-    return (f"cannot read the override {shown!r}: {reason} (Hydra's override grammar: "
-            f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
+        exit_with(exc)
 
 
 _job_running = False
@@ -171,7 +144,7 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
                            f"the same command: finished folds are kept.", 1, failed_value, multirun)
         if multirun:
             log.exception("job failed (the other jobs go on): %s", exc)
-            _record("failed", f"{type(exc).__name__}: {exc}")
+            record_job("failed", f"{type(exc).__name__}: {exc}")
             return failed_value
         raise
     finally:
@@ -184,13 +157,6 @@ def guarded(job: Callable[[], T], failed_value: T) -> T:
 def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:
     if multirun:
         log.error("job failed: %s", message)
-        _record("failed", message)
+        record_job("failed", message)
         return failed_value
-    print(f"ftsweep: error: {message}", file=sys.stderr)
-    sys.exit(exit_code)
-
-
-def _record(status: str, detail: str) -> None:
-    from ftsweep.sweep.callback import record_job
-
-    record_job(status, detail)
+    exit_with(message, exit_code)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
-OWNER_TAG = "ftsweep.owner"
-HEARTBEAT_TAG = "ftsweep.heartbeat"
+from ftsweep.tags import HEARTBEAT_TAG, OWNER_TAG
+
 HEARTBEAT_SECONDS = 30.0
 LEASE_SECONDS = 180.0  # six missed heartbeats
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ftsweep.config.resolvers import default_outputs
-from ftsweep.errors import FtsweepError
+from ftsweep.errors import FtsweepError, exit_with
 from ftsweep.sweep.table import BASELINE_LABEL, default_tracking_uri, safe_name, write_table
 from ftsweep.tracking.store import Tracker
 
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path(default_outputs()) / "tables" / safe_name(args.experiment)
         markdown, paths = write_table(tracker, out, args.baseline, not args.no_mlflow)
     except FtsweepError as exc:
-        print(f"ftsweep.table: error: {exc}", file=sys.stderr)
-        return 2
+        exit_with(exc, command="ftsweep.table")
     print(f"{args.experiment}\n\n{markdown}\n\nwritten: {paths['md']}, {paths['csv']}, {paths['png']}")
     return 0
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from ftsweep.errors import FtsweepError
+from ftsweep.errors import FtsweepError, exit_with
 from ftsweep.locks import sqlite_path
 from ftsweep.sweep.table import default_tracking_uri
 from ftsweep.tracking.store import Tracker, runs_link
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tracker = Tracker(args.tracking_uri or default_tracking_uri(), None)
     except FtsweepError as exc:
-        print(f"ftsweep.ui: error: {exc}", file=sys.stderr)
-        return 2
+        exit_with(exc, command="ftsweep.ui")
     base = f"http://{args.host}:{args.port}" if sqlite_path(tracker.uri) else tracker.uri
     experiments = tracker.experiments()
     print("ftsweep experiments (each link opens its runs):" if experiments else "no ftsweep experiments yet")

@@ -1,77 +1,22 @@
-"""Shared fixtures: compose the real configs, shrunk to a tiny random-init model."""
+"""Shared fixtures: compose the real configs, shrunk to a tiny random-init model. Plain helpers
+live in helpers.py (pytest advises against importing conftest)."""
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
-import ftsweep  # noqa: F401  (registers resolvers)
-
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-TINY = ["model=tiny", "cv.n_folds=2", "trainer.epochs=1", "trainer.batch_size=8", "trainer.max_steps=6",
-        "data.max_rows=64", "trainer.max_length=32"]
-
-
-def compose_conf(overrides: list[str], output_root: Path) -> DictConfig:
-    """conf/ as composed for a run whose outputs go under `output_root`, nothing else changed."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=[*overrides, f"paths.output_root={output_root}"])
-
-
-def compose_cfg(overrides: list[str], output_root: Path) -> DictConfig:
-    cfg = compose_conf(overrides, output_root)
-    with open_dict(cfg):
-        cfg.tracking.uri = f"sqlite:///{output_root}/mlflow.db"
-    return cfg
+from helpers import TINY, compose_cfg
 
 
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides) -> a tiny config writing under tmp_path."""
     return lambda *overrides: compose_cfg([*TINY, *overrides], tmp_path)
-
-
-def cli_env(extra: dict | None = None) -> dict:
-    """This environment without what would redirect a child ftsweep (store, outputs, debug).
-    One torch thread per child: the tiny model gains nothing from a second one, and children that
-    run at once (or beside other work on a 2-core CI box) with two threads each stall in OpenMP's
-    barriers, many times slower."""
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(extra or {}))
-    for name in ("FTSWEEP_DEBUG", "MLFLOW_TRACKING_URI", "FTSWEEP_OUTPUTS"):
-        full_env.pop(name, None)
-    return full_env
-
-
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line, as a user types it (`python -m ftsweep ...`)."""
-    full_env = cli_env(env)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def at_once(most: int = 8):
-    """start(fn, *args, **kwargs) -> a future: subprocesses that run side by side, `most` at a time
-    (a tiny run is mostly imports, single-threaded: two overlap on two cores); leaving the block
-    waits for every one."""
-    with ThreadPoolExecutor(max_workers=most) as pool:
-        yield pool.submit
 
 
 @pytest.fixture
@@ -83,36 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-REQUIRE_CLUSTER = "FTSWEEP_REQUIRE_CLUSTER"
-
-
-def cluster_unusable(reason: str) -> NoReturn:
-    """The cluster tests cannot run: a developer without the cluster gets a skip with `reason`;
-    CI, which sets FTSWEEP_REQUIRE_CLUSTER=1 (.ci/run), gets a failure, so a dead slurmd or
-    server can never turn every cluster test into a green skip."""
-    if os.environ.get(REQUIRE_CLUSTER) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_CLUSTER}=1: the cluster tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_server(url: str, seconds: float = 60) -> bool:
-    """True once `url`/health answers (an MLflow server or UI that has started)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.5)
-    return False
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from ftsweep.tracking import store as tracking
 from ftsweep.tracking.model_export import fold_checkpoints
 from ftsweep.tracking.store import Tracker, normalize_uri
 
-from conftest import TINY, at_once, run_cli
+from helpers import TINY, at_once, run_cli
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_disk_full_is_one_line_and_marks_the_runs_failed(make_cfg, monkeypatch, 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     """A finished tiny CV run with fold models, and a results-table run beside it."""
-    from conftest import compose_cfg
+    from helpers import compose_cfg
 
     root = tmp_path_factory.mktemp("saved")
     cfg = compose_cfg([*TINY, "trainer.save_models=true", "tracking.experiment=saved"], root)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, at_once
+from helpers import ROOT, at_once
 
 pytestmark = pytest.mark.slow
 

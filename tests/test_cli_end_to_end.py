@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from ftsweep.data.demo import generate
 
-from conftest import TINY, at_once, run_cli
+from helpers import TINY, at_once, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cli_env, cluster_unusable
+from helpers import ROOT, cli_env, cluster_unusable
 
 
 def test_an_unusable_cluster_skips_without_the_variable(monkeypatch):

@@ -12,10 +12,12 @@ from omegaconf import open_dict
 
 from ftsweep.config.command_line import check, closest
 from ftsweep.errors import ConfigError, FtsweepError
+from ftsweep.hydra_job import SWEEP_ID_ENV
 from ftsweep.search.sweeper import build_space, composer
-from ftsweep.sweep.callback import EXPERIMENT_ENV, SWEEP_ID_ENV, SWEPT_ENV, SweepCallback
+from ftsweep.sweep.callback import SweepCallback
+from ftsweep.tracking.naming import EXPERIMENT_ENV, SWEPT_ENV
 
-from conftest import CONF, TINY, at_once, run_cli
+from helpers import CONF, TINY, at_once, run_cli
 
 REFUSED = [
     (["trainer.epoch=3"], "unknown key trainer.epoch in trainer.epoch=3: did you mean trainer.epochs?"),

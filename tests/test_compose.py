@@ -7,7 +7,7 @@ import pytest
 from ftsweep.config.checks import validate
 from ftsweep.errors import ConfigError
 
-from conftest import CONF, compose_cfg, compose_conf, run_cli
+from helpers import CONF, compose_cfg, compose_conf, run_cli
 
 GROUPS = ["data", "model", "head", "optimizer", "scheduler", "reinit", "swa", "eval", "trainer", "cv", "tracking",
           "experiment"]

@@ -15,7 +15,7 @@ from torch.autograd.profiler_util import FunctionEvent
 
 from ftsweep.train.phases import PhaseClock
 
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

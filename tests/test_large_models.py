@@ -12,7 +12,7 @@ from ftsweep.errors import ConfigError
 from ftsweep.model.speed import prepare_model
 from ftsweep.train.loop import FoldSplit, Runtime, fit_fold
 
-from conftest import compose_cfg
+from helpers import compose_cfg
 from test_trainer import Quiet, RecordingSink, _losses, _setup
 
 

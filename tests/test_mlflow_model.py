@@ -23,14 +23,14 @@ from ftsweep.data.batching import encode
 from ftsweep.data.demo import generate
 from ftsweep.data.loading import ID, TEXT
 from ftsweep.ensemble.predict import predict_csv
-from ftsweep.ensemble.predictor import from_run
 from ftsweep.model.checkpoints import MODEL_FOLDER, checkpoint_name, load_state
+from ftsweep.model.ensemble import from_run
+from ftsweep.model.inference import predict as predict_rows
 from ftsweep.model.regressor import architecture_config, build_regressor, load_tokenizer
 from ftsweep.tracking.model_export import fold_checkpoints
 from ftsweep.tracking.store import Tracker
-from ftsweep.train.loop import predict as predict_rows
 
-from conftest import CONF, TINY, at_once, cli_env, run_cli
+from helpers import CONF, TINY, at_once, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import pytest
 
 from ftsweep.cv.plan import lr_table
 
-from conftest import compose_cfg, run_cli
+from helpers import compose_cfg, run_cli
 
 REL = 1e-9
 

@@ -32,7 +32,7 @@ from ftsweep.tracking import units
 from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.tracking.store import Tracker
 
-from conftest import cli_env, run_cli
+from helpers import cli_env, run_cli
 
 
 def _csv(tmp_path, name="train.csv", ids=None):

@@ -19,7 +19,7 @@ from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import regressor as model_module
 from ftsweep.model.regressor import load_tokenizer
 
-from conftest import TINY, at_once, free_port, run_cli, wait_for_server
+from helpers import TINY, at_once, free_port, run_cli, wait_for_server
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from ftsweep.search.sweeper import make_sampler
 
-from conftest import ROOT, TINY, at_once, cli_env, free_port, run_cli
+from helpers import ROOT, TINY, at_once, cli_env, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 

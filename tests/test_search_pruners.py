@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from ftsweep.errors import FtsweepError
-from ftsweep.search.paired import ROW_ERRORS, PairedPruner, encode_errors, p_worse, pooled_errors
+from ftsweep.search.paired import PairedPruner, encode_errors, p_worse, pooled_errors
 from ftsweep.search.sweeper import check_pruner
+from ftsweep.tags import ROW_ERRORS_ATTR
 
 ROWS = 80
 
@@ -31,7 +32,7 @@ def study_with_best(pruner, best: list[np.ndarray]) -> optuna.Study:
     study = optuna.create_study(pruner=pruner)
     trial = study.ask()
     for step, errors in enumerate(best):
-        trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(predictions(errors)))
+        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions(errors)))
         trial.report(float(np.sqrt(errors.mean())), step)
     study.tell(trial, float(np.mean([np.sqrt(e.mean()) for e in best])))
     return study
@@ -41,7 +42,7 @@ def pruned_after(study: optuna.Study, folds: list[pd.DataFrame]) -> int | None:
     """The fold position the pruner stops a new trial at, or None when it runs every fold."""
     trial = study.ask()
     for step, frame in enumerate(folds):
-        trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(frame))
+        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(frame))
         trial.report(0.0, step)
         if trial.should_prune():
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -192,8 +193,9 @@ def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, prune
 def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
     from omegaconf import OmegaConf
 
-    from ftsweep.search.study import PRUNERS, note_pruner
+    from ftsweep.search.study import note_pruner
     from ftsweep.search.sweeper import pruner_rule
+    from ftsweep.tags import PRUNERS_ATTR
 
     median = pruner_rule(OmegaConf.create({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5}), "median")
     paired = pruner_rule(OmegaConf.create({"_target_": "ftsweep.search.paired.PairedPruner", "min_delta": 0.01,
@@ -204,7 +206,7 @@ def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
     note_pruner(study, median)
     note_pruner(study, paired)  # nothing finished under median yet: nothing to say
     said = lambda: [r.getMessage() for r in caplog.records if r.name == "ftsweep"]  # noqa: E731
-    assert study.user_attrs[PRUNERS] == [median, paired] and said() == []
+    assert study.user_attrs[PRUNERS_ATTR] == [median, paired] and said() == []
     study.add_trial(optuna.trial.create_trial(value=0.5))
     with caplog.at_level("WARNING", logger="ftsweep"):
         note_pruner(study, median)
@@ -212,4 +214,4 @@ def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
     assert said() == [
         f"search: study {study.study_name!r} was pruned by {paired} before; this run prunes by {median}, so its "
         f"pruned trials were stopped by different rules (give the earlier pruner's settings to keep one rule)."]
-    assert study.user_attrs[PRUNERS] == [median, paired, median]
+    assert study.user_attrs[PRUNERS_ATTR] == [median, paired, median]

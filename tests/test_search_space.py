@@ -115,7 +115,7 @@ def test_a_resumed_seeded_sampler_moves_its_seed_on():
     assert make_sampler(spec, 5)._rng.rng.random() != make_sampler(spec, 0)._rng.rng.random()
     with pytest.raises(FtsweepError, match="must be an Optuna sampler"):
         make_sampler(OmegaConf.create({"_target_": "collections.OrderedDict"}), 0)
-    from ftsweep.config.checks import show
+    from ftsweep.config.rules import show
 
     for seed in ("abc", 1.5, -1, 2**32, True):  # on a resumed study `abc` was a traceback
         with pytest.raises(FtsweepError) as err:

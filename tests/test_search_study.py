@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ftsweep.data.demo import generate
-from ftsweep.search.paired import ROW_ERRORS, decode_errors
+from ftsweep.search.paired import decode_errors
+from ftsweep.tags import ROW_ERRORS_ATTR
 
-from conftest import TINY, at_once, run_cli
+from helpers import TINY, at_once, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_the_paired_pruner_stops_a_clearly_worse_trial_after_fold_0_and_never_an
     first, _, _, again = trials  # the same config and seed: the same errors on every row, never pruned
     assert again.intermediate_values == first.intermediate_values and again.value == first.value
     for step in (0, 1):
-        key = ROW_ERRORS.format(step=step)
+        key = ROW_ERRORS_ATTR.format(step=step)
         assert again.user_attrs[key] == first.user_attrs[key]
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
@@ -63,7 +64,7 @@ def test_the_paired_pruner_stops_a_clearly_worse_trial_after_fold_0_and_never_an
         if trial.state == TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["ftsweep.pruned"] == "0" and len(folds) == 1
             # what the pruner saw: every row of fold 0 worse than the best trial's
-            worse, best = (decode_errors(t.user_attrs[ROW_ERRORS.format(step=0)])[1] for t in (trial, first))
+            worse, best = (decode_errors(t.user_attrs[ROW_ERRORS_ATTR.format(step=0)])[1] for t in (trial, first))
             assert len(worse) == 32 and (worse > best).mean() > 0.9
 
 

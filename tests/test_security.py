@@ -31,7 +31,7 @@ from ftsweep.errors import DataError, FtsweepError
 from ftsweep.sweep.callback import SweepCallback
 from ftsweep.tracking.store import Tracker
 
-from conftest import CONF, TINY, cli_env, compose_cfg, free_port, wait_for_server
+from helpers import CONF, TINY, cli_env, compose_cfg, free_port, wait_for_server
 
 # A name a shell would split, expand or end early if printed unquoted.
 EXPERIMENT = "Bob's sweep $HOME"

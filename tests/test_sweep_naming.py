@@ -6,7 +6,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from ftsweep.sweep.callback import SWEPT_ENV, row_label, sweep_experiment_name, swept_keys
+from ftsweep.tracking.naming import SWEPT_ENV, row_label, sweep_experiment_name, swept_keys
 
 
 def test_swept_keys_are_the_comma_lists_and_sweep_functions():

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ftsweep.sweep.callback import JOB_STATUS, SWEEP_ID_ENV, SweepCallback, job_outcomes
+from ftsweep.hydra_job import JOB_STATUS, SWEEP_ID_ENV
+from ftsweep.sweep.callback import SweepCallback, job_outcomes
 
 SWEEP = "this-sweep"
 DIED = "the job ended without a result (its process died)"

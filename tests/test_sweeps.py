@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import at_once, cli_env, run_cli
+from helpers import at_once, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from ftsweep.cv.pipeline import Job, run_cv
 from ftsweep.sweep.table import write_table
 from ftsweep.tracking.store import Tracker
 
-from conftest import ROOT, free_port, wait_for_server
+from helpers import ROOT, free_port, wait_for_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,

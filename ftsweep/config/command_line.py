@@ -22,18 +22,29 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ftsweep.config.checks import CONF_DIR, Range, show
+from ftsweep.config.keys import CONF_DIR
+from ftsweep.config.rules import Range, show
 from ftsweep.errors import ConfigError
 
 Compose = Callable[[list[str]], DictConfig]  # overrides -> the config, with its hydra node
 LIST_KEYS_AT = 10  # a group of at most this many keys is listed when no key is close to a typo
 
 
+def unreadable_override(text: str, exc: Exception) -> str:
+    """Hydra's parse error in one line: its reason, not its 'Error parsing override' header."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error parsing") else lines[0]
+    if "integer string conversion" in reason:  # Python's own limit, not the user's to raise
+        reason = "a whole number of over 4,300 digits"
+    shown = text if len(text) <= 200 else f"{text[:100]}…{text[-20:]}"
+    return (f"cannot read the override {shown!r}: {reason} (Hydra's override grammar: "
+            f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
+
+
 def check(argv: list[str], config_name: str) -> None:
     """Raise ConfigError for the first thing on the command line that Hydra would refuse."""
     from hydra._internal.utils import get_args_parser
 
-    from ftsweep.jobs import unreadable_override
 
     args, _ = get_args_parser().parse_known_args(argv)
     texts = list(args.overrides or [])

@@ -18,14 +18,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ftsweep.config.checks import check_structure, validate
+from ftsweep.config.checks import check_settings
+from ftsweep.config.keys import check_structure
 from ftsweep.cv.fold import train_fold
 from ftsweep.data.batching import Encoded, encode, steps_per_epoch
 from ftsweep.data.folds import assign_folds, folds_to_run
 from ftsweep.data.loading import TARGET, TEXT, fingerprint, load_frame, resolve_path
 from ftsweep.model.checkpoints import checkpoint_name, save_state
 from ftsweep.model.regressor import known_architecture, load_backbone, load_tokenizer, token_limit
-from ftsweep.sweep.callback import DEFAULT_EXPERIMENT, row_label
+from ftsweep.tags import DEVICE_TAG
+from ftsweep.tracking.naming import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking.recorder import PREDICTIONS, CvData, CvResult, RunRecorder, fold_predictions
 from ftsweep.train import plots
 from ftsweep.train.devices import resolve_device
@@ -58,7 +60,7 @@ def check_config(cfg: DictConfig) -> None:
     """Every setting, against the model's depth and token limit where they are known (ConfigError)."""
     check_structure(cfg)
     arch = known_architecture(cfg.model)
-    validate(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
+    check_settings(cfg, getattr(arch, "num_hidden_layers", None), token_limit(arch) if arch is not None else None)
 
 
 @dataclass
@@ -97,7 +99,7 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
     backbone = load_backbone(cfg.model)
     label = row_label(cfg, job.overrides)
-    early = recorder.claim(label, job.overrides, {**job.tags, "ftsweep.device": str(device)}, job.resume)
+    early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: str(device)}, job.resume)
     if early is not None:
         return early
     result, fold_runs = recorder.new_result(), {}  # fold -> the run that holds its result (and weights)

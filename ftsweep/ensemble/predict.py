@@ -13,17 +13,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.config.checks import validate_predict
 from ftsweep.data.loading import ID, TEXT, load_texts
-from ftsweep.ensemble.predictor import from_folder, from_run
 from ftsweep.errors import ConfigError
 from ftsweep.files import file_problem
+from ftsweep.model.ensemble import from_folder, from_run
 from ftsweep.tracking.model_export import ensemble_folder, find_fold_models
 from ftsweep.tracking.store import Tracker
-from ftsweep.train.devices import resolve_device
+from ftsweep.train.devices import cuda_visible, resolve_device
 
 
 def check_args(cfg: DictConfig) -> Path:
     """Before anything is downloaded or predicted: the arguments a run needs, and where it writes."""
     validate_predict(cfg)
+    if cfg.device == "cuda" and not cuda_visible():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or cpu.")
     for key, hint in (("run_id", "run_id=<parent run id> (the run's name is its row label; `make ui` lists them)"),
                       ("data.path", "data.path=/path/to/test.csv")):
         parent, _, leaf = key.rpartition(".")

@@ -12,24 +12,29 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ftsweep.config.options import OPTIMIZERS
 from ftsweep.errors import ConfigError
 from ftsweep.model.layers import EMBEDDINGS, HEAD, assign_layers, layer_names, num_layers
 
 
 def layer_rates(opt_cfg: DictConfig, n_layers: int) -> dict[str, float]:
     """Peak learning rate of every layer name (embeddings, layer_i, head)."""
-    name = opt_cfg.name
-    if name == "adamw":
-        rates = {layer: float(opt_cfg.lr) for layer in layer_names(n_layers)}
-    elif name == "llrd":
-        top, decay = float(opt_cfg.lr), float(opt_cfg.layer_decay)
-        rates = {f"layer_{k}": top * decay ** (n_layers - 1 - k) for k in range(n_layers)}
-        rates[EMBEDDINGS] = top * decay**n_layers
-    elif name == "grouped_llrd":
-        rates = _grouped_rates(opt_cfg, n_layers)
-    else:
-        raise ConfigError(f"optimizer.name={name!r} is unknown; use adamw, llrd or grouped_llrd.")
+    if opt_cfg.name not in _RATES:
+        raise ConfigError(OPTIMIZERS.unknown(opt_cfg.name))
+    rates = _RATES[opt_cfg.name](opt_cfg, n_layers)
     rates[HEAD] = float(opt_cfg.head_lr)
+    return rates
+
+
+def _one_rate(opt_cfg: DictConfig, n_layers: int) -> dict[str, float]:
+    return {layer: float(opt_cfg.lr) for layer in layer_names(n_layers)}
+
+
+def _decayed_rates(opt_cfg: DictConfig, n_layers: int) -> dict[str, float]:
+    """LLRD: the top layer at optimizer.lr, each layer below x layer_decay, the embeddings last."""
+    top, decay = float(opt_cfg.lr), float(opt_cfg.layer_decay)
+    rates = {f"layer_{k}": top * decay ** (n_layers - 1 - k) for k in range(n_layers)}
+    rates[EMBEDDINGS] = top * decay**n_layers
     return rates
 
 
@@ -51,6 +56,9 @@ def _grouped_rates(opt_cfg: DictConfig, n_layers: int) -> dict[str, float]:
         rates.update({f"layer_{k}": lr for k in layers})
     rates[EMBEDDINGS] = group_lrs[0]  # the embeddings join the lowest set
     return rates
+
+
+_RATES = OPTIMIZERS.implement({"adamw": _one_rate, "llrd": _decayed_rates, "grouped_llrd": _grouped_rates})
 
 
 def build_param_groups(model: nn.Module, opt_cfg: DictConfig) -> list[dict]:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from ftsweep.config.options import HEADS
 from ftsweep.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -193,20 +194,26 @@ class Regressor(nn.Module):
         return self.regressor(self.dropout(self.pool(out, attention_mask))).squeeze(-1)
 
 
-def _make_pool(backbone: nn.Module, head_cfg: DictConfig) -> nn.Module:
+def _backbone_pooler(backbone: nn.Module, head_cfg: DictConfig) -> nn.Module:
     hidden = backbone.config.hidden_size
+    return BackbonePool() if getattr(backbone, "pooler", None) is not None else FreshPooler(hidden)
+
+
+_POOLS = HEADS.implement({
+    "pooler": _backbone_pooler,
+    "cls": lambda backbone, head_cfg: ClsPool(),
+    "mean": lambda backbone, head_cfg: MeanPool(),
+    "attention": lambda backbone, head_cfg: AttentionPool(backbone.config.hidden_size, int(head_cfg.attention_hidden)),
+})
+
+
+def _make_pool(backbone: nn.Module, head_cfg: DictConfig) -> nn.Module:
     kind = head_cfg.type
-    if kind == "pooler":
-        return BackbonePool() if getattr(backbone, "pooler", None) is not None else FreshPooler(hidden)
-    if getattr(backbone, "pooler", None) is not None:
+    if kind not in _POOLS:
+        raise ModelError(HEADS.unknown(kind))
+    if kind != "pooler" and getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused by this head: keep it out of the optimizer and re-init
-    if kind == "cls":
-        return ClsPool()
-    if kind == "mean":
-        return MeanPool()
-    if kind == "attention":
-        return AttentionPool(hidden, int(head_cfg.attention_hidden))
-    raise ModelError(f"head.type={kind!r} is unknown; use pooler, cls, mean or attention.")
+    return _POOLS[kind](backbone, head_cfg)
 
 
 def init_head_weights(module: nn.Module, std: float) -> None:

@@ -6,12 +6,11 @@ first step, so it pays only on a GPU over many steps; on a CPU or a short run ea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import torch
 from omegaconf import DictConfig
+from torch import nn
 
-if TYPE_CHECKING:  # torch is imported where a model is prepared: config checks read COMPILE without it
-    from torch import nn
+from ftsweep.config.options import COMPILE_CHOICES
 
 # trainer.compile -> torch.compile keyword arguments.
 #  default:         static shapes; inductor code specialised per (batch, width) shape.
@@ -23,7 +22,8 @@ COMPILE = {
     "default": {"dynamic": False},
     "reduce-overhead": {"mode": "reduce-overhead", "dynamic": None},
 }
-COMPILE_CHOICES = (False, *COMPILE)
+if (False, *COMPILE) != COMPILE_CHOICES:  # config checks accept what this table can compile
+    raise TypeError(f"trainer.compile: arguments for {list(COMPILE)}, options are {COMPILE_CHOICES}")
 SHAPES_PER_WIDTH = 16  # batch sizes per padded width: full train / eval batches and each fold's last ones
 
 
@@ -46,8 +46,6 @@ def prepare_model(model: nn.Module, tcfg: DictConfig) -> nn.Module:
     mode = tcfg.get("compile") or False
     if mode:
         # Past the recompile limit (8 by default) dynamo silently runs every further shape eager.
-        import torch
-
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), shape_budget(tcfg)))

@@ -27,10 +27,10 @@ import pandas as pd
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from ftsweep.config.checks import SEED_MAX, Range, show
+from ftsweep.config.rules import SEED_MAX, Range, show
 from ftsweep.data.loading import ID, TARGET
+from ftsweep.tags import ROW_ERRORS_ATTR
 
-ROW_ERRORS = "ftsweep.row_errors.{step}"  # a trial attribute per fold position: {"rows": digest, "sq_err": b64}
 TESTS = ("bootstrap", "wilcoxon")
 MAX_RESAMPLES = 100_000  # a decision's time grows with resamples x rows
 _RESAMPLE_BLOCK = 2**22  # indices drawn at once (32 MiB): memory stays flat however many rows
@@ -65,7 +65,7 @@ def pooled_errors(trial: FrozenTrial, step: int) -> tuple[list[str], np.ndarray]
     when it has not stored them all."""
     digests, parts = [], []
     for position in range(step + 1):
-        entry = trial.user_attrs.get(ROW_ERRORS.format(step=position))
+        entry = trial.user_attrs.get(ROW_ERRORS_ATTR.format(step=position))
         if not isinstance(entry, dict):
             return None
         digest, errors = decode_errors(entry)

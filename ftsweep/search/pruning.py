@@ -21,7 +21,7 @@ log = logging.getLogger("ftsweep")
 
 def trial_tags(cfg: DictConfig) -> dict[str, str]:
     """A search trial's runs name their study and trial: the search summary finds them by these."""
-    from ftsweep.tracking.store import STUDY_TAG, TRIAL_TAG
+    from ftsweep.tags import STUDY_TAG, TRIAL_TAG
 
     search = cfg.get("search")
     if search is None or search.get("lineage") is None:
@@ -38,8 +38,9 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
         return None
     import optuna
 
-    from ftsweep.search.paired import ROW_ERRORS, encode_errors
+    from ftsweep.search.paired import encode_errors
     from ftsweep.search.study import open_storage
+    from ftsweep.tags import ROW_ERRORS_ATTR
     from ftsweep.train.loop import rmse
 
     pruner = _configured_pruner()
@@ -49,7 +50,7 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
 
     def report(step: int, running_mean: float, predictions: pd.DataFrame) -> bool:
         if getattr(pruner, "needs_row_errors", False):
-            trial.set_user_attr(ROW_ERRORS.format(step=step), encode_errors(predictions))
+            trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions))
         value = rmse(predictions["pred_best"].to_numpy(), predictions[TARGET].to_numpy()) if per_fold else running_mean
         trial.report(value, step)
         return trial.should_prune()

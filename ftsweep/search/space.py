@@ -17,8 +17,8 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from ftsweep.config.command_line import unreadable_override
 from ftsweep.errors import FtsweepError
-from ftsweep.jobs import unreadable_override
 
 
 @dataclass

@@ -24,16 +24,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import owner_alive, owner_tags, sqlite_path, store_lock
+from ftsweep.tags import (
+    DATA_FINGERPRINT_TAG,
+    DIED_ATTR,
+    FIXED_OVERRIDES_ATTR,
+    INTERRUPTED_ATTR,
+    LINEAGE_ATTR,
+    PRUNERS_ATTR,
+)
 
 log = logging.getLogger("ftsweep")
-LINEAGE = "ftsweep.lineage"  # the first attempt's trial number: one MLflow parent per lineage
-INTERRUPTED = "ftsweep.interrupted"
-DIED = "ftsweep.died"  # on a retry: its lineage's job process died once already
-OVERRIDES = "ftsweep.overrides"  # the trial's job overrides (what best.yaml rebuilds)
-DATA = "ftsweep.data_fingerprint"  # study attributes: what every trial of the study ran on
-FIXED = "ftsweep.fixed_overrides"
-PRUNERS = "ftsweep.pruners"  # study attribute: the pruning rules its runs used, a new entry per change
-RUN_ID = "ftsweep.mlflow_run_id"  # the trial's MLflow parent run (the MLflow side has ftsweep.study/trial tags)
 # Overrides that change where results go or how fast, not what is computed (as the unit keys);
 # data.path too: the rows themselves are checked by their fingerprint (a moved file is the same data).
 _NOT_COMPUTED = ("paths.", "tracking.", "trainer.num_threads", "data.path=")
@@ -78,7 +78,7 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, s
 
 
 def lineage(trial: FrozenTrial) -> int:
-    return int(trial.user_attrs.get(LINEAGE, trial.number))
+    return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
 
 
 def retry_interrupted(study: optuna.Study) -> list[int]:
@@ -88,9 +88,9 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if owner_alive(trial.user_attrs):
             continue
-        optuna.trial.Trial(study, trial._trial_id).set_user_attr(INTERRUPTED, True)
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(INTERRUPTED_ATTR, True)
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(trial.params, user_attrs={LINEAGE: lineage(trial)})
+        study.enqueue_trial(trial.params, user_attrs={LINEAGE_ATTR: lineage(trial)})
         queued.append(lineage(trial))
     if queued:
         log.info("search: trial(s) %s were interrupted; they run again and keep their finished folds", queued)
@@ -101,11 +101,11 @@ def retry_died(study: optuna.Study, trial: optuna.trial.Trial) -> bool:
     """A trial whose job's process died (kill -9, the out-of-memory killer; under joblib the trials
     sharing its pool of workers too): FAIL it and queue its parameters again, same lineage, once.
     False when its lineage died before: it is left to fail."""
-    if trial.user_attrs.get(DIED):
+    if trial.user_attrs.get(DIED_ATTR):
         return False
-    trial.set_user_attr(INTERRUPTED, True)
+    trial.set_user_attr(INTERRUPTED_ATTR, True)
     study.tell(trial, state=TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={LINEAGE: lineage(trial), DIED: True})
+    study.enqueue_trial(trial.params, user_attrs={LINEAGE_ATTR: lineage(trial), DIED_ATTR: True})
     return True
 
 
@@ -119,8 +119,8 @@ def own(trial: optuna.trial.Trial) -> None:
     """This process holds the trial: what retry_interrupted checks."""
     for key, value in owner_tags().items():
         trial.set_user_attr(key, value)
-    if LINEAGE not in trial.user_attrs:
-        trial.set_user_attr(LINEAGE, trial.number)
+    if LINEAGE_ATTR not in trial.user_attrs:
+        trial.set_user_attr(LINEAGE_ATTR, trial.number)
 
 
 def identity(fixed: list[str]) -> list[str]:
@@ -131,7 +131,7 @@ def identity(fixed: list[str]) -> list[str]:
 def bind(study: optuna.Study, storage_url: str, data_fingerprint: str, fixed: list[str]) -> None:
     """Tie the study to its rows and fixed overrides on its first run; refuse a rerun on others.
     A study from before these attributes (or an empty one) takes the current ones."""
-    was_data, was_fixed, now = study.user_attrs.get(DATA), study.user_attrs.get(FIXED), identity(fixed)
+    was_data, was_fixed, now = study.user_attrs.get(DATA_FINGERPRINT_TAG), study.user_attrs.get(FIXED_OVERRIDES_ATTR), identity(fixed)
     where = f"study {study.study_name!r} in {storage_url}"
     new_study = "start a new study with hydra.sweeper.study_name=NEW_NAME"
     if was_data is not None and was_data != data_fingerprint:
@@ -146,20 +146,20 @@ def bind(study: optuna.Study, storage_url: str, data_fingerprint: str, fixed: li
                            f"ranked with trials of another config; {new_study} (or give the overrides it "
                            f"was run with).")
     if was_data is None:
-        study.set_user_attr(DATA, data_fingerprint)
+        study.set_user_attr(DATA_FINGERPRINT_TAG, data_fingerprint)
     if was_fixed is None:
-        study.set_user_attr(FIXED, now)
+        study.set_user_attr(FIXED_OVERRIDES_ATTR, now)
 
 
 def note_pruner(study: optuna.Study, rule: str) -> None:
     """A study continued under another pruning rule is not refused (complete trials stay comparable:
     same rows, same fixed config) but said, as its pruned trials were stopped by other rules. The
     study keeps each change of rule in order."""
-    used = list(study.user_attrs.get(PRUNERS) or [])
+    used = list(study.user_attrs.get(PRUNERS_ATTR) or [])
     if used and used[-1] == rule:
         return
     if used and study.get_trials(deepcopy=False, states=COUNTED):
         log.warning("search: study %r was pruned by %s before; this run prunes by %s, so its pruned trials were "
                     "stopped by different rules (give the earlier pruner's settings to keep one rule).",
                     study.study_name, used[-1], rule)
-    study.set_user_attr(PRUNERS, [*used, rule])
+    study.set_user_attr(PRUNERS_ATTR, [*used, rule])

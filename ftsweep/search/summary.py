@@ -21,10 +21,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from ftsweep.errors import FtsweepError  # noqa: E402
-from ftsweep.search.study import OVERRIDES, lineage  # noqa: E402
-from ftsweep.sweep.callback import experiment_name  # noqa: E402
+from ftsweep.search.study import lineage  # noqa: E402
 from ftsweep.sweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
-from ftsweep.tracking.store import STUDY_TAG, Tracker  # noqa: E402
+from ftsweep.tags import (
+    KIND_TAG,
+    OVERRIDES_TAG,  # noqa: E402
+    STUDY_TAG,  # noqa: E402
+)
+from ftsweep.tracking.naming import experiment_name  # noqa: E402
+from ftsweep.tracking.store import Tracker  # noqa: E402
 
 log = logging.getLogger("ftsweep")
 SUMMARY_KIND = "search summary"
@@ -101,7 +106,7 @@ def as_command(overrides: list[str]) -> str:
 
 def trial_overrides(trial: optuna.trial.FrozenTrial, space) -> list[str]:
     """The overrides the trial ran with (a study continued with other fixed overrides keeps each trial's)."""
-    return list(trial.user_attrs.get(OVERRIDES) or space.overrides(trial.params))
+    return list(trial.user_attrs.get(OVERRIDES_TAG) or space.overrides(trial.params))
 
 
 def _study_folds(tracker: Tracker, study_name: str) -> pd.DataFrame | None:
@@ -158,9 +163,9 @@ def _figures(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
 def _log_run(tracker: Tracker, study_name: str, best, values: dict, files: dict) -> None:
     """One summary run per study: an earlier one (a previous run of the same command) is replaced."""
     for old in tracker.runs_tagged(STUDY_TAG, study_name):
-        if old.data.tags.get("ftsweep.kind") == SUMMARY_KIND:
+        if old.data.tags.get(KIND_TAG) == SUMMARY_KIND:
             tracker.delete_run(old.info.run_id)
-    run = tracker.start_run(SUMMARY_KIND, {"ftsweep.kind": SUMMARY_KIND, STUDY_TAG: study_name,
+    run = tracker.start_run(SUMMARY_KIND, {KIND_TAG: SUMMARY_KIND, STUDY_TAG: study_name,
                                            "mlflow.note.content": f"Best trial of the Optuna study {study_name!r}."})
     tracker.log_params(run, {f"best.{key}": str(value) for key, value in best.params.items()})
     tracker.log_values(run, values)

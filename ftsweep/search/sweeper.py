@@ -28,15 +28,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
-from ftsweep.config.checks import SEED_MAX, Range, show
 from ftsweep.config.command_line import compose_or_explain
-from ftsweep.errors import FtsweepError
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
+from ftsweep.config.rules import SEED_MAX, Range, show
+from ftsweep.errors import FtsweepError, exit_with
+from ftsweep.hydra_job import JOB_STATUS
+from ftsweep.locks import Heartbeat, beat
 from ftsweep.search.paired import SettingError, build_pruner
 from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, parse
 from ftsweep.search.study import (
-    OVERRIDES,
-    RUN_ID,
     bind,
     default_storage,
     in_progress,
@@ -48,8 +47,8 @@ from ftsweep.search.study import (
     retry_died,
     retry_interrupted,
 )
-from ftsweep.sweep.callback import JOB_STATUS
 from ftsweep.sweep.launchers import worker_died
+from ftsweep.tags import HEARTBEAT_TAG, OVERRIDES_TAG, RUN_ID_ATTR
 from ftsweep.tracking.store import normalize_uri
 
 log = logging.getLogger("ftsweep")
@@ -313,7 +312,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
                     batch = [_ask(study, space, extend, full_config) for _ in range(min(per_launch, remaining))]
                     jobs = [[*space.overrides(t.params), *_trial_overrides(settings, t)] for t in batch]
                     for trial, job_overrides in zip(batch, jobs, strict=True):  # what best.yaml rebuilds
-                        trial.set_user_attr(OVERRIDES, [o for o in job_overrides if not o.startswith("search.")])
+                        trial.set_user_attr(OVERRIDES_TAG, [o for o in job_overrides if not o.startswith("search.")])
                     numbered = [(trial, next(numbers)) for trial in batch]
                     launched += len(batch)
                     log.info("search: trial(s) %s of %d", [t.number for t in batch], settings.n_trials)
@@ -390,7 +389,7 @@ def _trial_overrides(settings: Settings, trial: optuna.trial.Trial) -> list[str]
 def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome, job: int) -> None:
     value = ret._return_value if ret.status == JobStatus.COMPLETED else None
     if isinstance(value, dict) and value.get("run_id"):  # the trial -> MLflow run link (the run has study/trial tags)
-        trial.set_user_attr(RUN_ID, str(value["run_id"]))
+        trial.set_user_attr(RUN_ID_ATTR, str(value["run_id"]))
     if isinstance(value, dict) and value.get("pruned_at") is not None:
         study.tell(trial, state=TrialState.PRUNED)
         outcome.pruned += 1
@@ -425,9 +424,8 @@ def _failure(ret: JobReturn, value) -> str:
 def report_failures(outcome: Outcome) -> None:
     """Like a failed grid sweep: the failed trials, one line each, and exit 1."""
     lines = "\n".join(f"  {line}" for line in outcome.failures)
-    print(f"ftsweep: error: {outcome.failed} of {outcome.told} trial(s) of this run failed; fix what they say and "
-          f"rerun the same command: the study goes on, failed trials are not counted:\n{lines}", file=sys.stderr)
-    sys.exit(1)
+    exit_with(f"{outcome.failed} of {outcome.told} trial(s) of this run failed; fix what they say and rerun the "
+              f"same command: the study goes on, failed trials are not counted:\n{lines}", 1)
 
 
 def open_search(settings: Settings) -> optuna.Study:
@@ -459,8 +457,7 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
         note_pruner(study, pruner_rule(sweeper.get("pruner"), config.hydra.runtime.choices.get("hydra/sweeper/pruner")))
         outcome = run_trials(study, space, settings, launcher, config)
     except FtsweepError as exc:
-        print(f"ftsweep: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        exit_with(exc)
     summarize(study, space, settings, shared, compose, Path(config.hydra.sweep.dir) / "search")
     if outcome.failed:
         report_failures(outcome)

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,70 +21,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ftsweep.hydra_job import JOB_STATUS, SWEEP_ID_ENV
+from ftsweep.tracking.naming import EXPERIMENT_ENV, SWEPT_ENV, sweep_experiment_name, swept_keys
+
 log = logging.getLogger("ftsweep")
-EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
-SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
-SWEEP_ID_ENV = "FTSWEEP_SWEEP_ID"
-JOB_STATUS = "ftsweep_job.json"  # in each job's output folder: how the job ended
-_SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval|tag)\(")
-_NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
-_LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
-_NOT_NAMING = ("hydra", "tracking.", "paths.")
-DEFAULT_EXPERIMENT = "ftsweep"
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
-
-
-def _split(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
-
-
-def swept_keys(overrides: list[str]) -> list[str]:
-    return [_split(o)[0] for o in overrides if _SWEEP_VALUE.search(_NESTED.sub("", _split(o)[1]))]
-
-
-def sweep_experiment_name(overrides: list[str]) -> str:
-    """Deterministic from the command, so rerunning it resumes into the same experiment."""
-    kept = sorted(o.lstrip("+") for o in overrides if not _split(o)[0].startswith(_NOT_NAMING))
-    return "sweep " + " ".join(kept) if kept else "sweep"
-
-
-def experiment_name(cfg: DictConfig, multirun: bool) -> str:
-    if cfg.tracking.get("experiment"):
-        return str(cfg.tracking.experiment)
-    if multirun:
-        return os.environ.get(EXPERIMENT_ENV, "sweep")
-    return DEFAULT_EXPERIMENT
-
-
-def row_label(cfg: DictConfig, job_overrides: list[str]) -> str:
-    """A preset's label, else the swept overrides of this job, else all of its overrides;
-    a search trial's label starts with its trial number (its lineage: retries keep it)."""
-    lineage = (cfg.get("search") or {}).get("lineage")
-    prefix = f"trial {lineage}: " if lineage is not None else ""
-    if cfg.get("label"):
-        return prefix + str(cfg.label)
-    job_overrides = [o for o in job_overrides if not _split(o)[0].startswith("search.")]
-    keys = set(json.loads(os.environ.get(SWEPT_ENV, "[]"))) - {"trainer.seed"}  # seeds pool into one row
-    swept = [o for o in job_overrides if _split(o)[0] in keys]
-    chosen = swept or [o for o in job_overrides if _split(o)[0] != "trainer.seed"]
-    label = " ".join(chosen) if chosen else "default"
-    return prefix + _LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}", label) if prefix else label
-
-
-def record_job(status: str, detail: str = "") -> None:
-    """A multirun job's outcome (ok | held | failed), read back when the sweep ends."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / JOB_STATUS).write_text(json.dumps(
-            {"sweep": os.environ.get(SWEEP_ID_ENV, ""), "status": status, "detail": detail[:2000]}))
-    except OSError as exc:  # a full disk must not turn a finished job into a crash
-        log.warning("could not record the job's status in %s: %s", folder, exc)
 
 
 def job_outcomes(sweep_dir: Path, sweep_id: str, started: float) -> dict[str, list[str]]:
@@ -134,16 +73,15 @@ def _check_job_dir(key: str, folder: Path) -> None:
 
 class SweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from ftsweep.errors import FtsweepError
+        from ftsweep.errors import FtsweepError, exit_with
 
         try:
             _check_job_dir("hydra.run.dir", Path(str(config.hydra.run.dir)))
         except FtsweepError as exc:
-            print(f"ftsweep: error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_with(exc)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from ftsweep.errors import FtsweepError
+        from ftsweep.errors import FtsweepError, exit_with
         from ftsweep.tracking.store import Tracker
 
         overrides = list(config.hydra.overrides.task)
@@ -162,8 +100,7 @@ class SweepCallback(Callback):
             _check_job_dir("hydra.sweep.dir", Path(str(config.hydra.sweep.dir)))
             Tracker(config.tracking.uri, name)  # store, schema and experiment exist before any job starts
         except FtsweepError as exc:  # Hydra would only warn and start every job against a broken store
-            print(f"ftsweep: error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            exit_with(exc)
         log.info("sweep: MLflow experiment %r at %s", name, config.tracking.uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -191,6 +128,8 @@ class SweepCallback(Callback):
             print(f"ftsweep: no results table: {exc}")
 
     def _report_jobs(self, sweep_dir: Path) -> None:
+        from ftsweep.errors import exit_with
+
         outcomes = job_outcomes(sweep_dir, os.environ.get(SWEEP_ID_ENV, ""), getattr(self, "started", 0.0))
         n_jobs = sum(len(v) for v in outcomes.values())
         if outcomes["held"]:
@@ -198,7 +137,6 @@ class SweepCallback(Callback):
                   f"their config; rerun this command when it has finished to complete the table.")
         if outcomes["failed"]:
             lines = "\n".join(f"  job {line}" for line in outcomes["failed"])
-            print(f"ftsweep: error: {len(outcomes['failed'])} of {n_jobs} sweep job(s) failed; the table holds "
-                  f"only what finished. Fix what they say and rerun the same command: finished units are kept, "
-                  f"only these run again:\n{lines}", file=sys.stderr)
-            sys.exit(1)
+            exit_with(f"{len(outcomes['failed'])} of {n_jobs} sweep job(s) failed; the table holds only what "
+                      f"finished. Fix what they say and rerun the same command: finished units are kept, only "
+                      f"these run again:\n{lines}", 1)

@@ -21,7 +21,21 @@ from scipy import stats
 
 from ftsweep.config.resolvers import default_outputs
 from ftsweep.errors import FtsweepError
-from ftsweep.tracking.store import PRUNED_TAG, STUDY_TAG, TRIAL_TAG, Tracker
+from ftsweep.tags import (
+    CONFIG_KEY_TAG,
+    DATA_FINGERPRINT_TAG,
+    FOLD_TAG,
+    JOB_NUM_TAG,
+    KIND_TAG,
+    LABEL_TAG,
+    PRUNED_TAG,
+    ROW_KEY_TAG,
+    SEED_TAG,
+    STUDY_TAG,
+    TABLE_KIND,
+    TRIAL_TAG,
+)
+from ftsweep.tracking.store import Tracker
 from ftsweep.train import plots
 
 BASELINE_LABEL = "Basic fine-tuning"
@@ -35,11 +49,11 @@ def default_tracking_uri() -> str:
 def fold_frame(tracker: Tracker) -> pd.DataFrame:
     """Every FINISHED fold run of the experiment: one row per (config row, seed, fold), newest kept."""
     runs = tracker.all_runs()
-    parents = {r.info.run_id: r for r in runs if "ftsweep.fold" not in r.data.tags}  # any status: labels, reference
+    parents = {r.info.run_id: r for r in runs if FOLD_TAG not in r.data.tags}  # any status: labels, reference
     records = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
-        if run.info.status != "FINISHED" or "ftsweep.fold" not in tags or "rmse_best" not in metrics:
+        if run.info.status != "FINISHED" or FOLD_TAG not in tags or "rmse_best" not in metrics:
             continue
         parent = parents.get(tags.get("mlflow.parentRunId", ""))
         pruned = parent is not None and PRUNED_TAG in parent.data.tags
@@ -47,11 +61,11 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
             continue
         reference = parent.data.params.get("reference_rmse", "None")
         records.append({
-            "row_key": tags.get("ftsweep.row_key", tags.get("ftsweep.config_key")),
-            "label": tags.get("ftsweep.label", ""), "seed": int(tags.get("ftsweep.seed", 0)),
-            "fold": int(tags["ftsweep.fold"]), "rmse_best": metrics["rmse_best"], "rmse_last": metrics["rmse_last"],
+            "row_key": tags.get(ROW_KEY_TAG, tags.get(CONFIG_KEY_TAG)),
+            "label": tags.get(LABEL_TAG, ""), "seed": int(tags.get(SEED_TAG, 0)),
+            "fold": int(tags[FOLD_TAG]), "rmse_best": metrics["rmse_best"], "rmse_last": metrics["rmse_last"],
             "swa": "rmse_swa" in metrics, "start_time": run.info.start_time,
-            "job_num": int(tags.get("ftsweep.job_num", 0)), "data": tags.get("ftsweep.data_fingerprint", ""),
+            "job_num": int(tags.get(JOB_NUM_TAG, 0)), "data": tags.get(DATA_FINGERPRINT_TAG, ""),
             "reference": float(reference) if reference not in ("None", "", "null") else math.nan,
             "pruned": pruned, "study": tags.get(STUDY_TAG, ""), "trial": int(tags.get(TRIAL_TAG, -1)),
         })
@@ -188,7 +202,7 @@ def write_table(tracker: Tracker, out_dir: Path, baseline: str | None = None, lo
     table.drop(columns=["start_time", "job_num", "data"]).to_csv(paths["csv"], index=False)
     plots.results_bars(table, paths["png"], title=f"{tracker.experiment_name}: mean CV RMSE")
     if log_to_mlflow:
-        run_id = tracker.start_run("results table", {"ftsweep.kind": "table"})
+        run_id = tracker.start_run("results table", {KIND_TAG: TABLE_KIND})
         for path in paths.values():
             tracker.log_artifact(run_id, path)
         tracker.finish(run_id, "FINISHED")

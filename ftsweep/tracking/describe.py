@@ -6,17 +6,14 @@ import shlex
 
 from omegaconf import DictConfig
 
+from ftsweep.config.options import OPTIMIZERS, SCHEDULERS
+
 
 def techniques(cfg: DictConfig) -> list[str]:
     opt, sched, swa, ev = cfg.optimizer, cfg.scheduler, cfg.swa, cfg.eval
-    if opt.name == "llrd":
-        rates = f"layer-wise LR decay: top layer {opt.lr:g}, x{opt.layer_decay:g} per layer down, head {opt.head_lr:g}"
-    elif opt.name == "grouped_llrd":
-        rates = f"grouped LLRD: {opt.n_groups} groups at {', '.join(f'{r:g}' for r in opt.group_lrs)}, head {opt.head_lr:g}"
-    else:
-        rates = f"AdamW at one rate {opt.lr:g}"
+    rates = OPTIMIZERS.describe(opt, opt.name)
     warm = sched.get("warmup_steps") or (f"{sched.warmup_ratio:g} of the steps" if sched.get("warmup_ratio") else None)
-    out = [rates, f"{sched.name} schedule" + (f" after {warm} warm-up steps" if warm else ", no warm-up")]
+    out = [rates, SCHEDULERS.describe(sched, sched.name) + (f" after {warm} warm-up steps" if warm else ", no warm-up")]
     if cfg.reinit.n:
         out.append(f"top {cfg.reinit.n} layer(s) re-initialised" + (" with the pooler" if cfg.reinit.pooler else ""))
     if swa.enabled:

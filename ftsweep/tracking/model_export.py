@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import ftsweep
 from ftsweep.data.folds import folds_to_run
-from ftsweep.ensemble.predictor import write_folder
 from ftsweep.errors import FtsweepError
 from ftsweep.model.checkpoints import MODEL_FOLDER, checkpoint_name
+from ftsweep.model.ensemble import write_folder
+from ftsweep.tags import CONFIG_KEY_TAG, FOLD_TAG, KIND_TAG, TABLE_KIND
 from ftsweep.tracking import pyfunc_model
 from ftsweep.tracking.store import Tracker
 
@@ -79,10 +80,10 @@ def find_fold_models(tracker: Tracker, run_id: str, folder: Path, allow_partial:
     except Exception:  # noqa: BLE001 (MLflow raises several kinds for an unknown id)
         raise FtsweepError(f"no run {run_id!r} at {tracker.uri}; pass the parent run id and tracking.uri.") from None
     tags = run.data.tags
-    if "ftsweep.fold" in tags:
+    if FOLD_TAG in tags:
         raise FtsweepError(f"run {run_id} is a fold run; pass its parent run id: run_id={tags.get('mlflow.parentRunId')}")
-    if "ftsweep.config_key" not in tags:
-        what = "a results-table run" if tags.get("ftsweep.kind") == "table" else "not an ftsweep CV run"
+    if CONFIG_KEY_TAG not in tags:
+        what = "a results-table run" if tags.get(KIND_TAG) == TABLE_KIND else "not an ftsweep CV run"
         raise FtsweepError(f"run {run_id} is {what}; pass the parent run of a CV run (its name is the row label).")
     cfg = OmegaConf.load(tracker.download(run_id, "config.yaml", folder))
     children = client.search_runs([run.info.experiment_id],
@@ -91,7 +92,7 @@ def find_fold_models(tracker: Tracker, run_id: str, folder: Path, allow_partial:
     for child in sorted(children, key=lambda r: r.info.start_time, reverse=True):  # newest per fold
         names = [a.path for a in client.list_artifacts(child.info.run_id, MODEL_FOLDER) if a.path.endswith(".safetensors")]
         if names:
-            by_fold.setdefault(int(child.data.tags["ftsweep.fold"]), (child.info.run_id, names[0]))
+            by_fold.setdefault(int(child.data.tags[FOLD_TAG]), (child.info.run_id, names[0]))
     if not by_fold:
         raise FtsweepError(f"run {run_id} was saved without fold models; rerun it with trainer.save_models=true.")
     wanted = folds_to_run(cfg)

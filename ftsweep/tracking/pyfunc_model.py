@@ -19,7 +19,7 @@ TEXT_COLUMNS = ("excerpt", "text")
 
 class CvEnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from ftsweep.ensemble.predictor import from_folder
+        from ftsweep.model.ensemble import from_folder
 
         self.ensemble = from_folder(context.artifacts["ensemble"])
         cuda = torch.cuda.is_available()

@@ -23,13 +23,26 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.data.loading import ID, TARGET, TEXT
-from ftsweep.locks import HEARTBEAT_TAG, Heartbeat, beat
+from ftsweep.locks import Heartbeat, beat
 from ftsweep.model.checkpoints import MODEL_FOLDER
+from ftsweep.tags import (
+    CONFIG_KEY_TAG,
+    DATA_FINGERPRINT_TAG,
+    FOLD_TAG,
+    GIT_COMMIT_TAG,
+    HEARTBEAT_TAG,
+    LABEL_TAG,
+    OVERRIDES_TAG,
+    PRUNED_TAG,
+    ROW_KEY_TAG,
+    SEED_TAG,
+    SETUP_KEY_TAG,
+)
 from ftsweep.tracking.describe import run_description
 from ftsweep.tracking.keys import config_key, flatten, git_commit, row_key, setup_key, source_tags
 from ftsweep.tracking.model_export import log_cv_model
 from ftsweep.tracking.sink import FoldSink
-from ftsweep.tracking.store import PRUNED_TAG, PreviousRun, Tracker
+from ftsweep.tracking.store import PreviousRun, Tracker
 from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect
 from ftsweep.train.loop import FoldResult, rmse
 
@@ -104,12 +117,12 @@ class RunRecorder:
             return self._unclaimed(unit)
         if unit.previous is None:
             fp = self.data.fingerprint
-            other_data = [r for r in self.tracker.runs_tagged("ftsweep.setup_key", setup_key(self.cfg))
-                          if r.data.tags.get("ftsweep.data_fingerprint") not in (None, fp)]
+            other_data = [r for r in self.tracker.runs_tagged(SETUP_KEY_TAG, setup_key(self.cfg))
+                          if r.data.tags.get(DATA_FINGERPRINT_TAG) not in (None, fp)]
             close_abandoned(self.tracker, other_data)  # a run killed before the data changed is never resumed
-            older = [r for r in other_data if "ftsweep.fold" not in r.data.tags]
+            older = [r for r in other_data if FOLD_TAG not in r.data.tags]
             if older:
-                was = older[0].data.tags["ftsweep.data_fingerprint"]
+                was = older[0].data.tags[DATA_FINGERPRINT_TAG]
                 log.warning("the data changed since run %s (rows fingerprint %s -> %s): starting fresh, nothing "
                             "reused", older[0].info.run_id, was[:12], fp[:12])
         return None
@@ -117,10 +130,10 @@ class RunRecorder:
     def claim(self, label: str, overrides: list[str], tags: dict[str, str], resume: bool) -> CvResult | None:
         """Take the unit: None when it is ours to run, else what the store already holds."""
         fp = self.data.fingerprint
-        self.tags = {**tags, "ftsweep.config_key": self.key, "ftsweep.row_key": row_key(self.cfg, fp),
-                     "ftsweep.setup_key": setup_key(self.cfg), "ftsweep.data_fingerprint": fp, "ftsweep.label": label,
-                     "ftsweep.overrides": " ".join(overrides), "ftsweep.seed": str(self.cfg.trainer.seed),
-                     "ftsweep.git_commit": git_commit() or "unknown", **source_tags()}
+        self.tags = {**tags, CONFIG_KEY_TAG: self.key, ROW_KEY_TAG: row_key(self.cfg, fp),
+                     SETUP_KEY_TAG: setup_key(self.cfg), DATA_FINGERPRINT_TAG: fp, LABEL_TAG: label,
+                     OVERRIDES_TAG: " ".join(overrides), SEED_TAG: str(self.cfg.trainer.seed),
+                     GIT_COMMIT_TAG: git_commit() or "unknown", **source_tags()}
         note = run_description(self.cfg, label, overrides)
         unit = claim(self.tracker, self.key, self.folds, label, {**self.tags, "mlflow.note.content": note}, resume)
         if unit.state != "run":  # taken or finished between the first look and the claim
@@ -179,7 +192,7 @@ class RunRecorder:
     def fold(self, fold: int) -> Iterator[FoldRun]:
         """A nested run for a fold being trained. Step metrics measured before a failure stay logged;
         on success the caller's values and files are logged and the run FINISHED."""
-        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **{"ftsweep.fold": str(fold)}),
+        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **{FOLD_TAG: str(fold)}),
                                        parent_id=self.parent)
         self._open.append(child)
         self.tracker.log_params(child, {"fold": str(fold), "seed": str(int(self.cfg.trainer.seed) + fold)})

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from ftsweep.errors import ConfigError, FtsweepError
 from ftsweep.files import folder_problem
 from ftsweep.locks import sqlite_path, store_lock
+from ftsweep.tags import CONFIG_KEY_TAG, ERROR_TAG, FOLD_TAG
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,8 +38,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars b
 if os.environ.get("FTSWEEP_DEBUG", "") in ("", "0"):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 MAX_METRICS, MAX_PARAMS = 1000, 100
-# A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after.
-STUDY_TAG, TRIAL_TAG, PRUNED_TAG = "ftsweep.study", "ftsweep.trial", "ftsweep.pruned"
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REACH_TIMEOUT = 5.0  # seconds: an unreachable server is reported at once, not after minutes of retries
@@ -375,21 +374,21 @@ class Tracker:
 
     def find_previous(self, key: str) -> PreviousRun | None:
         """The newest parent run with this config key, and every fold already FINISHED under any of them."""
-        runs = self.runs_tagged("ftsweep.config_key", key)
+        runs = self.runs_tagged(CONFIG_KEY_TAG, key)
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         if not parents:
             return None
         finished: dict[int, Run] = {}
         for run in runs:
-            fold = run.data.tags.get("ftsweep.fold")
+            fold = run.data.tags.get(FOLD_TAG)
             if fold is not None and run.info.status == "FINISHED":
                 finished.setdefault(int(fold), run)
-        running = [r for r in runs if "ftsweep.fold" in r.data.tags and r.info.status == "RUNNING"]
+        running = [r for r in runs if FOLD_TAG in r.data.tags and r.info.status == "RUNNING"]
         return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished, parents, running)
 
     def reopen(self, run_id: str, tags: dict[str, str]) -> None:
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
-        self.set_tags(run_id, {"ftsweep.error": "", **tags})
+        self.set_tags(run_id, {ERROR_TAG: "", **tags})
 
     def download(self, run_id: str, artifact: str, folder: Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact, str(folder))))
@@ -397,7 +396,7 @@ class Tracker:
     def finish(self, run_id: str, status: str, reason: str | None = None) -> None:
         """status: FINISHED, FAILED or KILLED; `reason` lands in the tag ftsweep.error."""
         if reason:
-            _retry(lambda: self.client.set_tag(run_id, "ftsweep.error", reason[:5000]))
+            _retry(lambda: self.client.set_tag(run_id, ERROR_TAG, reason[:5000]))
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
 

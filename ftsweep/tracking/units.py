@@ -14,7 +14,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ftsweep.locks import OWNER_TAG, owner_alive, owner_tags, store_lock
+from ftsweep.locks import owner_alive, owner_tags, store_lock
+from ftsweep.tags import CONFIG_KEY_TAG, FOLD_TAG, OWNER_TAG
 from ftsweep.tracking.store import PreviousRun, Tracker
 
 log = logging.getLogger("ftsweep")
@@ -73,7 +74,7 @@ def close_orphans(tracker: Tracker) -> None:
     running = tracker.running_runs()
     held = {r.info.run_id for r in running if OWNER_TAG in r.data.tags and owner_alive(r.data.tags)}
     orphans = [r for r in running if (OWNER_TAG in r.data.tags and r.info.run_id not in held)
-               or ("ftsweep.fold" in r.data.tags and r.data.tags.get("mlflow.parentRunId") not in held)]
+               or (FOLD_TAG in r.data.tags and r.data.tags.get("mlflow.parentRunId") not in held)]
     close_abandoned(tracker, orphans)
 
 
@@ -94,7 +95,7 @@ def _settle(tracker: Tracker, key: str, state: Claim, token: str) -> Claim:
         holder = tracker.get_run(state.parent_id).data.tags.get(OWNER_TAG, "")
         return state if holder == token else Claim("held", state.parent_id, state.previous, holder=holder)
     ours = tracker.get_run(state.parent_id)
-    rivals = [p for p in tracker.runs_tagged("ftsweep.config_key", key)
+    rivals = [p for p in tracker.runs_tagged(CONFIG_KEY_TAG, key)
               if "mlflow.parentRunId" not in p.data.tags and p.info.run_id != state.parent_id
               and p.info.status == "RUNNING" and owner_alive(p.data.tags)
               and (p.info.start_time, p.info.run_id) < (ours.info.start_time, ours.info.run_id)]

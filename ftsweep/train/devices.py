@@ -61,6 +61,10 @@ def claim_gpu(n_gpus: int, max_per_gpu: int = 64) -> int:
     return 0
 
 
+def cuda_visible() -> bool:
+    return torch.cuda.is_available()
+
+
 def resolve_device(tcfg: DictConfig) -> tuple[torch.device, torch.dtype | None]:
     """The device and the autocast dtype (None: plain fp32); sets CPU threads for parallel jobs."""
     if tcfg.device == "cuda" and not torch.cuda.is_available():

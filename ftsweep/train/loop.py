@@ -21,9 +21,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ftsweep.data.batching import Encoded, eval_batches, pad_batch, steps_per_epoch, train_batches
+from ftsweep.data.batching import Encoded, pad_batch, steps_per_epoch, train_batches
 from ftsweep.data.loading import rescale_hint
 from ftsweep.errors import TrainingError
+from ftsweep.model.inference import predict
 from ftsweep.model.param_groups import group_layers
 from ftsweep.train.schedule import LrSchedule, plan_steps
 from ftsweep.train.swa import WeightAverager
@@ -115,26 +116,6 @@ class FoldResult:
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
     """RMSE over the whole fold (not an average of per-batch RMSEs)."""
     return float(np.sqrt(np.mean((np.asarray(pred, dtype=np.float64) - target) ** 2)))
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, encoded: Encoded, rows: np.ndarray, batch_size: int, multiple: int,
-            device: torch.device, autocast_dtype: torch.dtype | None) -> np.ndarray:
-    """Predictions for `rows` (in their given order), using large length-sorted batches."""
-    was_training = model.training
-    model.eval()
-    out = np.empty(len(rows), dtype=np.float64)
-    position = {row: i for i, row in enumerate(rows)}
-    chunks = []
-    for batch in eval_batches(np.asarray(rows), encoded.lengths, batch_size):
-        ids, mask = pad_batch(encoded, batch, multiple)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            pred = model(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))
-        chunks.append((batch, pred.float()))
-    for batch, pred in chunks:  # one transfer per batch, after all batches are queued
-        out[[position[r] for r in batch]] = pred.cpu().numpy()
-    model.train(was_training)
-    return out
 
 
 class _Evaluator:

@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import SWALR
 
+from ftsweep.config.options import SCHEDULERS
 from ftsweep.errors import ConfigError
 
 
@@ -68,21 +69,25 @@ def swa_start(swa_cfg: DictConfig, steps_per_epoch: int, total: int) -> int | No
     return start
 
 
+# After the warm-up, each group's peak rate times the shape's factor at `progress` (0 -> 1).
+_SHAPES = SCHEDULERS.implement({
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+    "constant": lambda progress: 1.0,
+})
+
+
 def lr_factor(name: str, warmup: int, total: int):
     """Multiplier of each group's peak rate at step s (the transformers get_scheduler shapes)."""
+    if name not in _SHAPES:
+        raise ConfigError(SCHEDULERS.unknown(name))
+    shape = _SHAPES[name]
 
     def factor(step: int) -> float:
         if step < warmup:
             return step / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        if name == "linear":
-            return max(0.0, 1.0 - progress)
-        if name == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
+        return shape((step - warmup) / max(1, total - warmup))
 
-    if name not in ("linear", "cosine", "constant"):
-        raise ConfigError(f"scheduler.name={name!r} is unknown; use linear, cosine or constant.")
     return factor
 
 

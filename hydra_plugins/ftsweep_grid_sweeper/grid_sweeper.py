@@ -18,8 +18,9 @@ from hydra.core.config_store import ConfigStore
 
 class GridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
-        from ftsweep.sweep.callback import EXPERIMENT_ENV
+        from ftsweep.errors import exit_with
         from ftsweep.sweep.launchers import what_to_do, worker_died
+        from ftsweep.tracking.naming import EXPERIMENT_ENV
 
         name = os.environ.get(EXPERIMENT_ENV, "sweep")
         launcher = str(self.config.hydra.runtime.choices.get("hydra/launcher") or "its")
@@ -35,11 +36,9 @@ class GridSweeper(BasicSweeper):
                 self._interrupted(name, launcher)
             self._close_dead_runs(name)
             # No results table here: under SLURM the sweep's other jobs may still be running.
-            print(f"ftsweep: error: a job's process {death.how} under the {launcher} launcher, and the sweep "
+            exit_with(f"a job's process {death.how} under the {launcher} launcher, and the sweep "
                   f"stopped there; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the same "
-                  f"command to run the rest (finished folds are reused); {what_to_do(launcher, death)}.",
-                  file=sys.stderr)
-            sys.exit(1)
+                  f"command to run the rest (finished folds are reused); {what_to_do(launcher, death)}.", 1)
 
     def _interrupted(self, experiment: str, launcher: str) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the clean-up short

@@ -28,7 +28,7 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from ftsweep.search.sweeper import Launcher, search
-        from ftsweep.sweep.callback import EXPERIMENT_ENV
+        from ftsweep.tracking.naming import EXPERIMENT_ENV
 
         assert self.config is not None
         launcher = Launcher(lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),

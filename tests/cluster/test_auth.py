@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import STATE
-from conftest import ROOT, cli_env
+from .helpers import STATE
+from helpers import ROOT, cli_env
 
 pytestmark = pytest.mark.cluster
 

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from .conftest import experiment_runs, unique
-from conftest import TINY, cluster_unusable
+from .helpers import experiment_runs, unique
+from helpers import TINY, cluster_unusable
 
 pytestmark = pytest.mark.cluster
 

@@ -8,7 +8,7 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from .conftest import experiment_runs, finished_units, sweep_dir, unique, wait_midway
+from .helpers import experiment_runs, finished_units, sweep_dir, unique, wait_midway
 
 pytestmark = pytest.mark.cluster
 

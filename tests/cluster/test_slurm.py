@@ -8,7 +8,7 @@ import pytest
 
 from ftsweep.data.demo import generate
 
-from .conftest import experiment_runs, finished_units, slurm_jobs, sweep_dir, table_lines, unique, wait_midway
+from .helpers import experiment_runs, finished_units, slurm_jobs, sweep_dir, table_lines, unique, wait_midway
 
 pytestmark = pytest.mark.cluster
 

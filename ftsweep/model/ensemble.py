@@ -1,7 +1,7 @@
 """The fold models of one CV run as one predictor: each fold's weights, the mean of their outputs.
 
 One loader serves both ways in: the logged MLflow pyfunc model (a self-contained folder, see
-pyfunc_model.py) and `python -m ftsweep.predict` (that folder, downloaded as files, or a run's
+tracking/pyfunc_model.py) and `python -m ftsweep.predict` (that folder, downloaded as files, or a run's
 fold checkpoints where it has no model). The folder holds everything to rebuild the models offline: the run's config, the backbone's
 Hugging Face config, the tokenizer and every fold's safetensors. All of it is data (YAML, JSON,
 tokenizer files, safetensors), read by ftsweep's own code with trust_remote_code=False: a
@@ -22,8 +22,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from ftsweep.data.batching import encode
 from ftsweep.errors import ModelError
 from ftsweep.model.checkpoints import load_state
+from ftsweep.model.inference import predict as predict_rows
 from ftsweep.model.regressor import architecture_config, build_regressor, load_tokenizer
-from ftsweep.train.loop import predict as predict_rows
 
 CONFIG, BACKBONE, TOKENIZER, FOLDS = "config.yaml", "backbone", "tokenizer", "folds"
 

@@ -1,0 +1,60 @@
+"""Names a reader sees in MLflow: the experiment a run or sweep logs to, and the label of a run's
+row in the results table. A sweep's callback names its experiment and its swept keys once, in the
+launching process; every job reads them back from the environment, which every launcher passes on
+(basic: same process, joblib: spawned workers, submitit: job environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from omegaconf import DictConfig
+
+EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
+SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
+
+
+_SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval|tag)\(")
+_NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
+_LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
+_NOT_NAMING = ("hydra", "tracking.", "paths.")
+DEFAULT_EXPERIMENT = "ftsweep"
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    return [_split(o)[0] for o in overrides if _SWEEP_VALUE.search(_NESTED.sub("", _split(o)[1]))]
+
+
+def sweep_experiment_name(overrides: list[str]) -> str:
+    """Deterministic from the command, so rerunning it resumes into the same experiment."""
+    kept = sorted(o.lstrip("+") for o in overrides if not _split(o)[0].startswith(_NOT_NAMING))
+    return "sweep " + " ".join(kept) if kept else "sweep"
+
+
+def experiment_name(cfg: DictConfig, multirun: bool) -> str:
+    if cfg.tracking.get("experiment"):
+        return str(cfg.tracking.experiment)
+    if multirun:
+        return os.environ.get(EXPERIMENT_ENV, "sweep")
+    return DEFAULT_EXPERIMENT
+
+
+def row_label(cfg: DictConfig, job_overrides: list[str]) -> str:
+    """A preset's label, else the swept overrides of this job, else all of its overrides;
+    a search trial's label starts with its trial number (its lineage: retries keep it)."""
+    lineage = (cfg.get("search") or {}).get("lineage")
+    prefix = f"trial {lineage}: " if lineage is not None else ""
+    if cfg.get("label"):
+        return prefix + str(cfg.label)
+    job_overrides = [o for o in job_overrides if not _split(o)[0].startswith("search.")]
+    keys = set(json.loads(os.environ.get(SWEPT_ENV, "[]"))) - {"trainer.seed"}  # seeds pool into one row
+    swept = [o for o in job_overrides if _split(o)[0] in keys]
+    chosen = swept or [o for o in job_overrides if _split(o)[0] != "trainer.seed"]
+    label = " ".join(chosen) if chosen else "default"
+    return prefix + _LONG_FLOAT.sub(lambda m: f"{float(m.group()):.4g}", label) if prefix else label
