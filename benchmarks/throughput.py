@@ -34,9 +34,9 @@ from omegaconf import DictConfig, open_dict
 import ftsweep  # noqa: F401
 from ftsweep.cv.fold import build_fold_model, train_fold, train_model
 from ftsweep.cv.pipeline import Job, run_cv
+from ftsweep.cv.result import CvResult
 from ftsweep.data.batching import Encoded
 from ftsweep.model.regressor import build_regressor, load_backbone
-from ftsweep.tracking.recorder import CvResult
 from ftsweep.train.devices import resolve_device
 from ftsweep.train.loop import FoldSplit, NullPhases, Runtime
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -108,9 +109,28 @@ def exit_with_launcher() -> None:
     threading.Thread(target=watch, name="ftsweep-orphan-watch", daemon=True).start()
 
 
-def guarded(job: Callable[[], T], failed_value: T) -> T:
-    """Run `job`; turn user errors into one line and exit 2 (or, in a multirun, a logged
-    failure that lets the other jobs go on). FTSWEEP_DEBUG=1 shows tracebacks."""
+def guarded(failed_value: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A command's task, guarded: user errors become one line and exit 2 (or, in a multirun, a
+    logged failure that lets the other jobs go on, the job returning `failed_value`); Ctrl-C and
+    SIGTERM close the open runs. FTSWEEP_DEBUG=1 shows tracebacks.
+
+    Example:
+        @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+        @guarded(failed_value=float("nan"))
+        def main(cfg): ...
+    """
+    def decorate(task: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(task)
+        def run(*args, **kwargs) -> T:
+            return run_guarded(lambda: task(*args, **kwargs), failed_value)
+
+        return run
+
+    return decorate
+
+
+def run_guarded(job: Callable[[], T], failed_value: T) -> T:
+    """`job()` under guarded()'s rules."""
     global _job_running, _received
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:

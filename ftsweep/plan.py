@@ -18,12 +18,10 @@ from ftsweep.jobs import check_command_line, guarded
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@guarded(failed_value=None)
 def main(cfg: DictConfig) -> None:
-    def job() -> None:
-        csv_path, png_path, bars = write_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
-        print(f"lr schedule: {csv_path}\nfigure:      {png_path}\nbars:        {bars}")
-
-    guarded(job, None)
+    csv_path, png_path, bars = write_plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+    print(f"lr schedule: {csv_path}\nfigure:      {png_path}\nbars:        {bars}")
 
 
 if __name__ == "__main__":

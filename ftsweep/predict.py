@@ -21,15 +21,13 @@ log = logging.getLogger("ftsweep")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@guarded(failed_value=None)
 def main(cfg: DictConfig) -> None:
-    def job() -> None:
-        out = check_args(cfg)
-        submission, n_models = predict_csv(cfg)
-        submission.to_csv(out, index=False)
-        print(f"wrote {out.resolve()}: {len(submission)} rows, mean of {n_models} fold models")
-
     torch.set_grad_enabled(False)
-    guarded(job, None)
+    out = check_args(cfg)
+    submission, n_models = predict_csv(cfg)
+    submission.to_csv(out, index=False)
+    print(f"wrote {out.resolve()}: {len(submission)} rows, mean of {n_models} fold models")
 
 
 if __name__ == "__main__":

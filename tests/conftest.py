@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import collections
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY, compose_cfg
+from helpers import ROOT, TINY, compose_cfg
 
 
 @pytest.fixture
@@ -62,3 +63,26 @@ def pytest_collection_modifyitems(config, items):
     the run on one worker while the other sat idle. Within a file the order is kept."""
     slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.path])
+
+
+def _left_in_checkout() -> set[str]:
+    """What git sees beside the tracked files (ignored ones too: a stray mlflow.db is ignored)."""
+    done = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT, capture_output=True, text=True)
+    return {line for line in done.stdout.splitlines() if ".pytest_cache" not in line and "__pycache__" not in line}
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller only, under xdist
+        session.config._checkout_before = _left_in_checkout()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite writes under tmp paths only: a file it leaves in the checkout (a store MLflow made in
+    the working directory, say) fails the run, naming the file."""
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None:
+        return
+    left = sorted(_left_in_checkout() - before)
+    if left:
+        session.config.get_terminal_writer().line(f"the suite left files in the checkout: {left}", red=True)
+        session.exitstatus = 1

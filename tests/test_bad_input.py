@@ -13,11 +13,12 @@ from ftsweep.cv.pipeline import run_cv
 from ftsweep.data.demo import generate
 from ftsweep.ensemble.predict import check_args
 from ftsweep.errors import ConfigError, FtsweepError
-from ftsweep.jobs import guarded
+from ftsweep.jobs import run_guarded
 from ftsweep.sweep.table import write_table
 from ftsweep.tracking import store as tracking
+from ftsweep.tracking.addresses import normalize_uri
 from ftsweep.tracking.model_export import fold_checkpoints
-from ftsweep.tracking.store import Tracker, normalize_uri
+from ftsweep.tracking.store import Tracker
 
 from helpers import TINY, at_once, run_cli
 
@@ -91,7 +92,7 @@ def test_disk_full_is_one_line_and_marks_the_runs_failed(make_cfg, monkeypatch, 
 
     monkeypatch.setattr(Tracker, "log_artifact", full)
     with pytest.raises(SystemExit) as stop:
-        guarded(lambda: run_cv(cfg), None)
+        run_guarded(lambda: run_cv(cfg), None)
     assert stop.value.code == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("ftsweep: error: the disk is full") and "rerun the same command" in line

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import grimp
+
 from helpers import ROOT
 
 PACKAGE = ROOT / "ftsweep"

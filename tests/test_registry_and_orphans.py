@@ -17,7 +17,7 @@ from sqlalchemy import event
 from ftsweep.cv.pipeline import check_config, run_cv
 from ftsweep.cv.summary import conclude
 from ftsweep.errors import ConfigError
-from ftsweep.jobs import guarded
+from ftsweep.jobs import run_guarded
 from ftsweep.tracking.store import Tracker
 
 
@@ -60,7 +60,7 @@ def test_a_registry_failure_keeps_the_finished_run(make_cfg, monkeypatch, capsys
     assert model is not None and model.is_file()  # runs:/<id>/model
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:  # the command says it in one line, exit 1
-        guarded(lambda: conclude(cfg, result), None)  # what python -m ftsweep does after run_cv
+        run_guarded(lambda: conclude(cfg, result), None)  # what python -m ftsweep does after run_cv
     assert stop.value.code == 1
     out = capsys.readouterr()
     assert out.err.strip() == f"ftsweep: error: {result.registry_error}"
@@ -93,7 +93,7 @@ def _run_until_the_disk_fills(cfg_yaml: str) -> None:
     Tracker.log_artifact = disk_fills_at_the_fold_end
     logging.basicConfig(stream=sys.stdout, level=logging.INFO)  # where the CLI's log lines go (Hydra's job log)
     cfg = OmegaConf.create(cfg_yaml)
-    guarded(lambda: run_cv(cfg), None)
+    run_guarded(lambda: run_cv(cfg), None)
 
 
 def test_a_full_disk_is_one_line_and_the_next_run_closes_what_it_left_running(make_cfg, capfd):

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from ftsweep.search.sweeper import make_sampler
+from ftsweep.search.settings import make_sampler
 
 from helpers import ROOT, TINY, at_once, cli_env, free_port, run_cli
 

@@ -13,8 +13,10 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from ftsweep.cv.job import TrialReport
+from ftsweep.search.loop import Launcher, run_trials
+from ftsweep.search.settings import Settings
 from ftsweep.search.space import SearchSpace
-from ftsweep.search.sweeper import Launcher, Settings, run_trials
 from hydra_plugins.ftsweep_optuna_sweeper.optuna_sweeper import concurrent_launches
 
 
@@ -45,8 +47,7 @@ class FakeLauncher:
                 ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(f"trial {trial} broke")
             else:
                 ret.status = JobStatus.COMPLETED
-                ret.return_value = {"value": 1.0 + trial / 10, "pruned_at": None, "held": False,
-                                    "run_id": f"run-{trial}"}
+                ret.return_value = TrialReport(1.0 + trial / 10, pruned_at=None, held=False, run_id=f"run-{trial}")
             returns.append(ret)
         with self._lock:
             self.active -= 1

@@ -11,7 +11,7 @@ import pytest
 
 from ftsweep.errors import FtsweepError
 from ftsweep.search.paired import PairedPruner, encode_errors, p_worse, pooled_errors
-from ftsweep.search.sweeper import check_pruner
+from ftsweep.search.settings import check_pruner
 from ftsweep.tags import ROW_ERRORS_ATTR
 
 ROWS = 80
@@ -193,8 +193,8 @@ def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, prune
 def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
     from omegaconf import OmegaConf
 
+    from ftsweep.search.settings import pruner_rule
     from ftsweep.search.study import note_pruner
-    from ftsweep.search.sweeper import pruner_rule
     from ftsweep.tags import PRUNERS_ATTR
 
     median = pruner_rule(OmegaConf.create({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5}), "median")

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from ftsweep.errors import FtsweepError
+from ftsweep.search.settings import Settings, make_sampler
 from ftsweep.search.space import format_value, parse
-from ftsweep.search.sweeper import Settings, make_sampler
 
 
 def test_hydra_sweep_syntax_becomes_optuna_distributions():
@@ -126,7 +126,7 @@ def test_a_resumed_seeded_sampler_moves_its_seed_on():
 
 @pytest.mark.parametrize("kind", ["sampler", "pruner"])
 def test_every_shipped_sampler_and_pruner_config_builds(kind):
-    from ftsweep.search.sweeper import check_pruner
+    from ftsweep.search.settings import check_pruner
 
     folder = Path(__file__).resolve().parents[1] / "conf" / "hydra" / "sweeper" / kind
     files = sorted(folder.glob("*.yaml"))
@@ -140,8 +140,8 @@ def test_every_shipped_sampler_and_pruner_config_builds(kind):
 
 
 def test_a_storage_beside_a_file_and_a_missing_extension_are_one_line(tmp_path, capsys):
+    from ftsweep.search.settings import extension
     from ftsweep.search.study import open_storage
-    from ftsweep.search.sweeper import extension
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FtsweepError, match="cannot open the Optuna storage"):

@@ -21,14 +21,16 @@ from omegaconf import DictConfig
 from ftsweep.config.checks import check_settings
 from ftsweep.config.keys import check_structure
 from ftsweep.cv.fold import train_fold
+from ftsweep.cv.result import CvResult
 from ftsweep.data.batching import Encoded, encode, steps_per_epoch
 from ftsweep.data.folds import assign_folds, folds_to_run
-from ftsweep.data.loading import TARGET, TEXT, fingerprint, load_frame, resolve_path
+from ftsweep.data.loading import TARGET, TEXT, CvData, fingerprint, load_frame, resolve_path
 from ftsweep.model.checkpoints import checkpoint_name, save_state
+from ftsweep.model.ensemble import BackboneParts
 from ftsweep.model.regressor import known_architecture, load_backbone, load_tokenizer, token_limit
 from ftsweep.tags import DEVICE_TAG
 from ftsweep.tracking.naming import DEFAULT_EXPERIMENT, row_label
-from ftsweep.tracking.recorder import PREDICTIONS, CvData, CvResult, RunRecorder, fold_predictions
+from ftsweep.tracking.recorder import PREDICTIONS, RunRecorder, Unclaimed, fold_predictions
 from ftsweep.train import plots
 from ftsweep.train.devices import resolve_device
 from ftsweep.train.loop import FoldResult, FoldSplit, NullPhases, PhaseTimer, Runtime
@@ -90,7 +92,7 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     folds = folds_to_run(cfg)
     recorder = RunRecorder(cfg, data, folds, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
     if job.resume and (early := recorder.look()) is not None:
-        return early
+        return _not_run(recorder, early)
     tokenizer = load_tokenizer(cfg.model)
     encoded = encode(data.frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
     log.info("data: %s, %d rows (fingerprint %s), %d folds; %d text(s) longer than trainer.max_length=%d were "
@@ -101,8 +103,9 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     label = row_label(cfg, job.overrides)
     early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: str(device)}, job.resume)
     if early is not None:
-        return early
-    result, fold_runs = recorder.new_result(), {}  # fold -> the run that holds its result (and weights)
+        return _not_run(recorder, early)
+    result = CvResult(recorder.parent, tracking_uri=recorder.tracking_uri, link=recorder.runs_link())
+    fold_runs: dict[int, str] = {}  # fold -> the run that holds its result (and weights)
     targets = data.frame[TARGET].to_numpy(dtype=np.float64)
     with recorder.recording():
         for position, fold in enumerate(folds):
@@ -110,16 +113,21 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
             if stored is None:
                 split = fold_split(data.frame, encoded, targets, fold)
                 runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
-                stored = _train_and_record(recorder, split, runtime, (fold, label, job.use_bar), backbone)
+                stored = _train_and_record(recorder, split, runtime, backbone, fold=fold, label=label, use_bar=job.use_bar)
             result.folds[fold], fold_runs[fold] = stored
             stop = job.after_fold is not None and job.after_fold(
                 position, result.mean("rmse_best"), fold_predictions(data.frame, result.folds[fold]))
             if stop and position < len(folds) - 1:
                 result.pruned_at = fold
-                recorder.pruned(result)
+                recorder.pruned(result.folds, fold)
                 return result
-        recorder.finish(result, fold_runs, (backbone.config, tokenizer) if cfg.trainer.save_models else None)
+        parts = BackboneParts(backbone.config, tokenizer) if cfg.trainer.save_models else None
+        result.rmse_oof, result.registry_error = recorder.finish(result.folds, fold_runs, parts)
     return result
+
+
+def _not_run(recorder: RunRecorder, unit: Unclaimed) -> CvResult:
+    return CvResult.unclaimed(unit, recorder.tracking_uri, recorder.runs_link())
 
 
 def fold_split(frame: pd.DataFrame, encoded: Encoded, targets: np.ndarray, fold: int) -> FoldSplit:
@@ -127,10 +135,10 @@ def fold_split(frame: pd.DataFrame, encoded: Encoded, targets: np.ndarray, fold:
     return FoldSplit(encoded, targets, np.flatnonzero(column != fold), np.flatnonzero(column == fold))
 
 
-def _train_and_record(recorder: RunRecorder, split: FoldSplit, runtime: Runtime, where: tuple[int, str, bool],
-                      backbone: torch.nn.Module) -> tuple[FoldResult, str]:
+def _train_and_record(recorder: RunRecorder, split: FoldSplit, runtime: Runtime, backbone: torch.nn.Module, *,
+                      fold: int, label: str, use_bar: bool) -> tuple[FoldResult, str]:
     """Train one fold inside its MLflow run; the run gets its values, LR figure, predictions and weights."""
-    (fold, label, use_bar), cfg = where, recorder.cfg
+    cfg = recorder.cfg
     progress = Progress(fold, fold_steps(cfg, len(split.train_rows)), use_bar)
     with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold) as run:
         try:

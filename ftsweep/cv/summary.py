@@ -6,7 +6,7 @@ import shlex
 
 from omegaconf import DictConfig
 
-from ftsweep.cv.pipeline import CvResult
+from ftsweep.cv.result import CvResult
 from ftsweep.errors import RegistryError
 from ftsweep.locks import sqlite_path
 

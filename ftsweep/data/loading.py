@@ -10,6 +10,7 @@ import csv
 import hashlib
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,12 @@ def fingerprint(frame: pd.DataFrame) -> str:
 def _check_size(frame: pd.DataFrame, path: Path, n_folds: int) -> None:
     if len(frame) < n_folds:
         raise DataError(f"{path}: {len(frame)} row(s) cannot be split into cv.n_folds={n_folds} folds; use more rows or fewer folds.")
+
+
+@dataclass
+class CvData:
+    """The checked rows of one CV run (with their `fold` column), where they came from, their fingerprint."""
+
+    path: Path
+    frame: pd.DataFrame
+    fingerprint: str

@@ -28,6 +28,15 @@ from ftsweep.model.regressor import architecture_config, build_regressor, load_t
 CONFIG, BACKBONE, TOKENIZER, FOLDS = "config.yaml", "backbone", "tokenizer", "folds"
 
 
+@dataclass(frozen=True)
+class BackboneParts:
+    """What rebuilds a run's fold models besides their weights: the backbone's Hugging Face config
+    and the tokenizer."""
+
+    config: object  # a transformers PretrainedConfig
+    tokenizer: object
+
+
 @dataclass
 class Ensemble:
     run_cfg: DictConfig
@@ -58,12 +67,12 @@ def from_run(run_cfg: DictConfig, checkpoints: list[Path]) -> Ensemble:
     return Ensemble(run_cfg, architecture_config(run_cfg.model), load_tokenizer(run_cfg.model), list(checkpoints))
 
 
-def write_folder(folder: Path, run_cfg: DictConfig, backbone_config, tokenizer, checkpoints: list[Path]) -> Path:
+def write_folder(folder: Path, run_cfg: DictConfig, parts: BackboneParts, checkpoints: list[Path]) -> Path:
     """Lay out a self-contained ensemble folder (what the MLflow model ships)."""
     (folder / FOLDS).mkdir(parents=True, exist_ok=True)
     (folder / CONFIG).write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
-    backbone_config.save_pretrained(folder / BACKBONE)
-    tokenizer.save_pretrained(folder / TOKENIZER)
+    parts.config.save_pretrained(folder / BACKBONE)
+    parts.tokenizer.save_pretrained(folder / TOKENIZER)
     for path in checkpoints:
         shutil.copy(path, folder / FOLDS / path.name)
     return folder

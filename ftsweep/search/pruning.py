@@ -13,20 +13,22 @@ import logging
 import pandas as pd
 from omegaconf import DictConfig
 
+from ftsweep.cv.job import TrialHooks
 from ftsweep.cv.pipeline import FoldReport
 from ftsweep.data.loading import TARGET
+from ftsweep.tags import STUDY_TAG, TRIAL_TAG
 
 log = logging.getLogger("ftsweep")
 
 
-def trial_tags(cfg: DictConfig) -> dict[str, str]:
-    """A search trial's runs name their study and trial: the search summary finds them by these."""
-    from ftsweep.tags import STUDY_TAG, TRIAL_TAG
-
+def trial_hooks(cfg: DictConfig) -> TrialHooks | None:
+    """None outside a search. A trial's runs name their study and trial (the search summary finds
+    them by these), and its folds are reported to the study."""
     search = cfg.get("search")
-    if search is None or search.get("lineage") is None:
-        return {}
-    return {STUDY_TAG: str(search.study), TRIAL_TAG: str(search.lineage)}
+    if search is None or search.get("trial_id") is None:
+        return None
+    tags = {STUDY_TAG: str(search.study), TRIAL_TAG: str(search.lineage)} if search.get("lineage") is not None else {}
+    return TrialHooks(tags, fold_reporter(cfg))
 
 
 def fold_reporter(cfg: DictConfig) -> FoldReport | None:

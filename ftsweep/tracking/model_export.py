@@ -21,7 +21,7 @@ import ftsweep
 from ftsweep.data.folds import folds_to_run
 from ftsweep.errors import FtsweepError
 from ftsweep.model.checkpoints import MODEL_FOLDER, checkpoint_name
-from ftsweep.model.ensemble import write_folder
+from ftsweep.model.ensemble import BackboneParts, write_folder
 from ftsweep.tags import CONFIG_KEY_TAG, FOLD_TAG, KIND_TAG, TABLE_KIND
 from ftsweep.tracking import pyfunc_model
 from ftsweep.tracking.store import Tracker
@@ -30,15 +30,15 @@ log = logging.getLogger("ftsweep")
 ENSEMBLE = "ensemble"  # the model's artifact: the folder write_folder lays out
 
 
-def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict[int, str], backbone_config,
-                 tokenizer, example_texts: list[str]) -> str:
+def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict[int, str], parts: BackboneParts,
+                 example_texts: list[str]) -> str:
     """Download each fold's best weights, lay out the ensemble folder, log it as runs:/<parent>/model."""
     text = str(cfg.data.text_column)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoints = [tracker.download(run_id, f"{MODEL_FOLDER}/{checkpoint_name(fold)}", tmp / "dl" / str(fold))
                        for fold, run_id in sorted(fold_runs.items())]
-        folder = write_folder(tmp / "ensemble", cfg, backbone_config, tokenizer, checkpoints)
+        folder = write_folder(tmp / "ensemble", cfg, parts, checkpoints)
         signature = ModelSignature(inputs=pyfunc_model.input_schema(text), outputs=Schema([ColSpec("double", "target")]))
         model = {"python_model": pyfunc_model.__file__, "artifacts": {ENSEMBLE: str(folder)},
                  "code_paths": [str(Path(ftsweep.__file__).parent)], "signature": signature,

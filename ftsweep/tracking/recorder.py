@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ftsweep.data.loading import ID, TARGET, TEXT
+from ftsweep.data.loading import ID, TARGET, TEXT, CvData
 from ftsweep.locks import Heartbeat, beat
 from ftsweep.model.checkpoints import MODEL_FOLDER
+from ftsweep.model.ensemble import BackboneParts
 from ftsweep.tags import (
     CONFIG_KEY_TAG,
     DATA_FINGERPRINT_TAG,
@@ -44,7 +45,7 @@ from ftsweep.tracking.model_export import log_cv_model
 from ftsweep.tracking.sink import FoldSink
 from ftsweep.tracking.store import PreviousRun, Tracker
 from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect
-from ftsweep.train.loop import FoldResult, rmse
+from ftsweep.train.loop import FoldResult, fold_mean, fold_std, rmse
 
 log = logging.getLogger("ftsweep")
 DIGEST_CHARS = 16  # the MLflow dataset digest: the data fingerprint's first hex digits
@@ -52,30 +53,14 @@ PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resum
 
 
 @dataclass
-class CvData:
-    """The checked rows of one CV run (with their `fold` column), where they came from, their fingerprint."""
+class Unclaimed:
+    """A unit this process does not run: finished earlier (its folds and OOF score read back) or held
+    by another live process (who holds it)."""
 
-    path: Path
-    frame: pd.DataFrame
-    fingerprint: str
-
-
-@dataclass
-class CvResult:
-    parent_run_id: str | None
+    parent_id: str
+    held_by: str | None = None
     folds: dict[int, FoldResult] = field(default_factory=dict)
     rmse_oof: float = float("nan")
-    tracking_uri: str = ""
-    link: str = ""  # the experiment's runs in the MLflow UI
-    held_by: str | None = None  # another live process is running this unit: nothing was run here
-    pruned_at: int | None = None  # a search's pruner stopped the run after this fold
-    registry_error: str | None = None  # the run FINISHED, but tracking.register_as failed (how to retry it)
-
-    def mean(self, attr: str = "rmse_best") -> float:
-        return float(np.mean([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
-
-    def std(self, attr: str = "rmse_best") -> float:
-        return float(np.std([getattr(r, attr) for r in self.folds.values()])) if self.folds else float("nan")
 
 
 def fold_predictions(frame: pd.DataFrame, res: FoldResult) -> pd.DataFrame:
@@ -107,10 +92,15 @@ class RunRecorder:
         self.done: dict[int, object] = {}  # fold -> its FINISHED run from an earlier attempt
         self._open: list[str] = []
 
-    def _result(self, parent: str | None, held_by: str | None = None) -> CvResult:
-        return CvResult(parent, tracking_uri=self.tracker.uri, link=self.tracker.runs_link(), held_by=held_by)
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracker.uri
 
-    def look(self) -> CvResult | None:
+    def runs_link(self) -> str:
+        """The experiment's runs in the MLflow UI."""
+        return self.tracker.runs_link()
+
+    def look(self) -> Unclaimed | None:
         """Resume: a finished or held unit returns before any weights load; new data is said once."""
         unit = inspect(self.tracker, self.key, self.folds)
         if unit.state != "run":
@@ -127,7 +117,7 @@ class RunRecorder:
                             "reused", older[0].info.run_id, was[:12], fp[:12])
         return None
 
-    def claim(self, label: str, overrides: list[str], tags: dict[str, str], resume: bool) -> CvResult | None:
+    def claim(self, label: str, overrides: list[str], tags: dict[str, str], resume: bool) -> Unclaimed | None:
         """Take the unit: None when it is ours to run, else what the store already holds."""
         fp = self.data.fingerprint
         self.tags = {**tags, CONFIG_KEY_TAG: self.key, ROW_KEY_TAG: row_key(self.cfg, fp),
@@ -147,9 +137,6 @@ class RunRecorder:
             log.info("resuming MLflow run %s: folds %s already finished", self.parent,
                      sorted(f for f in self.done if f in self.folds))
         return None
-
-    def new_result(self) -> CvResult:
-        return self._result(self.parent)
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -217,28 +204,30 @@ class RunRecorder:
             values["rmse_swa"] = res.rmse_swa
         self.tracker.log_values(run.run_id, values)
 
-    def pruned(self, result: CvResult) -> None:
+    def pruned(self, folds: dict[int, FoldResult], after_fold: int) -> None:
         """A pruned run keeps its folds but no rmse_mean: a mean of the first folds is not comparable
         with a full CV mean (and would sort to the top of the MLflow UI)."""
         log.info("pruned after fold %d: running mean RMSE %.4f over %d fold(s) cannot win this search",
-                 result.pruned_at, result.mean("rmse_best"), len(result.folds))
-        self.tracker.log_values(self.parent, {"rmse_running_mean": result.mean("rmse_best"),
-                                              "n_folds_run": len(result.folds)})
-        self.tracker.set_tags(self.parent, {PRUNED_TAG: str(result.pruned_at)})
+                 after_fold, fold_mean(folds), len(folds))
+        self.tracker.log_values(self.parent, {"rmse_running_mean": fold_mean(folds), "n_folds_run": len(folds)})
+        self.tracker.set_tags(self.parent, {PRUNED_TAG: str(after_fold)})
         self.tracker.finish(self.parent, "KILLED")
         self._open.remove(self.parent)
 
-    def finish(self, result: CvResult, fold_runs: dict[int, str], model=None) -> None:
-        """The summary on the parent; with `model` ((backbone config, tokenizer), trainer.save_models)
-        the fold weights as one pyfunc model; then FINISHED."""
-        result.rmse_oof = self._log_summary(result)
-        if model is not None:
-            uri = log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, *model, self.data.frame[TEXT].tolist())
-            result.registry_error = self._register(uri)
+    def finish(self, folds: dict[int, FoldResult], fold_runs: dict[int, str],
+               parts: BackboneParts | None = None) -> tuple[float, str | None]:
+        """The summary on the parent; with `parts` (trainer.save_models) the fold weights as one pyfunc
+        model; then FINISHED. Returns the OOF RMSE and, where tracking.register_as failed, how to
+        register the model later."""
+        rmse_oof, registry_error = self._log_summary(folds), None
+        if parts is not None:
+            uri = log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, parts, self.data.frame[TEXT].tolist())
+            registry_error = self._register(uri)
         if not self.created:  # a resumed run that a pruner had stopped is whole now
             self.tracker.delete_tag(self.parent, PRUNED_TAG)
         self.tracker.finish(self.parent, "FINISHED")
         self._open.remove(self.parent)
+        return rmse_oof, registry_error
 
     def _register(self, model_uri: str) -> str | None:
         """tracking.register_as: a registry that refuses (no registry on the server, no permission) must
@@ -257,15 +246,15 @@ class RunRecorder:
         log.info("registered %s as version %s of model %r", model_uri, version, name)
         return None
 
-    def _log_summary(self, result: CvResult) -> float:
+    def _log_summary(self, folds: dict[int, FoldResult]) -> float:
         frame = self.data.frame
-        scored = pd.concat([fold_predictions(frame, r) for r in result.folds.values()]).sort_index()
+        scored = pd.concat([fold_predictions(frame, r) for r in folds.values()]).sort_index()
         rmse_oof = rmse(scored["pred_best"].to_numpy(), scored[TARGET].to_numpy())
         self.tracker.log_values(self.parent, {
-            "rmse_mean": result.mean("rmse_best"), "rmse_std": result.std("rmse_best"),
-            "rmse_last_mean": result.mean("rmse_last"), "rmse_last_std": result.std("rmse_last"),
+            "rmse_mean": fold_mean(folds), "rmse_std": fold_std(folds),
+            "rmse_last_mean": fold_mean(folds, "rmse_last"), "rmse_last_std": fold_std(folds, "rmse_last"),
             "rmse_oof": rmse_oof, "rmse_oof_last": rmse(scored["pred_last"].to_numpy(), scored[TARGET].to_numpy()),
-            "n_folds_run": len(result.folds),
+            "n_folds_run": len(folds),
         })
         with tempfile.TemporaryDirectory() as tmp:
             scored.to_csv(Path(tmp) / "oof.csv", index=False)
@@ -283,19 +272,18 @@ class RunRecorder:
                             run_id, status, str(exc).splitlines()[0][:200])
         self._open = []
 
-    def _unclaimed(self, unit: Claim) -> CvResult:
+    def _unclaimed(self, unit: Claim) -> Unclaimed:
         if unit.state == "finished":
             log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", unit.parent_id)
             return self._stored_result(unit.previous)
         log.warning("skipped: run %s of this config is being run by a live process (%s); rerun this command "
                     "when it has finished to collect its result", unit.parent_id, unit.holder)
-        return self._result(unit.parent_id, held_by=unit.holder)
+        return Unclaimed(unit.parent_id, held_by=unit.holder)
 
-    def _stored_result(self, previous: PreviousRun) -> CvResult:
-        result = self._result(previous.parent_id)
-        result.folds = {f: _stored_fold(self.tracker, previous.finished_folds[f], None) for f in self.folds}
-        result.rmse_oof = self.tracker.get_run(previous.parent_id).data.metrics.get("rmse_oof", float("nan"))
-        return result
+    def _stored_result(self, previous: PreviousRun) -> Unclaimed:
+        return Unclaimed(previous.parent_id,
+                         folds={f: _stored_fold(self.tracker, previous.finished_folds[f], None) for f in self.folds},
+                         rmse_oof=self.tracker.get_run(previous.parent_id).data.metrics.get("rmse_oof", float("nan")))
 
 
 def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None, fold: int | None = None) -> FoldResult | None:

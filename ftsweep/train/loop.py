@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,17 +114,29 @@ class FoldResult:
     val_rows: np.ndarray | None = field(default=None, repr=False)
 
 
+def fold_mean(folds: dict[int, FoldResult], attr: str = "rmse_best") -> float:
+    """The CV mean of one of the folds' scores (NaN for no folds)."""
+    return float(np.mean([getattr(r, attr) for r in folds.values()])) if folds else float("nan")
+
+
+def fold_std(folds: dict[int, FoldResult], attr: str = "rmse_best") -> float:
+    """The folds' spread of one score, as the run reports it beside the mean."""
+    return float(np.std([getattr(r, attr) for r in folds.values()])) if folds else float("nan")
+
+
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
     """RMSE over the whole fold (not an average of per-batch RMSEs)."""
     return float(np.sqrt(np.mean((np.asarray(pred, dtype=np.float64) - target) ** 2)))
 
 
 class _Evaluator:
-    """Evaluates on the validation rows and keeps the best weights seen."""
+    """Scores the weights on the validation rows, logs and reports the score, keeps the best
+    weights seen (when they are to be saved)."""
 
-    def __init__(self, split: FoldSplit, tcfg: DictConfig, runtime: Runtime, keep_best_state: bool):
-        self.args = (split.encoded, split.val_rows, int(tcfg.eval_batch_size), int(tcfg.pad_to_multiple_of),
-                     runtime.device, runtime.autocast_dtype)
+    def __init__(self, split: FoldSplit, tcfg: DictConfig, runtime: Runtime, *, keep_best_state: bool,
+                 steps: _StepLog):
+        self.split, self.runtime, self.steps = split, runtime, steps
+        self.batch_size, self.multiple = int(tcfg.eval_batch_size), int(tcfg.pad_to_multiple_of)
         self.targets = split.targets[split.val_rows]
         self.keep_best_state = keep_best_state
         self.best = math.inf
@@ -132,15 +145,22 @@ class _Evaluator:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.count = 0
 
-    def __call__(self, model: nn.Module, step: int) -> tuple[float, np.ndarray]:
-        pred = predict(model, *self.args)
-        score = rmse(pred, self.targets)
-        self.count += 1
-        if score < self.best:
-            self.best, self.best_step, self.best_pred = score, step, pred
-            if self.keep_best_state:
-                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return score, pred
+    def __call__(self, model: nn.Module, step: int) -> np.ndarray:
+        """The predictions of `model` after `step` optimizer steps (the losses up to it logged first)."""
+        self.steps.flush(step)
+        with self.runtime.phases.phase("evaluation"):
+            pred = predict(model, self.split.encoded, self.split.val_rows, self.batch_size, self.multiple,
+                           self.runtime.device, self.runtime.autocast_dtype)
+            score = rmse(pred, self.targets)
+            self.count += 1
+            if score < self.best:
+                self.best, self.best_step, self.best_pred = score, step, pred
+                if self.keep_best_state:
+                    self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with self.runtime.phases.phase("logging"):
+            self.steps.sink.log_steps("val/rmse", np.array([score]), step)
+            self.steps.progress.evaluated(step, score, self.best)
+        return pred
 
 
 def _eval_due(cfg: DictConfig, epoch: int, batch_in_epoch: int, last_in_epoch: bool) -> bool:
@@ -192,8 +212,10 @@ class _StepLog:
     """Each step's loss (kept on the device) and per-layer rates, handed to the sink and progress at
     flush points only: the one place the loop waits for the device."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, runtime: Runtime, hooks: tuple):
-        self.sink, self.progress, self.broken = hooks  # broken(loss, step) -> the error for a non-finite loss
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, runtime: Runtime, *, sink: MetricSink,
+                 progress: ProgressReporter, broken: Callable[[float, int], TrainingError]):
+        self.sink, self.progress = sink, progress
+        self.broken = broken  # (loss, step) -> the error for a non-finite loss
         self.layers = group_layers(optimizer)
         self.first_group = [next(g for g in optimizer.param_groups if g["layer"] == name) for name in self.layers]
         self.losses = torch.zeros(total_steps, device=runtime.device)
@@ -223,12 +245,24 @@ class _StepLog:
         self.flushed, self.lr_rows = upto, []
 
 
+@dataclass(frozen=True)
+class GradClip:
+    """trainer.grad_clip: every parameter's gradient norm, taken together, clipped to max_norm."""
+
+    params: list[nn.Parameter]
+    max_norm: float
+
+    @classmethod
+    def of(cls, optimizer: torch.optim.Optimizer, tcfg: DictConfig) -> GradClip | None:
+        max_norm = tcfg.get("grad_clip")
+        return cls([p for g in optimizer.param_groups for p in g["params"]], float(max_norm)) if max_norm else None
+
+
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LrSchedule, step: int,
-                    swa_model: WeightAverager | None, clip: tuple | None) -> WeightAverager | None:
-    """Clip (clip: the parameters and their max norm), step, zero; once SWA is on, fold the new
-    weights into the average; then the schedule."""
+                    swa_model: WeightAverager | None, clip: GradClip | None) -> WeightAverager | None:
+    """Clip, step, zero; once SWA is on, fold the new weights into the average; then the schedule."""
     if clip is not None:
-        torch.nn.utils.clip_grad_norm_(clip[0], clip[1], foreach=True)
+        torch.nn.utils.clip_grad_norm_(clip.params, clip.max_norm, foreach=True)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if schedule.swa_active(step):
@@ -249,23 +283,15 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
     micro, accum = int(tcfg.batch_size), int(tcfg.get("grad_accum_steps") or 1)
     plan = plan_steps(cfg, steps_per_epoch(len(train_rows), micro))
     schedule = LrSchedule(optimizer, cfg, plan)
-    log = _StepLog(optimizer, plan.total_steps, runtime,
-                   (sink, progress, lambda loss, at: non_finite_loss(loss, at, targets, micro * accum)))
-    evaluator = _Evaluator(split, tcfg, runtime, keep_best_state=bool(tcfg.get("save_models")))
+    log = _StepLog(optimizer, plan.total_steps, runtime, sink=sink, progress=progress,
+                   broken=lambda loss, at: non_finite_loss(loss, at, targets, micro * accum))
+    evaluator = _Evaluator(split, tcfg, runtime, keep_best_state=bool(tcfg.get("save_models")), steps=log)
     y_all = torch.tensor(np.asarray(targets), dtype=torch.float32)
     swa_model: WeightAverager | None = None
-    rng = np.random.default_rng(runtime.seed)
-    grad_clip = tcfg.get("grad_clip")
-    clip = ([p for g in optimizer.param_groups for p in g["params"]], float(grad_clip)) if grad_clip else None
+    rng, clip = np.random.default_rng(runtime.seed), GradClip.of(optimizer, tcfg)
 
-    def evaluate(step: int) -> np.ndarray:
-        log.flush(step)
-        with phases.phase("evaluation"):
-            score, pred = evaluator(swa_model.module if swa_model is not None else model, step)
-        with phases.phase("logging"):
-            sink.log_steps("val/rmse", np.array([score]), step)
-            progress.evaluated(step, score, evaluator.best)
-        return pred
+    def evaluate(step: int) -> np.ndarray:  # the average once SWA has begun
+        return evaluator(swa_model.module if swa_model is not None else model, step)
 
     model.train()
     step, last_eval_step, last_pred = 0, -1, None
@@ -291,10 +317,14 @@ def fit_fold(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig
             break
     if last_eval_step != step:
         last_pred = evaluate(step)  # the final weights are always scored once
+    return _fold_result(model, evaluator, swa_model, last_pred, step, time.perf_counter() - started)
+
+
+def _fold_result(model: nn.Module, evaluator: _Evaluator, swa_model: WeightAverager | None, last_pred: np.ndarray,
+                 steps: int, seconds: float) -> FoldResult:
     last = rmse(last_pred, evaluator.targets)
     if swa_model is not None:
         model.load_state_dict(swa_model.module.state_dict())  # the fold's model is the average
     return FoldResult(rmse_best=evaluator.best, rmse_last=last, rmse_swa=last if swa_model is not None else None,
-                      pred_best=evaluator.best_pred, pred_last=last_pred, best_step=evaluator.best_step, steps=step,
-                      evaluations=evaluator.count, seconds=time.perf_counter() - started,
-                      best_state=evaluator.best_state)
+                      pred_best=evaluator.best_pred, pred_last=last_pred, best_step=evaluator.best_step, steps=steps,
+                      evaluations=evaluator.count, seconds=seconds, best_state=evaluator.best_state)
