@@ -76,6 +76,7 @@ def pytest_sessionstart(session):
         session.config._checkout_before = _left_in_checkout()
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's own, which sets the exit status
 def pytest_sessionfinish(session, exitstatus):
     """The suite writes under tmp paths only: a file it leaves in the checkout (a store MLflow made in
     the working directory, say) fails the run, naming the file."""
