@@ -14,7 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 # Where output goes and how fast, not what is computed: left out of the keys.
 # search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage")
+# table.*: how results are compared (the ROPE), not what a run computes.
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage", "table.")
+# On each fold run: which validation rows it scored (a digest of their sorted ids; the data, cv.n_folds,
+# cv.fold_seed and cv.n_bins all move them) and "n_val/n_train", so the table compares the same rows.
+FOLD_ROWS_TAG, FOLD_SIZES_TAG = "ftsweep.fold_rows", "ftsweep.fold_sizes"
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -46,6 +50,13 @@ def row_key(cfg: DictConfig, data_fingerprint: str) -> str:
 def config_key(cfg: DictConfig, data_fingerprint: str) -> str:
     """One parent run: the computation, its data and its seed. A unit of work is (config_key, fold)."""
     return _hash({"row": row_key(cfg, data_fingerprint), "seed": str(cfg.trainer.seed)})
+
+
+def fold_tags(fold: int, val_ids, n_rows: int) -> dict[str, str]:
+    """A fold run's tags: its number, the digest of its validation row ids, its row counts."""
+    ids = sorted(str(i) for i in val_ids)
+    digest = hashlib.sha1("\x1f".join(ids).encode()).hexdigest()[:16]
+    return {"ftsweep.fold": str(fold), FOLD_ROWS_TAG: digest, FOLD_SIZES_TAG: f"{len(ids)}/{n_rows - len(ids)}"}
 
 
 def setup_key(cfg: DictConfig) -> str:
