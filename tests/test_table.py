@@ -167,3 +167,12 @@ def test_rows_on_different_data_are_told_apart():
     assert table["baseline"].sum() == 2
     llrd = table[table["label"] == "LLRD [data abcdef01]"].iloc[0]
     assert llrd["delta"] == pytest.approx(build_table(folds)["delta"].iloc[1])
+
+
+@pytest.mark.parametrize("rope", ["-0.01", "nan", "inf", "abc"])
+def test_a_rope_that_cannot_be_a_width_is_one_line_exit_2(rope, tmp_path, capsys):
+    from ftsweep.table import main
+
+    assert main(["--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path}/none.db", f"--rope={rope}"]) == 2
+    assert capsys.readouterr().err == (f"ftsweep.table: error: --rope={rope} must be a number >= 0 in RMSE units "
+                                       f"(a smaller |Δ| counts as no practical difference), e.g. --rope=0.005.\n")

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("ftsweep")
 EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
@@ -31,7 +31,7 @@ JOB_STATUS = "ftsweep_job.json"  # in each job's output folder: how the job ende
 _SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval|tag)\(")
 _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
 _LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
-_NOT_NAMING = ("hydra", "tracking.", "paths.")
+_NOT_NAMING = ("hydra", "tracking.", "paths.", "table.")  # how it runs or is shown: the same sweep
 DEFAULT_EXPERIMENT = "ftsweep"
 _QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 
@@ -177,12 +177,14 @@ class SweepCallback(Callback):
     @staticmethod
     def _print_table(config: DictConfig, name: str, sweep_dir: Path) -> None:
         from ftsweep.errors import FtsweepError
+        from ftsweep.sweep.compare import DEFAULT_ROPE
         from ftsweep.sweep.table import write_table
         from ftsweep.tracking.store import Tracker
 
         try:
             tracker = Tracker(config.tracking.uri, name, create=False)
-            markdown, paths = write_table(tracker, sweep_dir / "table")
+            rope = OmegaConf.select(config, "table.rope", default=DEFAULT_ROPE)
+            markdown, paths = write_table(tracker, sweep_dir / "table", rope=rope)
             print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
                   f"Again later: python -m ftsweep.table --experiment {shlex.quote(name)} "
                   f"--tracking-uri {shlex.quote(tracker.uri)}\n"

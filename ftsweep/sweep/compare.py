@@ -53,10 +53,16 @@ class Paired:
     note: str = ""  # why there is no Δ
 
 
-def check_rope(rope, where: str = "--rope") -> float:
-    if isinstance(rope, bool) or not isinstance(rope, int | float) or not math.isfinite(rope) or rope < 0:
-        raise FtsweepError(f"{where}={rope!r} must be a number >= 0 in RMSE units, e.g. {DEFAULT_ROPE}.")
-    return float(rope)
+def check_rope(rope, where: str = "table.rope") -> float:
+    """The ROPE as a float (a number, or its text from the command line), else one line naming `where`."""
+    try:
+        value = float(rope) if isinstance(rope, str | int | float) and not isinstance(rope, bool) else math.nan
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise FtsweepError(f"{where}={rope} must be a number >= 0 in RMSE units (a smaller |Δ| counts as no "
+                           f"practical difference), e.g. {where}={DEFAULT_ROPE}.")
+    return value
 
 
 def fold_means(frame: pd.DataFrame, column: str) -> pd.Series:
