@@ -2,10 +2,14 @@
 
 One row per config (seeds pooled): mean +- sd RMSE over folds for the best
 checkpoint and the last (or SWA) weights, the seed-to-seed spread of the CV
-mean, and the change against a baseline row as a fold-paired comparison (mean
-of per-(seed, fold) differences with its 95% t-interval) — so a difference
-smaller than the noise looks like one. Writes Markdown, CSV and a bar chart,
-logs them to MLflow, and prints the Markdown.
+mean (sample sds, ddof=1), and the change against a baseline row fold by fold:
+seeds averaged within a fold, the corrected resampled t-interval over the k
+folds and P(better / equivalent / worse) within a ROPE from the Bayesian
+correlated t-test (ftsweep.sweep.compare says what each assumes). An interval
+that holds 0 reads "not detected": too little evidence, not "no effect". A Δ
+is computed only between folds that hold the same rows (ftsweep.fold_rows).
+Writes Markdown, CSV and a bar chart, logs them to MLflow, and prints the
+Markdown.
 """
 
 from __future__ import annotations
