@@ -15,6 +15,10 @@ JOB_NUM_TAG = "ftsweep.job_num"  # the job's index in its sweep: orders rows as 
 DEVICE_TAG = "ftsweep.device"
 ERROR_TAG = "ftsweep.error"  # why a run ended FAILED or KILLED (cleared when it is taken over)
 FOLD_TAG = "ftsweep.fold"  # only on fold runs: the fold number (a parent run has none)
+# On each fold run: which validation rows it scored (a digest of their sorted ids; the data, cv.n_folds,
+# cv.fold_seed and cv.n_bins all move them) and "n_val/n_train", so the table compares the same rows.
+FOLD_ROWS_TAG = "ftsweep.fold_rows"
+FOLD_SIZES_TAG = "ftsweep.fold_sizes"
 KIND_TAG = "ftsweep.kind"  # runs that are not CVs: a results table, a search summary
 TABLE_KIND = "table"
 

@@ -111,7 +111,7 @@ def test_replay_counts_false_prunes_as_defined_and_reports_the_closest_pruned_tr
     spec.loader.exec_module(replay)
     folds = [0, 1, 2, 3, 4]
     stored = [replay.StoredTrial(0, True, folds, [0.50, 0.50, 0.50, 0.50, 0.50], []),  # the best
-              replay.StoredTrial(1, True, folds, [0.51, 0.49, 0.50, 0.52, 0.50], []),  # +0.004, within noise
+              replay.StoredTrial(1, True, folds, [0.51, 0.49, 0.50, 0.52, 0.50], []),  # +0.004, not detected
               replay.StoredTrial(2, True, folds, [0.50, 0.50, 1.00, 0.50, 0.50], []),  # one diverged fold
               replay.StoredTrial(3, True, folds, [0.60, 0.61, 0.60, 0.61, 0.60], []),  # clearly worse
               replay.StoredTrial(4, False, [0], [0.70], [])]  # stopped live: never complete

@@ -132,7 +132,7 @@ def test_the_summary_names_the_best_config_and_best_yaml_composes_to_it(searched
     assert {p.name for p in folder.iterdir()} >= {"best.yaml", "top_trials.md", "top_trials.csv",
                                                    "optimization_history.png", "param_importances.png"}
     top = (folder / "top_trials.md").read_text().splitlines()
-    assert top[2].startswith(f"| trial {best.number}: ") and top[2].endswith("| baseline |")  # ranked first
+    assert top[2].startswith(f"| trial {best.number}: ") and top[2].endswith("| baseline | – |")  # ranked first
 
     client, runs = _runs(out, "s6")
     (summary,) = [r for r in runs if r.data.tags.get("ftsweep.kind") == "search summary"]

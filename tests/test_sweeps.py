@@ -102,7 +102,7 @@ def test_seed_sweep_and_the_table_command(sweeps):
     assert out.returncode == 0, out.stderr
     csv = pd.read_csv(table_dir / "results.csv")
     assert csv["label"].tolist() == ["optimizer=adamw", "optimizer=llrd"]
-    assert csv["seeds"].tolist() == [2, 2] and csv["folds"].tolist() == [4, 4] and csv["pairs"].tolist() == [4, 4]
+    assert csv["seeds"].tolist() == [2, 2] and csv["folds"].tolist() == [4, 4] and csv["pairs"].tolist() == [2, 2]
     client, runs = _experiment_runs(uri, "seeds")
     adamw = [r for r in runs if "ftsweep.fold" in r.data.tags and r.data.tags["ftsweep.label"] == "optimizer=adamw"]
     per_seed = pd.DataFrame([(r.data.tags["ftsweep.seed"], r.data.metrics["rmse_best"]) for r in adamw]).groupby(0)[1].mean()

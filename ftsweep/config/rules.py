@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "swa.anneal_steps": Range(integer=True, low=0),
     "eval.every_n_batches": Range(integer=True, low=0, low_open=True, nullable=True),
     "eval.start_epoch": Range(integer=True, low=0),
+    "table.rope": Range(low=0),
 }
 
 

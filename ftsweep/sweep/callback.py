@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.hydra_job import JOB_STATUS, SWEEP_ID_ENV
 from ftsweep.tracking.naming import EXPERIMENT_ENV, SWEPT_ENV, sweep_experiment_name, swept_keys
@@ -114,12 +114,14 @@ class SweepCallback(Callback):
     @staticmethod
     def _print_table(config: DictConfig, name: str, sweep_dir: Path) -> None:
         from ftsweep.errors import FtsweepError
+        from ftsweep.sweep.compare import DEFAULT_ROPE
         from ftsweep.sweep.table import write_table
         from ftsweep.tracking.store import Tracker
 
         try:
             tracker = Tracker(config.tracking.uri, name, create=False)
-            markdown, paths = write_table(tracker, sweep_dir / "table")
+            rope = OmegaConf.select(config, "table.rope", default=DEFAULT_ROPE)
+            markdown, paths = write_table(tracker, sweep_dir / "table", rope=rope)
             print(f"\nResults of sweep {name!r}\n\n{markdown}\n\n{paths['md']}\n"
                   f"Again later: python -m ftsweep.table --experiment {shlex.quote(name)} "
                   f"--tracking-uri {shlex.quote(tracker.uri)}\n"

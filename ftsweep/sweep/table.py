@@ -2,28 +2,33 @@
 
 One row per config (seeds pooled): mean +- sd RMSE over folds for the best
 checkpoint and the last (or SWA) weights, the seed-to-seed spread of the CV
-mean, and the change against a baseline row as a fold-paired comparison (mean
-of per-(seed, fold) differences with its 95% t-interval) — so a difference
-smaller than the noise looks like one. Writes Markdown, CSV and a bar chart,
-logs them to MLflow, and prints the Markdown.
+mean (sample sds, ddof=1), and the change against a baseline row fold by fold:
+seeds averaged within a fold, the corrected resampled t-interval over the k
+folds and P(better / equivalent / worse) within a ROPE from the Bayesian
+correlated t-test (ftsweep.sweep.compare says what each assumes). An interval
+that holds 0 reads "not detected": too little evidence, not "no effect". A Δ
+is computed only between folds that hold the same rows (ftsweep.fold_rows).
+Writes Markdown, CSV and a bar chart, logs them to MLflow, and prints the
+Markdown.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ftsweep.config.resolvers import default_outputs
 from ftsweep.errors import FtsweepError
+from ftsweep.sweep.compare import DEFAULT_ROPE, UNRECORDED, check_rope, paired_difference
 from ftsweep.tags import (
     CONFIG_KEY_TAG,
     DATA_FINGERPRINT_TAG,
+    FOLD_ROWS_TAG,
+    FOLD_SIZES_TAG,
     FOLD_TAG,
     JOB_NUM_TAG,
     KIND_TAG,
@@ -39,6 +44,10 @@ from ftsweep.tracking.store import Tracker
 from ftsweep.train import plots
 
 BASELINE_LABEL = "Basic fine-tuning"
+# build_table's comparison columns <- compare.Paired's fields (pairs: paired folds)
+COMPARISON_COLUMNS = {"delta": "mean", "delta_low": "low", "delta_high": "high", "pairs": "n", "p_better": "p_better",
+                      "p_equivalent": "p_equivalent", "p_worse": "p_worse", "nb_ratio": "ratio",
+                      "ratio_recorded": "ratio_recorded", "delta_note": "note"}
 
 
 def default_tracking_uri() -> str:
@@ -59,54 +68,45 @@ def fold_frame(tracker: Tracker) -> pd.DataFrame:
         pruned = parent is not None and PRUNED_TAG in parent.data.tags
         if parent is None or (parent.info.status != "FINISHED" and not pruned):  # running, killed or failed
             continue
-        reference = parent.data.params.get("reference_rmse", "None")
-        records.append({
-            "row_key": tags.get(ROW_KEY_TAG, tags.get(CONFIG_KEY_TAG)),
-            "label": tags.get(LABEL_TAG, ""), "seed": int(tags.get(SEED_TAG, 0)),
-            "fold": int(tags[FOLD_TAG]), "rmse_best": metrics["rmse_best"], "rmse_last": metrics["rmse_last"],
-            "swa": "rmse_swa" in metrics, "start_time": run.info.start_time,
-            "job_num": int(tags.get(JOB_NUM_TAG, 0)), "data": tags.get(DATA_FINGERPRINT_TAG, ""),
-            "reference": float(reference) if reference not in ("None", "", "null") else math.nan,
-            "pruned": pruned, "study": tags.get(STUDY_TAG, ""), "trial": int(tags.get(TRIAL_TAG, -1)),
-        })
+        records.append(_fold_record(run, parent, pruned))
     frame = pd.DataFrame(records)
     if frame.empty:
         raise FtsweepError(f"experiment {tracker.experiment_name!r} has no finished fold runs yet.")
     return frame.drop_duplicates(["row_key", "seed", "fold"], keep="first")  # newest first
 
 
-@dataclass
-class Paired:
-    mean: float
-    low: float
-    high: float
-    n: int
-
-
-def paired_difference(row: pd.DataFrame, base: pd.DataFrame, column: str = "rmse_best") -> Paired:
-    """Mean of per-(seed, fold) differences row - baseline, with a 95% t-interval."""
-    joined = row.merge(base, on=["seed", "fold"], suffixes=("", "_base"))
-    diffs = (joined[column] - joined[f"{column}_base"]).to_numpy()
-    if len(diffs) == 0:
-        return Paired(math.nan, math.nan, math.nan, 0)
-    mean = float(diffs.mean())
-    if len(diffs) < 2:
-        return Paired(mean, math.nan, math.nan, 1)
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
-    return Paired(mean, mean - half, mean + half, len(diffs))
+def _fold_record(run, parent, pruned: bool) -> dict:
+    tags, metrics, params = run.data.tags, run.data.metrics, parent.data.params
+    reference = params.get("reference_rmse", "None")
+    # runs from before the fold tags: folds named by the cv settings that made them (see compare.UNRECORDED)
+    cv = UNRECORDED + "/".join(params.get(f"cv.{key}", "?") for key in ("n_folds", "fold_seed", "n_bins"))
+    n_val, _, n_train = tags.get(FOLD_SIZES_TAG, "/").partition("/")
+    return {
+        "row_key": tags.get(ROW_KEY_TAG, tags.get(CONFIG_KEY_TAG)),
+        "label": tags.get(LABEL_TAG, ""), "seed": int(tags.get(SEED_TAG, 0)),
+        "fold": int(tags[FOLD_TAG]), "rmse_best": metrics["rmse_best"], "rmse_last": metrics["rmse_last"],
+        "swa": "rmse_swa" in metrics, "start_time": run.info.start_time,
+        "job_num": int(tags.get(JOB_NUM_TAG, 0)), "data": tags.get(DATA_FINGERPRINT_TAG, ""),
+        "reference": float(reference) if reference not in ("None", "", "null") else math.nan,
+        "pruned": pruned, "study": tags.get(STUDY_TAG, ""), "trial": int(tags.get(TRIAL_TAG, -1)),
+        "rows": tags.get(FOLD_ROWS_TAG, cv), "n_val": float(n_val or "nan"), "n_train": float(n_train or "nan"),
+        "n_folds": float(params.get("cv.n_folds", "nan")),
+    }
 
 
 def _stats(group: pd.DataFrame, column: str) -> tuple[float, float, float]:
-    """(mean over seeds of the CV mean, mean fold sd, sd of the CV mean across seeds)."""
+    """(mean over seeds of the CV mean, mean fold sd, sd of the CV mean across seeds): sample sds."""
     per_seed = group.groupby("seed")[column]
     means = per_seed.mean()
-    fold_sd = per_seed.std(ddof=0).where(per_seed.size() > 1).mean()  # one fold: no spread to report
+    fold_sd = per_seed.std(ddof=1).mean()  # one fold: NaN, no spread to report
     seed_sd = float(means.std(ddof=1)) if len(means) > 1 else math.nan
     return float(means.mean()), float(fold_sd), seed_sd
 
 
-def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """The ranked rows: configs that ran every fold (a pruned search trial is listed apart)."""
+def build_table(folds: pd.DataFrame, baseline: str | None = None, rope: float = DEFAULT_ROPE) -> pd.DataFrame:
+    """The ranked rows: configs that ran every fold (a pruned search trial is listed apart); each
+    compared with its data set's baseline (ftsweep.sweep.compare), `rope` in RMSE units."""
+    rope = check_rope(rope)
     folds = folds if "data" in folds else folds.assign(data="")
     if "pruned" in folds:
         folds = folds[~folds["pruned"]]
@@ -129,11 +129,13 @@ def build_table(folds: pd.DataFrame, baseline: str | None = None) -> pd.DataFram
     table["data"] = [folds.loc[folds["row_key"] == key, "data"].iloc[0] for key in table["row_key"]]
     if baseline and not (_plain_labels(table) == baseline).any():
         raise FtsweepError(f"--baseline {baseline!r} is not a row label; labels: {list(table['label'])}")
-    # Δ pairs (seed, fold) of one data set only: each data set has its own baseline row
+    # Δ pairs folds of one data set only: each data set has its own baseline row
     base_keys = {data: _baseline_key(table[table["data"] == data], baseline) for data in table["data"].unique()}
-    for i, key, data in zip(table.index, table["row_key"], table["data"], strict=True):
-        diff = paired_difference(folds[folds["row_key"] == key], folds[folds["row_key"] == base_keys[data]])
-        table.loc[i, ["delta", "delta_low", "delta_high", "pairs"]] = [diff.mean, diff.low, diff.high, diff.n]
+    compared = [paired_difference(folds[folds["row_key"] == key], folds[folds["row_key"] == base_keys[data]],
+                                  rope=rope) for key, data in zip(table["row_key"], table["data"], strict=True)]
+    for column, field in COMPARISON_COLUMNS.items():
+        table[column] = [getattr(c, field) for c in compared]
+    table["rope"] = rope
     table["baseline"] = table["row_key"].isin(base_keys.values())
     return table.reset_index(drop=True)
 
@@ -155,26 +157,47 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 def to_markdown(table: pd.DataFrame) -> str:
     has_ref = table["reference"].notna().any()
+    rope = float(table["rope"].iloc[0])
     head = ["Fine-tuning techniques", "runs", "RMSE best (mean ± sd)", "RMSE last/SWA (mean ± sd)", "seed sd",
-            "Δ best vs baseline [95% CI]"] + (["reference"] if has_ref else [])
+            "Δ best vs baseline [95% CI]", f"P(better / ≈ / worse), ROPE ±{rope:g}"] + (["reference"] if has_ref else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.itertuples():
-        if r.baseline:
-            delta = "baseline"
-        elif r.pairs >= 2:
-            noise = "" if (r.delta_low > 0 or r.delta_high < 0) else " (within noise)"
-            delta = f"{r.delta:+.4f} [{r.delta_low:+.4f}, {r.delta_high:+.4f}]{noise}"
-        elif r.pairs == 1:
-            delta = f"{r.delta:+.4f} (one paired fold: no interval)"
-        else:
-            delta = "no paired folds"
         runs = f"{r.seeds}×{r.folds // max(r.seeds, 1)}" if r.seeds > 1 else f"{r.folds}"
         cells = [r.label, runs, f"{_fmt(r.rmse_best)} ± {_fmt(r.rmse_best_sd)}",
-                 f"{_fmt(r.rmse_last)} ± {_fmt(r.rmse_last_sd)}" + (" (SWA)" if r.swa else ""), _fmt(r.seed_sd), delta]
+                 f"{_fmt(r.rmse_last)} ± {_fmt(r.rmse_last_sd)}" + (" (SWA)" if r.swa else ""), _fmt(r.seed_sd),
+                 *_delta_cells(r)]
         if has_ref:
             cells.append(_fmt(r.reference))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + _method_note(table, rope)
+
+
+def _delta_cells(r) -> tuple[str, str]:
+    """The Δ cell and the probabilities cell of one row."""
+    if r.baseline:
+        return "baseline", "–"
+    if r.delta_note:
+        return r.delta_note, "–"
+    if r.pairs == 1:
+        return f"{r.delta:+.4f} (one paired fold: no interval)", "–"
+    detected = "" if (r.delta_low > 0 or r.delta_high < 0) else " (not detected)"
+    return (f"{r.delta:+.4f} [{r.delta_low:+.4f}, {r.delta_high:+.4f}]{detected}",
+            f"{r.p_better:.2f} / {r.p_equivalent:.2f} / {r.p_worse:.2f}")
+
+
+def _method_note(table: pd.DataFrame, rope: float) -> str:
+    """What the Δ and P columns are, under the table: a reader should not have to guess."""
+    compared = table[table["pairs"] >= 2]
+    if compared.empty:
+        sizes = ""
+    elif compared["ratio_recorded"].all():
+        sizes = ", n_val/n_train from the runs' fold sizes"
+    else:
+        sizes = ", n_val/n_train = 1/(K-1) from cv.n_folds where runs did not record their fold sizes"
+    return (f"Δ = row - baseline (negative: lower RMSE), seeds averaged within each fold; 95% corrected resampled "
+            f"t-interval over the k paired folds (k-1 dof, variance × (1/k + n_val/n_train){sizes}). "
+            f"P: Bayesian correlated t-test, better Δ < -{rope:g}, ≈ |Δ| ≤ {rope:g}, worse Δ > +{rope:g} "
+            f"(table.rope). ± and seed sd are sample sds.")
 
 
 def pruned_markdown(folds: pd.DataFrame) -> str:
@@ -192,9 +215,10 @@ def pruned_markdown(folds: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_table(tracker: Tracker, out_dir: Path, baseline: str | None = None, log_to_mlflow: bool = True) -> tuple[str, dict]:
+def write_table(tracker: Tracker, out_dir: Path, baseline: str | None = None, log_to_mlflow: bool = True,
+                rope: float = DEFAULT_ROPE) -> tuple[str, dict]:
     folds = fold_frame(tracker)
-    table = build_table(folds, baseline)
+    table = build_table(folds, baseline, rope)
     markdown = "\n\n".join(part for part in (to_markdown(table), pruned_markdown(folds)) if part)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "results.md", "csv": out_dir / "results.csv", "png": out_dir / "results.png"}

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ftsweep.tags import FOLD_ROWS_TAG, FOLD_SIZES_TAG, FOLD_TAG
+
 # Where output goes and how fast, not what is computed: left out of the keys.
 # search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage")
+# table.*: how results are compared (the ROPE), not what a run computes.
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage", "table.")
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -46,6 +49,13 @@ def row_key(cfg: DictConfig, data_fingerprint: str) -> str:
 def config_key(cfg: DictConfig, data_fingerprint: str) -> str:
     """One parent run: the computation, its data and its seed. A unit of work is (config_key, fold)."""
     return _hash({"row": row_key(cfg, data_fingerprint), "seed": str(cfg.trainer.seed)})
+
+
+def fold_tags(fold: int, val_ids, n_rows: int) -> dict[str, str]:
+    """A fold run's tags: its number, the digest of its validation row ids, its row counts."""
+    ids = sorted(str(i) for i in val_ids)
+    digest = hashlib.sha1("\x1f".join(ids).encode()).hexdigest()[:16]
+    return {FOLD_TAG: str(fold), FOLD_ROWS_TAG: digest, FOLD_SIZES_TAG: f"{len(ids)}/{n_rows - len(ids)}"}
 
 
 def setup_key(cfg: DictConfig) -> str:

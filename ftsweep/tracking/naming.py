@@ -18,7 +18,7 @@ SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
 _SWEEP_VALUE = re.compile(r",|^(range|choice|glob|interval|tag)\(")
 _NESTED = re.compile(r"\[[^\]]*\]|\{[^}]*\}|'[^']*'|\"[^\"]*\"")  # a list or quoted string is one value
 _LONG_FLOAT = re.compile(r"(?<![\w.])\d+\.\d{5,}(e[-+]?\d+)?|\d\.\d{5,}e[-+]?\d+")  # a sampled value, shortened in labels
-_NOT_NAMING = ("hydra", "tracking.", "paths.")
+_NOT_NAMING = ("hydra", "tracking.", "paths.", "table.")  # how it runs or is shown: the same sweep
 DEFAULT_EXPERIMENT = "ftsweep"
 
 

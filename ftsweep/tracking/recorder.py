@@ -40,7 +40,7 @@ from ftsweep.tags import (
     SETUP_KEY_TAG,
 )
 from ftsweep.tracking.describe import run_description
-from ftsweep.tracking.keys import config_key, flatten, git_commit, row_key, setup_key, source_tags
+from ftsweep.tracking.keys import config_key, flatten, fold_tags, git_commit, row_key, setup_key, source_tags
 from ftsweep.tracking.model_export import log_cv_model
 from ftsweep.tracking.sink import FoldSink
 from ftsweep.tracking.store import PreviousRun, Tracker
@@ -179,8 +179,9 @@ class RunRecorder:
     def fold(self, fold: int) -> Iterator[FoldRun]:
         """A nested run for a fold being trained. Step metrics measured before a failure stay logged;
         on success the caller's values and files are logged and the run FINISHED."""
-        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **{FOLD_TAG: str(fold)}),
-                                       parent_id=self.parent)
+        frame = self.data.frame
+        tags = fold_tags(fold, frame.loc[frame["fold"] == fold, ID], len(frame))
+        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **tags), parent_id=self.parent)
         self._open.append(child)
         self.tracker.log_params(child, {"fold": str(fold), "seed": str(int(self.cfg.trainer.seed) + fold)})
         run = FoldRun(child, FoldSink(self.tracker, child, log_lr=bool(self.cfg.tracking.log_lr)))
