@@ -45,7 +45,7 @@ def test_the_paired_pruner_stops_a_clearly_worse_trial_after_fold_0_and_never_an
                                          TrialState.COMPLETE]
     assert [list(t.intermediate_values) for t in trials[1:3]] == [[0], [0]]  # stopped after fold 0
     assert _study(out).user_attrs["ftsweep.pruners"] == [  # the rule, as the command chose it
-        "paired(alpha=0.05, min_delta=0.01, n_resamples=2000, n_warmup_steps=0, seed=0, test=bootstrap)"]
+        "paired(alpha=0.05, min_delta=0.01, n_resamples=2000, n_warmup_steps=0, seed=0, test=t)"]
     first, _, _, again = trials  # the same config and seed: the same errors on every row, never pruned
     assert again.intermediate_values == first.intermediate_values and again.value == first.value
     for step in (0, 1):
