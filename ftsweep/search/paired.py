@@ -105,16 +105,24 @@ def _t_test(d: np.ndarray) -> np.ndarray:
 
 
 def _bootstrap(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """(resampled means <= 0, + 1) / (n_resamples + 1): each resample's row counts times d."""
+    """(resampled means <= 0, + 1) / (n_resamples + 1), the resamples drawn in blocks."""
     rng, n = np.random.default_rng(seed), d.shape[-1]
     per_block = max(1, _RESAMPLE_BLOCK // n)
     not_worse = np.zeros(d.shape[:-1], dtype=np.int64)
     for start in range(0, n_resamples, per_block):  # the same draws as one (n_resamples, rows) array
-        size = min(per_block, n_resamples - start)
-        draws = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
-        not_worse += np.count_nonzero(d @ counts.T.astype(np.float64) / n <= 0.0, axis=-1)
+        draws = rng.integers(0, n, size=(min(per_block, n_resamples - start), n))
+        not_worse += np.count_nonzero(_resampled_means(d, draws) <= 0.0, axis=-1)
     return (not_worse + 1) / (n_resamples + 1)
+
+
+def _resampled_means(d: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Each draw's mean of d: gathered for one trial (fast); for many, each draw's row counts
+    times d (one matrix product instead of a (trials, draws, rows) array)."""
+    if d.ndim == 1:
+        return d[draws].mean(axis=1)
+    size, n = draws.shape
+    counts = np.bincount((draws + n * np.arange(size)[:, None]).ravel(), minlength=size * n).reshape(size, n)
+    return np.moveaxis(counts.astype(np.float64) @ np.moveaxis(d, -1, -2), -2, -1) / n
 
 
 class SettingError(ValueError):
