@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ftsweep.data.loading import ID  # noqa: E402
-from ftsweep.search.paired import PairedPruner, build_pruner, encode_errors  # noqa: E402
+from ftsweep.search.paired import TESTS, PairedPruner, build_pruner, encode_errors  # noqa: E402
 from ftsweep.sweep.table import default_tracking_uri, paired_difference  # noqa: E402
 from ftsweep.tags import FOLD_TAG, PRUNED_TAG, ROW_ERRORS_ATTR, STUDY_TAG, TRIAL_TAG  # noqa: E402
 from ftsweep.tracking.recorder import PREDICTIONS  # noqa: E402
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--min-delta", type=float, nargs="+", default=[0.01],
                         help="the paired pruner's margin(s): one row per value")
-    parser.add_argument("--test", default="bootstrap", choices=("bootstrap", "wilcoxon"))
+    parser.add_argument("--test", default="t", choices=TESTS)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     tracker = Tracker(args.tracking_uri or default_tracking_uri(), args.experiment, create=False)

@@ -15,11 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
+import optuna
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import ftsweep  # noqa: F401  (registers resolvers)
+from ftsweep.search.paired import encode_errors
+from ftsweep.tags import ROW_ERRORS_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -96,3 +101,34 @@ def wait_for_server(url: str, seconds: float = 60) -> bool:
         except OSError:
             time.sleep(0.5)
     return False
+
+
+# The paired pruner's trials, fabricated from per-row squared errors (no training)
+
+def predictions(errors: np.ndarray, ids: list[str] | None = None) -> pd.DataFrame:
+    """A fold's predictions.csv whose squared errors are `errors` (targets 0, so pred = sqrt(e))."""
+    ids = ids or [f"r{i:03d}" for i in range(len(errors))]
+    return pd.DataFrame({"id": ids, "fold": 0, "target": 0.0, "pred_best": np.sqrt(errors), "pred_last": 0.0})
+
+
+def study_with_best(pruner, best: list[np.ndarray]) -> optuna.Study:
+    study = optuna.create_study(pruner=pruner)
+    trial = study.ask()
+    for step, errors in enumerate(best):
+        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions(errors)))
+        trial.report(float(np.sqrt(errors.mean())), step)
+    study.tell(trial, float(np.mean([np.sqrt(e.mean()) for e in best])))
+    return study
+
+
+def pruned_after(study: optuna.Study, folds: list[pd.DataFrame]) -> int | None:
+    """The fold position the pruner stops a new trial at, or None when it runs every fold."""
+    trial = study.ask()
+    for step, frame in enumerate(folds):
+        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(frame))
+        trial.report(0.0, step)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return step
+    study.tell(trial, 0.0)
+    return None

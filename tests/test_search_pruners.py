@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 
 from ftsweep.errors import FtsweepError
 from ftsweep.search.paired import PairedPruner, encode_errors, p_worse, pooled_errors
 from ftsweep.search.settings import check_pruner
-from ftsweep.tags import ROW_ERRORS_ATTR
+
+from helpers import predictions, pruned_after, study_with_best
 
 ROWS = 80
-
-
-def predictions(errors: np.ndarray, ids: list[str] | None = None) -> pd.DataFrame:
-    """A fold's predictions.csv whose squared errors are `errors` (targets 0, so pred = sqrt(e))."""
-    ids = ids or [f"r{i:03d}" for i in range(len(errors))]
-    return pd.DataFrame({"id": ids, "fold": 0, "target": 0.0, "pred_best": np.sqrt(errors), "pred_last": 0.0})
 
 
 def fold_errors(seed: int, n_folds: int = 3) -> list[np.ndarray]:
@@ -28,30 +22,7 @@ def fold_errors(seed: int, n_folds: int = 3) -> list[np.ndarray]:
     return [rng.chisquare(1, ROWS) * 0.25 for _ in range(n_folds)]  # rmse around 0.5, skewed like squared errors
 
 
-def study_with_best(pruner, best: list[np.ndarray]) -> optuna.Study:
-    study = optuna.create_study(pruner=pruner)
-    trial = study.ask()
-    for step, errors in enumerate(best):
-        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions(errors)))
-        trial.report(float(np.sqrt(errors.mean())), step)
-    study.tell(trial, float(np.mean([np.sqrt(e.mean()) for e in best])))
-    return study
-
-
-def pruned_after(study: optuna.Study, folds: list[pd.DataFrame]) -> int | None:
-    """The fold position the pruner stops a new trial at, or None when it runs every fold."""
-    trial = study.ask()
-    for step, frame in enumerate(folds):
-        trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(frame))
-        trial.report(0.0, step)
-        if trial.should_prune():
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return step
-    study.tell(trial, 0.0)
-    return None
-
-
-@pytest.mark.parametrize("test", ["bootstrap", "wilcoxon"])
+@pytest.mark.parametrize("test", ["t", "bootstrap"])
 def test_a_trial_clearly_worse_on_the_rows_is_pruned_after_fold_0(test):
     best = fold_errors(0)
     study = study_with_best(PairedPruner(test=test), best)
@@ -59,7 +30,7 @@ def test_a_trial_clearly_worse_on_the_rows_is_pruned_after_fold_0(test):
     assert pruned_after(study, worse) == 0
 
 
-@pytest.mark.parametrize("test", ["bootstrap", "wilcoxon"])
+@pytest.mark.parametrize("test", ["t", "bootstrap"])
 @pytest.mark.parametrize("min_delta", [0.0, 0.01])
 def test_a_trial_identical_to_the_best_is_never_pruned(test, min_delta):
     best = fold_errors(1)
@@ -113,12 +84,16 @@ def test_errors_are_stored_in_row_id_order_whatever_the_frame_order():
 
 
 PAIRED = "ftsweep.search.paired.PairedPruner"
+ONE_SIDED = " (one-sided: at 0.5 or above a trial whose estimate beats the best is stopped)"
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"_target_": PAIRED, "alpha": 1.5}, "hydra.sweeper.pruner.alpha=1.5 must be a number in (0, 1)."),
-    ({"_target_": PAIRED, "alpha": "abc"}, "hydra.sweeper.pruner.alpha='abc' must be a number in (0, 1)."),
-    ({"_target_": PAIRED, "test": "ttest"}, "hydra.sweeper.pruner.test='ttest': use one of bootstrap, wilcoxon."),
+    ({"_target_": PAIRED, "alpha": 1.5}, f"hydra.sweeper.pruner.alpha=1.5 must be a number in (0, 0.5){ONE_SIDED}."),
+    ({"_target_": PAIRED, "alpha": "abc"}, f"hydra.sweeper.pruner.alpha='abc' must be a number in (0, 0.5){ONE_SIDED}."),
+    ({"_target_": PAIRED, "test": "ttest"}, "hydra.sweeper.pruner.test='ttest': use one of t, bootstrap."),
+    ({"_target_": PAIRED, "test": "wilcoxon"}, "hydra.sweeper.pruner.test='wilcoxon' is no longer offered (signed "
+     "ranks test the typical row, not the mean that RMSE is, and stop better trials whose error is spread over many "
+     "rows): use test=t."),
     ({"_target_": PAIRED, "min_delta": -0.1}, "hydra.sweeper.pruner.min_delta=-0.1 must be a number >= 0."),
     ({"_target_": PAIRED, "min_delta": float("nan")}, "hydra.sweeper.pruner.min_delta=nan must be a number >= 0."),  # it would never prune
     ({"_target_": PAIRED, "min_delta": True}, "hydra.sweeper.pruner.min_delta=true must be a number >= 0."),
@@ -156,11 +131,35 @@ def test_the_bootstrap_draws_in_blocks_give_the_p_value_of_one_draw(monkeypatch)
     rng = np.random.default_rng(1)
     best = rng.chisquare(1, 3000) * 0.25
     trial = best + rng.normal(0.002, 0.2, 3000)  # near the best: a p-value far from its floor
-    whole = paired.p_worse(trial, best, 0.0)
+    whole = paired.p_worse(trial, best, 0.0, "bootstrap")
     draws = np.random.default_rng(0).integers(0, 3000, size=(2000, 3000))
     assert whole == (np.count_nonzero((trial - best)[draws].mean(axis=1) <= 0.0) + 1) / 2001
     monkeypatch.setattr(paired, "_RESAMPLE_BLOCK", 4000)  # one resample a block
-    assert paired.p_worse(trial, best, 0.0) == whole and 0.05 < whole < 0.95
+    assert paired.p_worse(trial, best, 0.0, "bootstrap") == whole and 0.05 < whole < 0.95
+
+
+@pytest.mark.parametrize("test", ["t", "bootstrap"])
+def test_p_worse_on_many_trials_at_once_is_each_trial_s_p_value(test):
+    """The calibration benchmark decides simulated trials in one call (rows on the last axis)."""
+    rng = np.random.default_rng(2)
+    best, trial = rng.chisquare(1, (3, 200)) * 0.25, rng.chisquare(1, (3, 200)) * 0.27
+    together = p_worse(trial, best, 0.01, test)
+    assert together.shape == (3,)
+    assert together.tolist() == pytest.approx([p_worse(t, b, 0.01, test) for t, b in zip(trial, best, strict=True)], abs=1e-12)
+
+
+def test_the_t_test_is_scipy_s_one_sided_t_test_and_a_trial_at_the_margin_gets_p_one_half():
+    """Checked against scipy.stats and the RMSEs themselves, not against p_worse's own formula."""
+    from scipy.stats import ttest_1samp
+
+    rng = np.random.default_rng(3)
+    best = rng.chisquare(1, 300) * 0.25
+    trial = best + rng.normal(0.01, 0.1, 300)
+    assert p_worse(trial, best, 0.0, "t") == pytest.approx(ttest_1samp(trial - best, 0.0, alternative="greater").pvalue)
+    rmse = np.sqrt(best.mean())
+    at_margin = best * ((rmse + 0.03) / rmse) ** 2  # every row scaled: RMSE exactly 0.03 above the best's
+    assert np.sqrt(at_margin.mean()) - rmse == pytest.approx(0.03)
+    assert p_worse(at_margin, best, 0.03, "t") == pytest.approx(0.5, abs=1e-6)
 
 
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon", "paired"])

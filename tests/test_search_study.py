@@ -3,6 +3,8 @@ the real command line (tiny model, 2 folds, a CSV of 64 rows)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import optuna
@@ -12,10 +14,10 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from ftsweep.data.demo import generate
-from ftsweep.search.paired import decode_errors
+from ftsweep.search.paired import decode_errors, encode_errors
 from ftsweep.tags import ROW_ERRORS_ATTR
 
-from helpers import TINY, at_once, run_cli
+from helpers import ROOT, TINY, at_once, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +48,7 @@ def test_the_paired_pruner_stops_a_clearly_worse_trial_after_fold_0_and_never_an
                                          TrialState.COMPLETE]
     assert [list(t.intermediate_values) for t in trials[1:3]] == [[0], [0]]  # stopped after fold 0
     assert _study(out).user_attrs["ftsweep.pruners"] == [  # the rule, as the command chose it
-        "paired(alpha=0.05, min_delta=0.01, n_resamples=2000, n_warmup_steps=0, seed=0, test=bootstrap)"]
+        "paired(alpha=0.05, min_delta=0.01, n_resamples=2000, n_warmup_steps=0, seed=0, test=t)"]
     first, _, _, again = trials  # the same config and seed: the same errors on every row, never pruned
     assert again.intermediate_values == first.intermediate_values and again.value == first.value
     for step in (0, 1):
@@ -66,6 +68,33 @@ def test_the_paired_pruner_stops_a_clearly_worse_trial_after_fold_0_and_never_an
             # what the pruner saw: every row of fold 0 worse than the best trial's
             worse, best = (decode_errors(t.user_attrs[ROW_ERRORS_ATTR.format(step=0)])[1] for t in (trial, first))
             assert len(worse) == 32 and (worse > best).mean() > 0.9
+
+
+def test_replaying_the_paired_pruner_on_the_stored_trials_reproduces_the_live_decisions(paired, tmp_path):
+    """benchmarks/replay_pruners.py rebuilds each fold's errors from the logged predictions.csv: the
+    very bytes the live trial stored, so the same p-values and the same trials stopped after the
+    same folds, with paired.yaml's settings."""
+    out, _, _ = paired
+    live = _study(out).get_trials()
+    stopped = {t.number: max(t.intermediate_values) for t in live if t.state == TrialState.PRUNED}
+    assert stopped
+    spec = importlib.util.spec_from_file_location("replay_pruners", ROOT / "benchmarks" / "replay_pruners.py")
+    replay = importlib.util.module_from_spec(spec)
+    sys.modules["replay_pruners"] = replay  # its dataclasses look their module up there
+    spec.loader.exec_module(replay)
+    from ftsweep.tracking.store import Tracker
+
+    _, trials = replay.load_trials(Tracker(f"sqlite:///{out}/mlflow.db", "paired", create=False), "paired", True)
+    for trial in trials:
+        for position, frame in enumerate(trial.predictions):
+            key = ROW_ERRORS_ATTR.format(step=position)
+            assert encode_errors(frame) == live[trial.number].user_attrs[key], (trial.number, key)
+    result = replay.main(["--experiment", "paired", "--study", "paired", "--tracking-uri", f"sqlite:///{out}/mlflow.db",
+                          "--pruners", "paired", "--json", str(tmp_path / "replay.json")])
+    (row,) = result["pruners"]
+    assert row["pruned_after"] == {str(k): v for k, v in stopped.items()} and row["unknown"] == []
+    assert row["best_trial"] == _study(out).best_trial.number
+    assert row["folds_trained"] == sum(len(t.intermediate_values) for t in live)
 
 
 def test_a_rerun_on_changed_data_or_fixed_overrides_is_refused_and_keeps_the_answer(paired):
