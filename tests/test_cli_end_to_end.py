@@ -44,7 +44,10 @@ def test_tiny_run_logs_parent_and_nested_folds(tmp_path):
     m = parent.data.metrics
     fold_best = [c.data.metrics["rmse_best"] for c in children]
     assert m["rmse_mean"] == pytest.approx(sum(fold_best) / 2)
-    assert {"rmse_std", "rmse_oof", "rmse_last_mean"} <= set(m)
+    # the sample sd of two folds is |a - b| / sqrt(2) (the population sd would be |a - b| / 2)
+    assert m["rmse_std"] == pytest.approx(abs(fold_best[0] - fold_best[1]) / 2**0.5)
+    assert f"mean RMSE {m['rmse_mean']:.4f} ± {m['rmse_std']:.4f} (best checkpoint per fold)" in out.stdout
+    assert {"rmse_oof", "rmse_last_mean"} <= set(m)
     child = children[0]
     assert {"rmse_best", "rmse_last"} <= set(child.data.metrics)
     loss = client.get_metric_history(child.info.run_id, "train/loss")

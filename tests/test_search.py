@@ -344,6 +344,13 @@ BAD_SEARCHES = [
                                "hydra.sweeper.params) reaches reinit.n=4: reinit.n=4 but tiny-bert has 2 encoder "
                                "layers; use 0..2. Narrow it on the command line."),
     (["model.lr=interval(1e-5, 1e-4)", "data=commonlit", "data.path=missing.csv"], "missing.csv"),  # no trial runs
+    # one dataset and one fold assignment per study: trials on other rows cannot be ranked together
+    (["data.max_rows=choice(40,64)", "cv.fold_seed=choice(1,2)"],
+     "the search space includes data.max_rows, cv.fold_seed: trials would be scored on other rows or other folds "
+     "and could not be compared; run one study per dataset and fold assignment (set data.max_rows=VALUE as a fixed "
+     "override, once per value)."),
+    (["model.lr=interval(1e-5, 1e-4)", "hydra.sweeper.objective=rmse"],
+     "hydra.sweeper.objective='rmse' is not one of rmse_best, rmse_last, oof."),
 ]
 
 

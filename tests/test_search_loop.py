@@ -47,22 +47,33 @@ class FakeLauncher:
                 ret.status, ret.return_value = JobStatus.FAILED, RuntimeError(f"trial {trial} broke")
             else:
                 ret.status = JobStatus.COMPLETED
-                ret.return_value = TrialReport(1.0 + trial / 10, pruned_at=None, held=False, run_id=f"run-{trial}")
+                scores = {"rmse_best": 1.0 + trial / 10, "rmse_last": 2.0 + trial / 10, "oof": 3.0 + trial / 10}
+                ret.return_value = TrialReport(scores, pruned_at=None, held=False, run_id=f"run-{trial}")
             returns.append(ret)
         with self._lock:
             self.active -= 1
         return returns
 
 
-def settings(n_trials: int, n_jobs: int, max_failure_rate: float = 0.0) -> Settings:
-    return Settings("minimize", n_trials, n_jobs, max_failure_rate, "s", "sqlite:///unused.db", None, None, 10)
+def settings(n_trials: int, n_jobs: int, max_failure_rate: float = 0.0, objective: str = "rmse_best") -> Settings:
+    return Settings("minimize", n_trials, n_jobs, max_failure_rate, "s", "sqlite:///unused.db", None, None, 10,
+                    objective)
 
 
-def search(fake: FakeLauncher, concurrent: bool, n_trials: int, n_jobs: int, rate: float = 0.0):
+def search(fake: FakeLauncher, concurrent: bool, n_trials: int, n_jobs: int, rate: float = 0.0,
+           objective: str = "rmse_best"):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = SearchSpace(params={"x": CategoricalDistribution([1, 2])}, fixed=["model=tiny"])
-    outcome = run_trials(study, space, settings(n_trials, n_jobs, rate), Launcher(fake.launch, concurrent), None)
+    outcome = run_trials(study, space, settings(n_trials, n_jobs, rate, objective), Launcher(fake.launch, concurrent),
+                         None)
     return study, outcome
+
+
+@pytest.mark.parametrize(("objective", "first"), [("rmse_best", 1.0), ("rmse_last", 2.0), ("oof", 3.0)])
+def test_the_study_is_told_the_chosen_objective(objective, first):
+    study, outcome = search(FakeLauncher({}), concurrent=False, n_trials=3, n_jobs=1, objective=objective)
+    assert outcome.complete == 3
+    assert [t.value for t in study.trials] == pytest.approx([first, first + 0.1, first + 0.2])
 
 
 def test_concurrent_launches_keep_n_jobs_trials_in_flight_without_a_batch_barrier():

@@ -103,10 +103,15 @@ ONE_SIDED = " (one-sided: at 0.5 or above a trial whose estimate beats the best 
     ({"_target_": PAIRED, "n_warmup_steps": 1.5}, "hydra.sweeper.pruner.n_warmup_steps=1.5 must be an integer in "
                                                   "[0, 1000000]."),
     ({"_target_": PAIRED, "n_warmup_steps": 5}, "hydra.sweeper.pruner.n_warmup_steps=5 but a trial runs 5 folds "
-     "(steps 0..4): this pruner could never stop a trial; use 0..4, or hydra/sweeper/pruner=none."),
-    ({"_target_": "optuna.pruners.WilcoxonPruner", "n_startup_steps": 7}, "hydra.sweeper.pruner.n_startup_steps=7 "
-     "but a trial runs 5 folds (steps 0..4): this pruner could never stop a trial; use 0..4, or "
+     "and can only be stopped before its last: this pruner could never stop a trial; use 0..3, or "
      "hydra/sweeper/pruner=none."),
+    # the last fold's decision is never taken: a warm-up of 4 folds out of 5 is no pruning at all
+    ({"_target_": PAIRED, "n_warmup_steps": 4}, "hydra.sweeper.pruner.n_warmup_steps=4 but a trial runs 5 folds "
+     "and can only be stopped before its last: this pruner could never stop a trial; use 0..3, or "
+     "hydra/sweeper/pruner=none."),
+    ({"_target_": "optuna.pruners.WilcoxonPruner", "n_startup_steps": 7}, "hydra.sweeper.pruner.n_startup_steps=7 "
+     "but a trial runs 5 folds and can only be stopped before its last: this pruner could never stop a trial; "
+     "use 0..3, or hydra/sweeper/pruner=none."),
     ({"_target_": "optuna.pruners.HyperbandPruner", "reduction_factor": 1}, "hydra.sweeper.pruner.reduction_factor=1 "
                                                                             "must be an integer >= 2."),
     ({"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 0}, "hydra.sweeper.pruner.min_resource=0 must "
@@ -187,6 +192,36 @@ def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, prune
     assert reported != pytest.approx(running if pruner == "wilcoxon" else fold_rmse, abs=1e-6)
     keys = sorted(k for k in stored.user_attrs if k.startswith("ftsweep.row_errors."))
     assert keys == (["ftsweep.row_errors.0", "ftsweep.row_errors.1"] if pruner == "paired" else [])
+
+
+@pytest.mark.parametrize("objective", ["rmse_last", "oof"])
+def test_a_trial_reports_the_objective_it_is_scored_by(tmp_path, monkeypatch, objective):
+    """Under rmse_last the folds report the last weights' RMSE (and the paired pruner their per-row
+    errors); under oof the RMSE of the rows pooled so far."""
+    from omegaconf import OmegaConf
+
+    from ftsweep.search import pruning
+    from ftsweep.search.paired import decode_errors
+
+    monkeypatch.setattr(pruning, "_configured_pruner", PairedPruner)
+    monkeypatch.setattr(pruning, "_configured_objective", lambda: objective)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    report = pruning.fold_reporter(OmegaConf.create({"search": {"study": "s", "storage": storage,
+                                                                "trial_id": trial._trial_id}}))
+    folds = [predictions(e) for e in fold_errors(8, 2)]
+    for frame, last in zip(folds, fold_errors(9, 2), strict=True):
+        frame["pred_last"] = np.sqrt(last)
+    column = "pred_last" if objective == "rmse_last" else "pred_best"
+    for step, frame in enumerate(folds):
+        report(step, -1.0, frame)  # the running mean of rmse_best is not what these objectives report
+    stored = optuna.load_study(study_name="s", storage=storage).trials[0]
+    by_fold = [float(np.sqrt(np.mean(f[column] ** 2))) for f in folds]
+    pooled = float(np.sqrt(np.mean(np.concatenate([f[column] ** 2 for f in folds]))))
+    expected = [by_fold[0], float(np.mean(by_fold))] if objective == "rmse_last" else [by_fold[0], pooled]
+    assert [stored.intermediate_values[step] for step in (0, 1)] == pytest.approx(expected, abs=1e-12)
+    errors = decode_errors(stored.user_attrs["ftsweep.row_errors.1"])[1]
+    assert errors == pytest.approx(folds[1].sort_values("id")[column].to_numpy() ** 2, rel=1e-6)  # float32
 
 
 def test_a_study_continued_under_another_pruning_rule_says_so(caplog):

@@ -90,6 +90,33 @@ def test_settings_default_to_a_study_beside_the_mlflow_store():
         "sqlite:////tmp/x/optuna.db", "sweep x", 1, "minimize")
 
 
+def test_the_objective_is_read_and_a_wrong_one_refused():
+    assert Settings.read(OmegaConf.create({"n_trials": 2}), _job_cfg(), "s").objective == "rmse_best"
+    assert Settings.read(OmegaConf.create({"n_trials": 2, "objective": "oof"}), _job_cfg(), "s").objective == "oof"
+    with pytest.raises(FtsweepError, match="hydra.sweeper.objective='best' is not one of rmse_best, rmse_last, oof."):
+        Settings.read(OmegaConf.create({"n_trials": 2, "objective": "best"}), _job_cfg(), "s")
+
+
+@pytest.mark.parametrize("keys", [["data.max_rows"], ["model.lr", "cv.fold_seed"], ["data"], ["+cv.n_bins"]])
+def test_keys_that_move_the_rows_are_refused_in_a_search(keys):
+    from ftsweep.search.sweeper import check_rows_fixed
+
+    with pytest.raises(FtsweepError, match="run one study per dataset and fold assignment"):
+        check_rows_fixed(keys)
+    check_rows_fixed(["model.lr", "trainer.seed", "optimizer.layer_decay", "eval.every_n_batches"])  # rows stay
+
+
+def test_searching_the_evaluation_cadence_under_rmse_best_says_what_it_costs(caplog):
+    from ftsweep.search.sweeper import SELECTION_OPTIMISM, warn_selection
+
+    warn_selection(["model.lr", "eval.every_n_batches"], "rmse_last")
+    warn_selection(["model.lr"], "rmse_best")
+    assert caplog.messages == []
+    warn_selection(["model.lr", "eval.every_n_batches"], "rmse_best")
+    assert len(caplog.messages) == 1 and "eval.every_n_batches is searched under hydra.sweeper.objective=rmse_best" \
+        in caplog.messages[0] and SELECTION_OPTIMISM in caplog.messages[0]
+
+
 @pytest.mark.parametrize("sweeper, words", [
     ({"n_trials": 0}, "n_trials=0 must be a whole number >= 1"),
     ({"n_trials": 2.5}, "n_trials=2.5"),

@@ -25,12 +25,19 @@ class TrialHooks:
     after_fold: FoldReport | None = None
 
 
+# What a search may minimise (hydra.sweeper.objective) -> the fold predictions it scores. rmse_best is
+# the write-up's protocol: each fold's best evaluation on its own validation rows, which the selection
+# makes optimistic; rmse_last scores the final (or SWA) weights; oof pools every fold's best-checkpoint
+# predictions into one RMSE.
+OBJECTIVES = {"rmse_best": "pred_best", "rmse_last": "pred_last", "oof": "pred_best"}
+
+
 @dataclass(frozen=True)
 class TrialReport:
     """What a search trial's job hands back to the sweeper, through whatever launcher ran it
     (ftsweep.search.loop tells the study from it)."""
 
-    value: float  # the objective: mean CV RMSE of the best checkpoints (NaN when pruned or held)
+    scores: dict[str, float]  # each objective a search may minimise (OBJECTIVES; NaN when pruned or held)
     pruned_at: int | None  # the fold after which the pruner stopped the trial
     held: bool  # another live process runs this config: no result from this job
     run_id: str | None  # the MLflow parent run, linked from the trial
@@ -49,5 +56,6 @@ def run_job(cfg: DictConfig, trial: TrialHooks | None = None) -> float | TrialRe
     if multirun:
         record_job("held" if result.held_by else "ok", result.held_by or "")
     if trial is not None:
-        return TrialReport(result.mean("rmse_best"), result.pruned_at, bool(result.held_by), result.parent_run_id)
+        scores = {"rmse_best": result.mean("rmse_best"), "rmse_last": result.mean("rmse_last"), "oof": result.rmse_oof}
+        return TrialReport(scores, result.pruned_at, bool(result.held_by), result.parent_run_id)
     return result.mean("rmse_best")

@@ -79,6 +79,7 @@ class _Flight:
 
     per_launch: int  # trials per launch(): 1 where launches run concurrently, else n_jobs in one batch
     slots: int  # launches in flight at once
+    objective: str  # what the study is told (hydra.sweeper.objective)
     in_flight: dict[Future, Numbered] = field(default_factory=dict)
     launched: int = 0
     stopping: bool = False  # too many failures: no new trials, the running ones finish
@@ -96,7 +97,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
     retry_interrupted(study)
     extend = extension(settings.custom_search_space) if settings.custom_search_space else None
     outcome, numbers = Outcome(), itertools.count(first_job)
-    flight = _Flight(*((1, settings.n_jobs) if launcher.concurrent else (settings.n_jobs, 1)))
+    flight = _Flight(*((1, settings.n_jobs) if launcher.concurrent else (settings.n_jobs, 1)), settings.objective)
     pool = ThreadPoolExecutor(flight.slots, thread_name_prefix="ftsweep-trial") if launcher.concurrent else _Inline()
     try:
         with Heartbeat(flight.renew):
@@ -155,7 +156,7 @@ def _ended(study: optuna.Study, flight: _Flight, future: Future, outcome: Outcom
                 _fail(study, trial, outcome, job, f"its job's process {death.how}, twice")
         return
     for (trial, job), ret in zip(numbered, returns, strict=True):
-        _tell(study, trial, ret, outcome, job)
+        _tell(study, trial, ret, outcome, job, flight.objective)
 
 
 def _stop_on_failures(settings: Settings, flight: _Flight, outcome: Outcome) -> None:
@@ -193,7 +194,8 @@ def _trial_overrides(settings: Settings, trial: optuna.trial.Trial) -> list[str]
             f"search.trial_id={trial._trial_id}", f"search.lineage={lineage(trial)}"]
 
 
-def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome, job: int) -> None:
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcome: Outcome, job: int,
+          objective: str) -> None:
     returned = ret._return_value if ret.status == JobStatus.COMPLETED else None
     report = returned if isinstance(returned, TrialReport) else None
     if report is not None and report.run_id:  # the trial -> MLflow run link (the run has study/trial tags)
@@ -201,8 +203,8 @@ def _tell(study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn, outcom
     if report is not None and report.pruned_at is not None:
         study.tell(trial, state=TrialState.PRUNED)
         outcome.pruned += 1
-    elif report is not None and isinstance(report.value, float) and math.isfinite(report.value):
-        study.tell(trial, report.value)
+    elif report is not None and math.isfinite(value := float(report.scores.get(objective, math.nan))):
+        study.tell(trial, value)
         outcome.complete += 1
     else:  # the job failed or was held: its reason, for the closing error
         _fail(study, trial, outcome, job, _failure(ret, report))

@@ -46,10 +46,11 @@ def build_pruner(spec) -> BasePruner:
         return instantiate(spec)
 
 
-def encode_errors(predictions: pd.DataFrame) -> dict[str, str]:
-    """A fold's squared errors (best checkpoint) in row-id order, with a digest of those ids."""
+def encode_errors(predictions: pd.DataFrame, column: str = "pred_best") -> dict[str, str]:
+    """A fold's squared errors (of the best checkpoint, or `column`'s predictions) in row-id order,
+    with a digest of those ids."""
     frame = predictions.assign(**{ID: predictions[ID].astype(str)}).sort_values(ID, kind="stable")
-    errors = (frame["pred_best"].to_numpy(np.float64) - frame[TARGET].to_numpy(np.float64)) ** 2
+    errors = (frame[column].to_numpy(np.float64) - frame[TARGET].to_numpy(np.float64)) ** 2
     return {"rows": _digest(frame[ID]), "sq_err": base64.b64encode(errors.astype("<f4").tobytes()).decode()}
 
 

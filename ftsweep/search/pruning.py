@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from ftsweep.cv.job import TrialHooks
+from ftsweep.cv.job import OBJECTIVES, TrialHooks
 from ftsweep.cv.pipeline import FoldReport
 from ftsweep.data.loading import TARGET
 from ftsweep.tags import STUDY_TAG, TRIAL_TAG
@@ -45,19 +46,34 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
     from ftsweep.tags import ROW_ERRORS_ATTR
     from ftsweep.train.loop import rmse
 
-    pruner = _configured_pruner()
+    pruner, objective = _configured_pruner(), _configured_objective()
     study = optuna.load_study(study_name=str(search.study), storage=open_storage(str(search.storage)), pruner=pruner)
     trial = optuna.trial.Trial(study, int(search.trial_id))
     per_fold = isinstance(pruner, optuna.pruners.WilcoxonPruner)
+    column, scored = OBJECTIVES[objective], []  # the objective's predictions, fold by fold
 
     def report(step: int, running_mean: float, predictions: pd.DataFrame) -> bool:
         if getattr(pruner, "needs_row_errors", False):
-            trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions))
-        value = rmse(predictions["pred_best"].to_numpy(), predictions[TARGET].to_numpy()) if per_fold else running_mean
+            trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions, column))
+        scored.append(predictions)
+        fold_rmse = [rmse(p[column].to_numpy(), p[TARGET].to_numpy()) for p in scored]
+        pooled = pd.concat(scored)
+        value = (fold_rmse[-1] if per_fold else running_mean if objective == "rmse_best"
+                 else rmse(pooled[column].to_numpy(), pooled[TARGET].to_numpy()) if objective == "oof"
+                 else float(np.mean(fold_rmse)))
         trial.report(value, step)
         return trial.should_prune()
 
     return report
+
+
+def _configured_objective() -> str:
+    """hydra.sweeper.objective: what the trial is scored by, and so what its folds report."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "rmse_best"
+    return str(HydraConfig.get().sweeper.get("objective") or "rmse_best")
 
 
 def _configured_pruner():

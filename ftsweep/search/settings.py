@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.config.rules import SEED_MAX, Range, show
+from ftsweep.cv.job import OBJECTIVES
 from ftsweep.errors import FtsweepError
 from ftsweep.search.paired import SettingError, build_pruner
 from ftsweep.search.study import default_storage
@@ -33,6 +34,7 @@ class Settings:
     sampler: DictConfig | optuna.samplers.BaseSampler | None
     custom_search_space: str | None
     top: int
+    objective: str = "rmse_best"
 
     @classmethod
     def read(cls, sweeper: DictConfig, job_cfg: DictConfig, default_study: str) -> Settings:
@@ -65,8 +67,11 @@ class Settings:
             raise FtsweepError(f"hydra.sweeper.study_name={name!r} must be a name of 1 to 500 characters (or "
                                f"null: the sweep's experiment name).")
         top = _positive_int("top", get("top", 10))
+        objective = get("objective") or "rmse_best"
+        if objective not in OBJECTIVES:
+            raise FtsweepError(f"hydra.sweeper.objective={show(objective)} is not one of {', '.join(OBJECTIVES)}.")
         return cls(direction, n_trials, n_jobs, float(rate), str(name or default_study), storage,
-                   get("sampler"), get("custom_search_space"), top)
+                   get("sampler"), get("custom_search_space"), top, str(objective))
 
 
 def _positive_int(key: str, value) -> int:
@@ -136,9 +141,11 @@ def check_pruner(spec, n_folds: int | None = None) -> None:
             _check_number(f"pruner.{key}", get(key), Range(nullable=True), "a number (or null: no bound)")
     for key in _WARM_UP:
         value = get(key)
-        if n_folds is not None and isinstance(value, int) and not isinstance(value, bool) and value >= n_folds:
-            raise FtsweepError(f"hydra.sweeper.pruner.{key}={value} but a trial runs {n_folds} folds (steps 0.."
-                               f"{n_folds - 1}): this pruner could never stop a trial; use 0..{n_folds - 1}, or "
+        # a trial stops after folds 0..k-2 only: after its last fold there is nothing left to save
+        if n_folds is not None and isinstance(value, int) and not isinstance(value, bool) and value >= n_folds - 1:
+            use = f"use 0..{n_folds - 2}, or" if n_folds > 1 else "use"
+            raise FtsweepError(f"hydra.sweeper.pruner.{key}={value} but a trial runs {n_folds} folds and can only be "
+                               f"stopped before its last: this pruner could never stop a trial; {use} "
                                f"hydra/sweeper/pruner=none.")
 
 

@@ -34,6 +34,8 @@ from ftsweep.tracking.store import Tracker  # noqa: E402
 log = logging.getLogger("ftsweep")
 SUMMARY_KIND = "search summary"
 
+# what the study minimised, in the summary's words (hydra.sweeper.objective)
+OBJECTIVE_WORDS = {"rmse_best": "mean CV RMSE", "rmse_last": "mean CV RMSE of the last weights", "oof": "OOF RMSE"}
 
 def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose, out_dir: Path) -> None:
     """Write, log and print the search's answer. A summary that cannot be made (no trial
@@ -51,19 +53,21 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
         print(f"ftsweep: no trial has finished all its folds: no best config yet.{advice}")
         return
     best = min(complete, key=lambda t: t.value)
-    files = {"best": _write_best(best, study.study_name, space, compose, out_dir)}
+    scored = OBJECTIVE_WORDS[settings.objective]
+    files = {"best": _write_best(best, study.study_name, space, compose, out_dir, scored)}
     tracker = Tracker(str(shared.tracking.uri), experiment_name(shared, True))
     folds = _study_folds(tracker, study.study_name)
     top, folds_trained = "", 0
     if folds is not None:
         folds_trained = len(folds)
-        top = _top_trials(folds, f"trial {lineage(best)}", settings.top, out_dir, files)
+        rank_by = "rmse_last" if settings.objective == "rmse_last" else "rmse_best"
+        top = _top_trials(folds, f"trial {lineage(best)}", (settings.top, rank_by), out_dir, files)
     files.update(_figures(study, out_dir))
     n_folds = int(shared.cv.n_folds) if shared.cv.get("folds") is None else len(shared.cv.folds)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     overrides = as_command(trial_overrides(best, space))
     print(f"Folds trained: {folds_trained} of {finished} x {n_folds} = {finished * n_folds} without pruning\n"
-          f"Best: trial {lineage(best)}, mean CV RMSE {best.value:.4f}\n"
+          f"Best: trial {lineage(best)}, {scored} {best.value:.4f}\n"
           f"  python -m ftsweep --config-dir {shlex.quote(str(out_dir))} --config-name best\n"
           f"  {overrides}\n")
     if top:
@@ -75,7 +79,7 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
     print(f"written: {out_dir}\nThe search summary and the trials in the MLflow UI (make ui): {tracker.runs_link()}")
 
 
-def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose, out_dir: Path) -> Path:
+def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose, out_dir: Path, scored: str) -> Path:
     """A primary config: ftsweep's config, the trial's config group choices, then its values."""
     overrides = trial_overrides(best, space)
     cfg = compose(overrides, keep_hydra=True)
@@ -86,7 +90,7 @@ def _write_best(best: optuna.trial.FrozenTrial, study_name: str, space, compose,
         del cfg["hydra"]
         cfg.pop("search", None)
     lines = [f"# Best trial (trial {lineage(best)}) of the study {study_name!r}",
-             f"# mean CV RMSE {best.value:.6f}",
+             f"# {scored} {best.value:.6f}",
              f"# Run it:  python -m ftsweep --config-dir {shlex.quote(str(out_dir))} --config-name best",
              f"# or:      {as_command(overrides)}",
              "defaults:", "  - config"]
@@ -118,15 +122,17 @@ def _study_folds(tracker: Tracker, study_name: str) -> pd.DataFrame | None:
     return folds if not folds.empty else None
 
 
-def _top_trials(folds: pd.DataFrame, best_label_prefix: str, top: int, out_dir: Path, files: dict) -> str:
-    """Ranked by mean CV RMSE; Δ is each trial against the best, paired by fold: is the winner
-    ahead of the runners-up by more than the fold-to-fold noise?"""
+def _top_trials(folds: pd.DataFrame, best_label_prefix: str, shown: tuple[int, str], out_dir: Path, files: dict) -> str:
+    """The `top` trials ranked by mean CV RMSE (`rank_by`: of the best checkpoints or the last weights);
+    Δ is each trial against the best, paired by fold: is the winner ahead of the runners-up by more
+    than the fold-to-fold noise?"""
+    top, rank_by = shown
     complete = folds[~folds["pruned"]]
     parts = []
     if not complete.empty:
         labels = complete["label"].unique()
         best_label = next((lab for lab in labels if lab.startswith(best_label_prefix + ":")), labels[0])
-        table = build_table(complete, baseline=best_label).sort_values("rmse_best").head(top)
+        table = build_table(complete, baseline=best_label).sort_values(rank_by).head(top)
         parts.append(to_markdown(table.reset_index(drop=True)))
         table.drop(columns=["start_time", "job_num", "data"]).to_csv(out_dir / "top_trials.csv", index=False)
         files["top_csv"] = out_dir / "top_trials.csv"

@@ -23,12 +23,40 @@ log = logging.getLogger("ftsweep")
 Compose = Callable[[list[str]], DictConfig]  # overrides -> the job's config (hydra node removed)
 
 
+# Groups whose keys change which rows a trial reads or how they are split into folds: trials scored on
+# other rows cannot be ranked against each other, nor paired row by row (the paired pruner, the table).
+ROW_GROUPS = ("data", "cv")
+# eval=frequent (every 10 batches) against eval=epoch on the demo: benchmarks/RESULTS.md#selection-optimism
+SELECTION_OPTIMISM = "MEASURE"
+
+
+def check_rows_fixed(searched_keys: list[str]) -> None:
+    """One dataset and one fold assignment per study: searching a key that moves the rows is refused."""
+    moving = [key for key in searched_keys if key.lstrip("+~").split(".")[0].split("/")[0] in ROW_GROUPS]
+    if moving:
+        raise FtsweepError(f"the search space includes {', '.join(moving)}: trials would be scored on other rows or "
+                           f"other folds and could not be compared; run one study per dataset and fold assignment "
+                           f"(set {moving[0].lstrip('+~')}=VALUE as a fixed override, once per value).")
+
+
+def warn_selection(searched_keys: list[str], objective: str) -> None:
+    """Under rmse_best a fold scores its best evaluation on its own validation rows: evaluating more
+    often wins by selection alone (measured on the demo: benchmarks/RESULTS.md#selection-optimism)."""
+    cadence = [key for key in searched_keys if key.lstrip("+~").split(".")[0].split("/")[0] == "eval"]
+    if cadence and objective == "rmse_best":
+        log.warning("search: %s is searched under hydra.sweeper.objective=rmse_best, the best of each fold's "
+                    "evaluations on its own validation rows, so evaluating more often wins by selection alone "
+                    "(%s on the demo); hydra.sweeper.objective=rmse_last scores the final weights instead.",
+                    ", ".join(cadence), SELECTION_OPTIMISM)
+
+
 def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[SearchSpace, DictConfig]:
     """The space, with every key and the values at its bounds composed and validated as a run
     would be; and the config every trial shares (the fixed overrides applied)."""
     from ftsweep.cv.pipeline import check_config
 
     probe = parse(arguments, params)  # key names first, then which of them hold ints
+    check_rows_fixed(list(probe.params))
     shared = compose(probe.fixed)
     int_keys = {key for key in probe.params if _is_int(OmegaConf.select(shared, key, default=None))}
     space = parse(arguments, params, int_keys)
@@ -90,6 +118,7 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
     try:
         space, shared = build_space(arguments, searched(sweeper), compose)
         settings = Settings.read(sweeper, shared, default_study)
+        warn_selection(list(space.params), settings.objective)
         check_pruner(sweeper.get("pruner"), len(folds_to_run(shared)))
         if settings.custom_search_space:
             extension(settings.custom_search_space)

@@ -120,8 +120,9 @@ def fold_mean(folds: dict[int, FoldResult], attr: str = "rmse_best") -> float:
 
 
 def fold_std(folds: dict[int, FoldResult], attr: str = "rmse_best") -> float:
-    """The folds' spread of one score, as the run reports it beside the mean."""
-    return float(np.std([getattr(r, attr) for r in folds.values()])) if folds else float("nan")
+    """The folds' spread of one score, as the run reports it beside the mean: the sample sd (n-1), as
+    the results table's (NaN for fewer than two folds)."""
+    return float(np.std([getattr(r, attr) for r in folds.values()], ddof=1)) if len(folds) > 1 else float("nan")
 
 
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:
