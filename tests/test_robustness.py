@@ -111,7 +111,7 @@ def mlflow_server(tmp_path):
     finally:  # stop the whole process group, also when the test fails
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 

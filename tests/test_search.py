@@ -211,7 +211,7 @@ def test_make_dashboard_serves_the_study_with_each_trial_linked_to_its_mlflow_ru
         study = _get_json(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", proc)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # make and the dashboard it started
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
     assert sorted(t["number"] for t in study["trials"]) == [t.number for t in _study(out, "s6").get_trials()]
     _, runs = _runs(out, "s6")
     parents = {r.info.run_id: r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.trial" in r.data.tags}

@@ -232,7 +232,9 @@ def _start_ui(folder: Path) -> tuple[subprocess.Popen, int]:
 @pytest.mark.slow
 def test_stopping_the_ui_stops_its_server(tmp_path):
     """`kill <pid>` (SIGTERM), a closed terminal (SIGHUP) and `kill -9` of `python -m ftsweep.ui`:
-    within 15 s no process of the server's group is left and the port is free. Three UIs at once."""
+    no process of the server's group is left and the port is free. Three UIs at once. The wait ends
+    when the last process is gone; its bound (120 s) only catches a server that never ends: 15 s
+    failed on a 2-core box whose two xdist workers were busy."""
     uis = {sig: _start_ui(tmp_path) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)}
     groups = {sig: {ui.pid} for sig, (ui, _) in uis.items()}
     try:
@@ -245,7 +247,7 @@ def test_stopping_the_ui_stops_its_server(tmp_path):
                     groups[sig].add(os.getpgid(pid))
         for sig, (ui, _) in uis.items():
             ui.send_signal(sig)  # the ui's pid only, as `kill <pid>` does
-        deadline = time.time() + 15
+        deadline = time.time() + 120
         for ui, _ in uis.values():
             ui.wait(timeout=max(deadline - time.time(), 1))
         while any(_group_alive(g) for gs in groups.values() for g in gs) and time.time() < deadline:
@@ -261,4 +263,4 @@ def test_stopping_the_ui_stops_its_server(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         for ui, _ in uis.values():
-            ui.wait(timeout=10)
+            ui.wait(timeout=120)  # a bound for a loaded box, not a wait: SIGKILL ends it at once

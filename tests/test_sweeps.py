@@ -153,7 +153,7 @@ def test_killed_sweep_resumes_to_one_finished_run_per_unit(tmp_path):
         proc.kill()
         pytest.fail(f"no fold finished in time; the sweep printed:\n{proc.communicate()[0][-3000:]}")
     proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0]
+    output = proc.communicate(timeout=180)[0]  # it closes its runs and ends in seconds; a bound for a loaded box
     assert proc.returncode != 0, output
     _, runs = _experiment_runs(uri, "resume")
     assert "KILLED" in {r.info.status for r in runs}
@@ -197,7 +197,7 @@ def test_killing_a_joblib_driver_ends_its_workers_and_their_runs(tmp_path):
     assert len(_group_alive(proc.pid)) >= 3  # the driver, its loky workers and resource trackers
     proc.kill()  # kill -9 of the driver: nothing of it can clean up
     proc.wait()
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # ends when the group is gone; the bound is for a loaded 2-core box
     while time.time() < deadline and _group_alive(proc.pid):
         time.sleep(1)
     left = _group_alive(proc.pid)
@@ -251,7 +251,9 @@ def test_a_stopped_joblib_sweep_is_one_line_and_keeps_what_finished(tmp_path, sw
             assert workers, "no joblib worker found"
             os.kill(int(workers[0]), signal.SIGKILL)
         err = proc.communicate(timeout=120)[1]
-        deadline = time.time() + 30  # a search's workers close their runs after their driver has left
+        # a search's workers close their runs after their driver has left (the orphan watch: 1 s polls, then
+        # up to 20 s of grace); the wait ends when the group is gone, its bound is for a loaded 2-core box
+        deadline = time.time() + 180
         while time.time() < deadline and _group_alive(proc.pid):
             time.sleep(0.5)
         left = _group_alive(proc.pid)

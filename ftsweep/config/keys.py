@@ -71,8 +71,9 @@ def check_known_keys(cfg: DictConfig) -> None:
         prefix = f"{group}." if group else ""
         for key in node.keys():
             if key not in known:
-                near = difflib.get_close_matches(str(key), sorted(known), n=1)
-                hint = f" (did you mean {prefix}{near[0]}?)" if near else " (python -m ftsweep --cfg job lists the keys)"
+                near = _nearest(str(key), known)
+                hint = (f" (did you mean {' or '.join(prefix + k for k in near)}?)" if near
+                        else " (python -m ftsweep --cfg job lists the keys)")
                 raise ConfigError(f"unknown key {prefix}{key}: nothing reads it{hint}.")
         for key in sorted(required - set(node.keys())):
             raise ConfigError(f"{prefix}{key} is missing (removed with ~?); every run needs it: put it back.")
@@ -81,3 +82,8 @@ def check_known_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"the config group {group} is missing; put it back (e.g. {group}=<option>).")
 
 
+def _nearest(key: str, known) -> list[str]:
+    """The closest known key, or the closest two when they are equally close (lable: label or table)."""
+    near = difflib.get_close_matches(key, sorted(known), n=2)
+    ratio = [difflib.SequenceMatcher(None, key, k).ratio() for k in near]
+    return sorted(near) if len(near) == 2 and ratio[0] == ratio[1] else near[:1]
