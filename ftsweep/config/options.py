@@ -17,7 +17,20 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Options:
-    """The options of one config key: name -> its words in a run's description (from its node)."""
+    """The options of one config key: name -> its words in a run's description (from its node).
+
+    Args:
+        key: the config key that picks one option, e.g. ``optimizer.name``.
+        described: each option's name -> a function of the group's config node giving its words.
+
+    Example:
+        >>> HEADS_DEMO = Options("head.type", {"cls": lambda node: "the first token", "mean": lambda node: "the mean"})
+        >>> HEADS_DEMO.names
+        ('cls', 'mean')
+        >>> pools = HEADS_DEMO.implement({"cls": "ClsPool", "mean": "MeanPool"})  # a missing name raises TypeError
+        >>> HEADS_DEMO.unknown("max")
+        "head.type='max' is unknown; use cls or mean."
+    """
 
     key: str  # the key that picks one, e.g. optimizer.name
     described: Mapping[str, Callable[[DictConfig], str]]

@@ -129,9 +129,24 @@ class PreviousRun:
 
 
 class Tracker:
+    """One MLflow store and, usually, one experiment in it: every write ftsweep makes goes through
+    here, with SQLite's "database is locked" retried and every failure one line (FtsweepError).
+
+    Args:
+        uri: the store: ``sqlite:///path/mlflow.db`` or ``http(s)://host:port`` (checked first:
+            tracking/addresses.py).
+        experiment: the experiment to open (created unless ``create=False``); None: a client for
+            reading runs by id.
+        create: False to only read: a missing store or experiment is then an error.
+
+    Example:
+        >>> tracker = Tracker("sqlite:///outputs/mlflow.db", "ftsweep")          # doctest: +SKIP
+        >>> run_id = tracker.start_run("optimizer=llrd", {"ftsweep.label": "LLRD"})  # doctest: +SKIP
+        >>> tracker.log_values(run_id, {"rmse_mean": 0.51})                   # doctest: +SKIP
+        >>> tracker.finish(run_id, "FINISHED")                                  # doctest: +SKIP
+    """
+
     def __init__(self, uri: str, experiment: str | None, create: bool = True):
-        """`create=False`: only read; a missing store or experiment is an error.
-        `experiment=None`: a client for reading runs by id."""
         uri = normalize_uri(uri)
         self.uri, self.experiment_name = uri, experiment
         db = sqlite_path(uri)
