@@ -304,6 +304,21 @@ def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
     assert parent["2"].info.start_time < parent["0"].info.end_time
 
 
+def test_a_budget_stops_starting_trials_and_the_search_ends_well(tmp_path):
+    """hydra.sweeper.timeout=1: the first trial starts at once and takes longer than a second (a
+    tiny trial still builds two fold models and logs them), so far fewer than the 50 trials asked
+    for start; the running one finishes and the command ends with exit 0, saying why it stopped."""
+    done = run_cli("ftsweep", "-m", "hydra/sweeper=optuna", "model.lr=interval(1e-5, 1e-3)", *TINY,
+                   "hydra.sweeper.n_trials=50", "hydra.sweeper.timeout=1", "hydra/sweeper/pruner=none",
+                   f"paths.output_root={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ended = [line for line in done.stdout.splitlines() if line.startswith("The budget ended the search")]
+    assert len(ended) == 1 and "hydra.sweeper.timeout=1 s had passed, so no trial started after it" in ended[0]
+    name = "sweep " + " ".join(sorted(["model.lr=interval(1e-5, 1e-3)", *TINY]))  # hydra.* names nothing
+    trials = _study(tmp_path, name).get_trials()
+    assert 1 <= len(trials) < 50 and {t.state for t in trials} == {TrialState.COMPLETE}
+
+
 def test_a_hydra_optuna_sweeper_config_works_unchanged(tmp_path):
     """lightning-hydra-template's hparams_search shape, with that plugin's class path."""
     (tmp_path / "extra" / "hparams_search").mkdir(parents=True)

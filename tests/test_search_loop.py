@@ -55,9 +55,10 @@ class FakeLauncher:
         return returns
 
 
-def settings(n_trials: int, n_jobs: int, max_failure_rate: float = 0.0, objective: str = "rmse_best") -> Settings:
+def settings(n_trials: int, n_jobs: int, max_failure_rate: float = 0.0, objective: str = "rmse_best",
+             timeout: float | None = None) -> Settings:
     return Settings("minimize", n_trials, n_jobs, max_failure_rate, "s", "sqlite:///unused.db", None, None, 10,
-                    objective)
+                    objective, timeout)
 
 
 def search(fake: FakeLauncher, concurrent: bool, n_trials: int, n_jobs: int, rate: float = 0.0,
@@ -67,6 +68,30 @@ def search(fake: FakeLauncher, concurrent: bool, n_trials: int, n_jobs: int, rat
     outcome = run_trials(study, space, settings(n_trials, n_jobs, rate, objective), Launcher(fake.launch, concurrent),
                          None)
     return study, outcome
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_no_trial_starts_after_the_budget_and_running_ones_finish(monkeypatch, concurrent):
+    """A clock that moves 10 s at each look: the search starts at 0, the looks before launching at 10
+    and 20 s are inside the 25 s budget, the one at 30 s is not; the trials launched are all told."""
+    from ftsweep.search import loop
+
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(loop, "clock", lambda: float(next(ticks)))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = SearchSpace(params={"x": CategoricalDistribution([1, 2])}, fixed=["model=tiny"])
+    fake = FakeLauncher({})
+    outcome = run_trials(study, space, settings(10, 1, timeout=25.0), Launcher(fake.launch, concurrent), None)
+    assert outcome.out_of_time and outcome.complete == 2 and len(study.trials) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_without_a_budget_every_trial_runs(monkeypatch):
+    from ftsweep.search import loop
+
+    monkeypatch.setattr(loop, "clock", lambda: 1e12)  # however late: no budget, no stop
+    study, outcome = search(FakeLauncher({}), concurrent=False, n_trials=4, n_jobs=1)
+    assert not outcome.out_of_time and outcome.complete == 4
 
 
 @pytest.mark.parametrize(("objective", "first"), [("rmse_best", 1.0), ("rmse_last", 2.0), ("oof", 3.0)])

@@ -90,6 +90,13 @@ def test_settings_default_to_a_study_beside_the_mlflow_store():
         "sqlite:////tmp/x/optuna.db", "sweep x", 1, "minimize")
 
 
+@pytest.mark.parametrize("timeout", [0, -5, "1h", True, float("nan")])
+def test_a_budget_that_is_not_seconds_is_refused(timeout):
+    with pytest.raises(FtsweepError, match=r"hydra.sweeper.timeout=.* must be a number of seconds > 0"):
+        Settings.read(OmegaConf.create({"n_trials": 2, "timeout": timeout}), _job_cfg(), "s")
+    assert Settings.read(OmegaConf.create({"n_trials": 2, "timeout": 90}), _job_cfg(), "s").timeout == 90.0
+
+
 def test_the_objective_is_read_and_a_wrong_one_refused():
     assert Settings.read(OmegaConf.create({"n_trials": 2}), _job_cfg(), "s").objective == "rmse_best"
     assert Settings.read(OmegaConf.create({"n_trials": 2, "objective": "oof"}), _job_cfg(), "s").objective == "oof"

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ftsweep.sweep.launchers import worker_died
 from ftsweep.tags import HEARTBEAT_TAG, OVERRIDES_TAG, RUN_ID_ATTR
 
 log = logging.getLogger("ftsweep")
+clock = time.monotonic  # the search's budget is measured by it (tests replace it rather than wait)
 Launch = Callable[[list[list[str]], int], Sequence[JobReturn]]
 
 
@@ -53,6 +55,7 @@ class Outcome:
     pruned: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)  # "trial N (job J): why", for the closing error
+    out_of_time: bool = False  # hydra.sweeper.timeout passed: no trial started after it
 
     @property
     def told(self) -> int:
@@ -98,12 +101,16 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: Settings, laun
     extend = extension(settings.custom_search_space) if settings.custom_search_space else None
     outcome, numbers = Outcome(), itertools.count(first_job)
     flight = _Flight(*((1, settings.n_jobs) if launcher.concurrent else (settings.n_jobs, 1)), settings.objective)
+    started = clock()
     pool = ThreadPoolExecutor(flight.slots, thread_name_prefix="ftsweep-trial") if launcher.concurrent else _Inline()
     try:
         with Heartbeat(flight.renew):
             while True:
                 while not flight.stopping and len(flight.in_flight) < flight.slots and (remaining := min(
                         settings.n_trials - in_progress(study), settings.n_trials - flight.launched)) > 0:
+                    if _out_of_time(settings, started):
+                        outcome.out_of_time = flight.stopping = True
+                        break
                     batch = [_ask(study, space, extend, full_config) for _ in range(min(flight.per_launch, remaining))]
                     _launch(batch, space, settings, launcher, pool, flight, numbers)
                 if not flight.in_flight:
@@ -157,6 +164,14 @@ def _ended(study: optuna.Study, flight: _Flight, future: Future, outcome: Outcom
         return
     for (trial, job), ret in zip(numbered, returns, strict=True):
         _tell(study, trial, ret, outcome, job, flight.objective)
+
+
+def _out_of_time(settings: Settings, started: float) -> bool:
+    if settings.timeout is not None and clock() - started >= settings.timeout:
+        log.info("search: hydra.sweeper.timeout=%g s has passed: no new trials; the running ones finish",
+                 settings.timeout)
+        return True
+    return False
 
 
 def _stop_on_failures(settings: Settings, flight: _Flight, outcome: Outcome) -> None:

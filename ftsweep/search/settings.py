@@ -35,6 +35,7 @@ class Settings:
     custom_search_space: str | None
     top: int
     objective: str = "rmse_best"
+    timeout: float | None = None  # seconds of wall clock from the first trial's launch; none after it
 
     @classmethod
     def read(cls, sweeper: DictConfig, job_cfg: DictConfig, default_study: str) -> Settings:
@@ -70,8 +71,13 @@ class Settings:
         objective = get("objective") or "rmse_best"
         if objective not in OBJECTIVES:
             raise FtsweepError(f"hydra.sweeper.objective={show(objective)} is not one of {', '.join(OBJECTIVES)}.")
+        timeout = get("timeout")
+        if timeout is not None and not Range(low=0, low_open=True).admits(timeout):
+            raise FtsweepError(f"hydra.sweeper.timeout={show(timeout)} must be a number of seconds > 0 (or null: no "
+                               f"budget).")
         return cls(direction, n_trials, n_jobs, float(rate), str(name or default_study), storage,
-                   get("sampler"), get("custom_search_space"), top, str(objective))
+                   get("sampler"), get("custom_search_space"), top, str(objective),
+                   float(timeout) if timeout is not None else None)
 
 
 def _positive_int(key: str, value) -> int:

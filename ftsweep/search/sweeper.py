@@ -130,6 +130,9 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
     except FtsweepError as exc:
         exit_with(exc)
     summarize(study, space, settings, shared, compose, Path(config.hydra.sweep.dir) / "search")
+    if outcome.out_of_time:
+        print(f"The budget ended the search: hydra.sweeper.timeout={settings.timeout:g} s had passed, so no trial "
+              f"started after it ({outcome.told} told this run). Rerun the same command to go on with the study.")
     if outcome.failed:
         report_failures(outcome)
     return outcome
