@@ -3,11 +3,6 @@ predictions from a finished run, and a real MLflow tracking server."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,7 +14,8 @@ from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import regressor as model_module
 from ftsweep.model.regressor import load_tokenizer
 
-from helpers import TINY, at_once, free_port, run_cli, wait_for_server
+from helpers import TINY, at_once, run_cli
+from helpers import mlflow_server as start_mlflow_server
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
@@ -96,24 +92,8 @@ def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg, one_thread):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_for_server(url):
-            pytest.fail("mlflow server did not start in 60 s")
+    with start_mlflow_server(tmp_path) as url:
         yield url
-    finally:  # stop the whole process group, also when the test fails
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
