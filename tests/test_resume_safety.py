@@ -8,11 +8,9 @@ import re
 import sqlite3
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pandas as pd
 import pytest
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ftsweep import locks
@@ -186,83 +184,6 @@ def test_a_remote_owner_keeps_its_unit_while_it_beats_and_loses_it_after_the_lea
     assert run.data.tags[OWNER_TAG].startswith("node7/0000:") and run.data.tags[HEARTBEAT_TAG] == f"{now[0]:.0f}"
     stale = tracker.get_run(fold)
     assert stale.info.status == "KILLED" and stale.data.tags["ftsweep.error"].endswith("is gone; the unit was taken over")
-
-
-def _forked(target, *args):
-    """Run `target` in forked processes, one per argument tuple, and wait (every store is opened in
-    the children: a forked SQLAlchemy pool must not be shared with this process)."""
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=target, args=a) for a in args]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-
-
-def _failed_parent(uri, key):
-    tracker = Tracker(uri, "race")
-    tracker.finish(tracker.start_run("job", {"ftsweep.config_key": key}), "FAILED", "an earlier attempt")
-
-
-def _after(barrier, delay, write):
-    def late(*args, **kwargs):
-        barrier.wait(30)
-        time.sleep(delay)
-        return write(*args, **kwargs)
-
-    return late
-
-
-def _claim_in_a_race(uri, key, order, barriers, results):
-    """One sweep job claiming `key`: both jobs look at the store before either writes, then the job
-    with `order` 1 writes its claim 0.1 s after the other."""
-    looked, decided = barriers
-    tracker = Tracker(uri, "race")
-    for method in ("start_run", "reopen"):  # the claim's write: a new parent, or the previous one reopened
-        setattr(tracker, method, _after(looked, 0.1 * order, getattr(tracker, method)))
-    got = units.claim(tracker, key, [0, 1], f"job {order}", {"ftsweep.config_key": key}, resume=True)
-    results.put((order, owner_token(), got.state, got.parent_id, got.holder, got.created))
-    decided.wait(30)  # alive until both have decided: a rival on this machine is alive while its pid is
-
-
-@contextmanager
-def _server_semantics(monkeypatch):
-    """A SQLite store claimed the way a server store is: no file lock, the claim settled afterwards."""
-    @contextmanager
-    def no_lock(uri):
-        yield False
-
-    monkeypatch.setattr(units, "store_lock", no_lock)
-    monkeypatch.setattr(units, "SETTLE_SECONDS", 1.0)
-    yield
-
-
-@pytest.mark.parametrize("resumed", [False, True], ids=["new unit", "unit resumed"])
-def test_two_claims_at_once_on_a_server_store_leave_one_owner(migrated_store, monkeypatch, resumed):
-    uri, key = migrated_store, "unit-key"
-    if resumed:
-        _forked(_failed_parent, (uri, key))
-    ctx = multiprocessing.get_context("fork")
-    barriers, results = (ctx.Barrier(2), ctx.Barrier(2)), ctx.Queue()
-    with _server_semantics(monkeypatch):
-        _forked(_claim_in_a_race, *[(uri, key, order, barriers, results) for order in (0, 1)])
-    first, second = sorted(results.get(timeout=5) for _ in range(2))
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("race").experiment_id
-    active = client.search_runs([experiment], run_view_type=ViewType.ACTIVE_ONLY)
-    deleted = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
-    assert len(active) == 1 and active[0].info.status == "RUNNING"
-    parent = active[0].info.run_id
-    if not resumed:  # two new parents: the older claim keeps its run, the younger deletes its own and backs off
-        assert first[2:] == ("run", parent, "", True)
-        assert second[2:] == ("held", parent, first[1], False)
-        assert active[0].data.tags[OWNER_TAG] == first[1]
-        assert [r.data.tags[OWNER_TAG] for r in deleted] == [second[1]]
-    else:  # both reopened the one FAILED parent: the owner tag written last keeps it, the other backs off
-        assert first[2:] == ("held", parent, second[1], False)
-        assert second[2:] == ("run", parent, "", False)
-        assert active[0].data.tags[OWNER_TAG] == second[1] and not deleted
 
 
 def _open_store(uri, barrier, errors):
