@@ -3,11 +3,13 @@ dead owners' runs are closed, and one SQLite store survives many processes at on
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import re
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -30,7 +32,7 @@ from ftsweep.tracking import units
 from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.tracking.store import Tracker
 
-from helpers import cli_env, run_cli
+from helpers import cli_env
 
 
 def _csv(tmp_path, name="train.csv", ids=None):
@@ -211,23 +213,47 @@ def test_many_processes_create_one_new_store_at_once(tmp_path):
     assert len(MlflowClient(uri).search_experiments(filter_string="name = 'together'")) == 1
 
 
+def _waiting_on(lock: Path, pids: set[int]) -> bool:
+    """Are all of `pids` blocked on the flock of `lock` (the kernel's list of locks and their waiters)?"""
+    inode = f":{lock.stat().st_ino} "
+    waiting = {int(line.split()[5]) for line in Path("/proc/locks").read_text().splitlines()
+               if " -> FLOCK " in line and inode in line}
+    return pids <= waiting
+
+
 @pytest.mark.slow
-def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
+def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path, migrated_store):
+    """Two sweeps of the same two units that really run side by side: both are held at the store's lock
+    until each has started and is waiting for it, then let go together. Each trains one unit and skips
+    the other, which proves they overlapped: a sweep skips a unit only when the other sweep, still
+    running, had claimed it first."""
     grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=16", "trainer.batch_size=2",
             "trainer.max_length=32", "optimizer=adamw,llrd", "tracking.experiment=twice", f"paths.output_root={tmp_path}"]
-    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    second = run_cli("ftsweep", *grid, cwd=tmp_path, timeout=300)
-    out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
-    _, parents, children = _runs(f"sqlite:///{tmp_path}/mlflow.db", "twice")
+    lock = tmp_path / "mlflow.db.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        sweeps = [subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        # an event, not a time: both wait for the lock at their first claim of the store; the bound only
+        # stops a hung test (two children importing torch, Hydra and MLflow on two loaded cores)
+        deadline = time.time() + 240
+        while not _waiting_on(lock, {s.pid for s in sweeps}):
+            assert time.time() < deadline and all(s.poll() is None for s in sweeps), "the sweeps never reached the lock"
+            time.sleep(0.05)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    said = ""
+    for sweep in sweeps:
+        out, err = sweep.communicate(timeout=300)
+        assert sweep.returncode == 0, err[-2000:]
+        said += out + err
+    _, parents, children = _runs(migrated_store, "twice")
     units = [(c.data.tags["ftsweep.config_key"], c.data.tags["ftsweep.fold"]) for c in children]
     assert len(units) == len(set(units)) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    # each config was left, once, by the sweep that did not train it: skipped while the other ran it,
-    # or found finished after; the line names the parent run that holds it
-    said = out + err + second.stdout + second.stderr
+    owners = sorted(int(p.data.tags[OWNER_TAG].rsplit(":", 2)[1]) for p in parents)
+    assert owners == sorted(s.pid for s in sweeps), said[-3000:]  # each sweep trained one unit
+    # and left the other's, once: skipped while the other ran it, or found finished after; the line names
+    # the parent run that holds it
     left = re.findall(r"skipped: run (\w+) of this config is being run by a live process|"
                       r"already finished in run (\w+): nothing to do", said)
     assert sorted(held or done for held, done in left) == sorted(p.info.run_id for p in parents), said[-3000:]
