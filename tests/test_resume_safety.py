@@ -9,6 +9,7 @@ import re
 import sqlite3
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ from ftsweep.locks import (
     owner_tags,
     owner_token,
 )
+from ftsweep.tags import CLAIM_TAG
 from ftsweep.tracking import units
 from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.tracking.store import Tracker
@@ -127,6 +129,22 @@ def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg,
     _, parents, children = _runs(cfg.tracking.uri, "ftsweep")
     finished = sorted(c.data.tags["ftsweep.fold"] for c in children if c.info.status == "FINISHED")
     assert finished == ["0", "1"] and [p.info.status for p in parents] == ["FINISHED"]
+
+
+def test_on_a_server_store_a_closed_unit_is_released_for_this_process_and_others(make_cfg, migrated_store,
+                                                                                 monkeypatch):
+    """Claimed as on a server store (no file lock): the recorder releases its claim when the parent closes,
+    so the same live process (a serial sweep's next job) resumes the unit, under the claim after the release."""
+    @contextmanager
+    def no_lock(uri):
+        yield False
+
+    monkeypatch.setattr(units, "store_lock", no_lock)
+    half = run_cv(make_cfg("cv.folds=[0]"), Job(resume=True))
+    whole = run_cv(make_cfg(), Job(resume=True))
+    assert whole.held_by is None and whole.parent_run_id == half.parent_run_id and sorted(whole.folds) == [0, 1]
+    run = Tracker(migrated_store, "ftsweep").get_run(whole.parent_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[CLAIM_TAG].endswith("#3")  # 1, its release 2, then 3
 
 
 def test_owner_liveness_on_this_machine_and_elsewhere():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ftsweep.cv.pipeline import run_cv
@@ -13,6 +14,7 @@ from ftsweep.data.demo import generate
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import regressor as model_module
 from ftsweep.model.regressor import load_tokenizer
+from ftsweep.tags import CLAIM_TAG
 
 from helpers import TINY, at_once, run_cli
 from helpers import mlflow_server as start_mlflow_server
@@ -98,7 +100,8 @@ def mlflow_server(tmp_path):
 
 @pytest.mark.slow
 def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
-    out = run_cli("ftsweep", *TINY, f"tracking.uri={mlflow_server}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = run_cli("ftsweep", *TINY, f"tracking.uri={mlflow_server}", f"paths.output_root={tmp_path}",
+                  "tracking.resume=true", cwd=tmp_path)  # resume: the unit is claimed, as in a sweep
     assert out.returncode == 0, out.stderr[-2000:]
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
@@ -111,6 +114,10 @@ def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
     oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof.csv", str(tmp_path)))
     assert len(oof) == 64
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+    # the unit was claimed by creating a hidden experiment, and released when its parent finished
+    claim = parent.data.tags[CLAIM_TAG]
+    hidden = {e.name: e.lifecycle_stage for e in client.search_experiments(view_type=ViewType.ALL)}
+    assert claim.endswith("#1") and hidden[claim] == hidden[claim[:-1] + "2"] == "deleted"
 
 
 def test_texts_longer_than_max_length_are_truncated_and_counted(make_cfg):
