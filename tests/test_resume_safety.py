@@ -131,8 +131,8 @@ def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg,
     assert finished == ["0", "1"] and [p.info.status for p in parents] == ["FINISHED"]
 
 
-def test_on_a_server_store_a_closed_unit_is_released_for_this_process_and_others(make_cfg, migrated_store,
-                                                                                 monkeypatch):
+def test_on_a_server_store_a_closed_unit_is_released_and_resumed_by_the_same_process(make_cfg, migrated_store,
+                                                                                    monkeypatch):
     """Claimed as on a server store (no file lock): the recorder releases its claim when the parent closes,
     so the same live process (a serial sweep's next job) resumes the unit, under the claim after the release."""
     @contextmanager
