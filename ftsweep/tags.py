@@ -25,6 +25,12 @@ TABLE_KIND = "table"
 # Who holds a running unit (tracking/units.py) or trial (search/study.py), and that it is alive
 OWNER_TAG = "ftsweep.owner"
 HEARTBEAT_TAG = "ftsweep.heartbeat"
+# A claim on a server store (tracking/units.py): a hidden experiment named CLAIM_PREFIX + "<experiment id>/<unit
+# key>#<generation>", whose tags are its owner's, with CLAIM_ID_TAG (that claim attempt); the parent run it
+# wrote carries the claim's name in CLAIM_TAG
+CLAIM_PREFIX = "ftsweep.claim:"
+CLAIM_TAG = "ftsweep.claim"
+CLAIM_ID_TAG = "ftsweep.claim_id"
 
 # A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after
 STUDY_TAG = "ftsweep.study"

@@ -3,16 +3,17 @@ dead owners' runs are closed, and one SQLite store survives many processes at on
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import re
 import sqlite3
 import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ftsweep import locks
@@ -28,11 +29,12 @@ from ftsweep.locks import (
     owner_tags,
     owner_token,
 )
+from ftsweep.tags import CLAIM_TAG
 from ftsweep.tracking import units
 from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.tracking.store import Tracker
 
-from helpers import cli_env, run_cli
+from helpers import cli_env
 
 
 def _csv(tmp_path, name="train.csv", ids=None):
@@ -129,6 +131,22 @@ def test_a_live_owner_keeps_its_unit_and_a_dead_owners_runs_are_closed(make_cfg,
     assert finished == ["0", "1"] and [p.info.status for p in parents] == ["FINISHED"]
 
 
+def test_on_a_server_store_a_closed_unit_is_released_and_resumed_by_the_same_process(make_cfg, migrated_store,
+                                                                                    monkeypatch):
+    """Claimed as on a server store (no file lock): the recorder releases its claim when the parent closes,
+    so the same live process (a serial sweep's next job) resumes the unit, under the claim after the release."""
+    @contextmanager
+    def no_lock(uri):
+        yield False
+
+    monkeypatch.setattr(units, "store_lock", no_lock)
+    half = run_cv(make_cfg("cv.folds=[0]"), Job(resume=True))
+    whole = run_cv(make_cfg(), Job(resume=True))
+    assert whole.held_by is None and whole.parent_run_id == half.parent_run_id and sorted(whole.folds) == [0, 1]
+    run = Tracker(migrated_store, "ftsweep").get_run(whole.parent_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[CLAIM_TAG].endswith("#3")  # 1, its release 2, then 3
+
+
 def test_owner_liveness_on_this_machine_and_elsewhere():
     mine = owner_tags()
     assert owner_alive(mine)
@@ -188,83 +206,6 @@ def test_a_remote_owner_keeps_its_unit_while_it_beats_and_loses_it_after_the_lea
     assert stale.info.status == "KILLED" and stale.data.tags["ftsweep.error"].endswith("is gone; the unit was taken over")
 
 
-def _forked(target, *args):
-    """Run `target` in forked processes, one per argument tuple, and wait (every store is opened in
-    the children: a forked SQLAlchemy pool must not be shared with this process)."""
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=target, args=a) for a in args]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-
-
-def _failed_parent(uri, key):
-    tracker = Tracker(uri, "race")
-    tracker.finish(tracker.start_run("job", {"ftsweep.config_key": key}), "FAILED", "an earlier attempt")
-
-
-def _after(barrier, delay, write):
-    def late(*args, **kwargs):
-        barrier.wait(30)
-        time.sleep(delay)
-        return write(*args, **kwargs)
-
-    return late
-
-
-def _claim_in_a_race(uri, key, order, barriers, results):
-    """One sweep job claiming `key`: both jobs look at the store before either writes, then the job
-    with `order` 1 writes its claim 0.1 s after the other."""
-    looked, decided = barriers
-    tracker = Tracker(uri, "race")
-    for method in ("start_run", "reopen"):  # the claim's write: a new parent, or the previous one reopened
-        setattr(tracker, method, _after(looked, 0.1 * order, getattr(tracker, method)))
-    got = units.claim(tracker, key, [0, 1], f"job {order}", {"ftsweep.config_key": key}, resume=True)
-    results.put((order, owner_token(), got.state, got.parent_id, got.holder, got.created))
-    decided.wait(30)  # alive until both have decided: a rival on this machine is alive while its pid is
-
-
-@contextmanager
-def _server_semantics(monkeypatch):
-    """A SQLite store claimed the way a server store is: no file lock, the claim settled afterwards."""
-    @contextmanager
-    def no_lock(uri):
-        yield False
-
-    monkeypatch.setattr(units, "store_lock", no_lock)
-    monkeypatch.setattr(units, "SETTLE_SECONDS", 1.0)
-    yield
-
-
-@pytest.mark.parametrize("resumed", [False, True], ids=["new unit", "unit resumed"])
-def test_two_claims_at_once_on_a_server_store_leave_one_owner(migrated_store, monkeypatch, resumed):
-    uri, key = migrated_store, "unit-key"
-    if resumed:
-        _forked(_failed_parent, (uri, key))
-    ctx = multiprocessing.get_context("fork")
-    barriers, results = (ctx.Barrier(2), ctx.Barrier(2)), ctx.Queue()
-    with _server_semantics(monkeypatch):
-        _forked(_claim_in_a_race, *[(uri, key, order, barriers, results) for order in (0, 1)])
-    first, second = sorted(results.get(timeout=5) for _ in range(2))
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("race").experiment_id
-    active = client.search_runs([experiment], run_view_type=ViewType.ACTIVE_ONLY)
-    deleted = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
-    assert len(active) == 1 and active[0].info.status == "RUNNING"
-    parent = active[0].info.run_id
-    if not resumed:  # two new parents: the older claim keeps its run, the younger deletes its own and backs off
-        assert first[2:] == ("run", parent, "", True)
-        assert second[2:] == ("held", parent, first[1], False)
-        assert active[0].data.tags[OWNER_TAG] == first[1]
-        assert [r.data.tags[OWNER_TAG] for r in deleted] == [second[1]]
-    else:  # both reopened the one FAILED parent: the owner tag written last keeps it, the other backs off
-        assert first[2:] == ("held", parent, second[1], False)
-        assert second[2:] == ("run", parent, "", False)
-        assert active[0].data.tags[OWNER_TAG] == second[1] and not deleted
-
-
 def _open_store(uri, barrier, errors):
     try:
         barrier.wait()
@@ -290,23 +231,47 @@ def test_many_processes_create_one_new_store_at_once(tmp_path):
     assert len(MlflowClient(uri).search_experiments(filter_string="name = 'together'")) == 1
 
 
+def _waiting_on(lock: Path, pids: set[int]) -> bool:
+    """Are all of `pids` blocked on the flock of `lock` (the kernel's list of locks and their waiters)?"""
+    inode = f":{lock.stat().st_ino} "
+    waiting = {int(line.split()[5]) for line in Path("/proc/locks").read_text().splitlines()
+               if " -> FLOCK " in line and inode in line}
+    return pids <= waiting
+
+
 @pytest.mark.slow
-def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path):
+def test_two_sweeps_at_once_on_one_store_run_each_unit_once(tmp_path, migrated_store):
+    """Two sweeps of the same two units that really run side by side: both are held at the store's lock
+    until each has started and is waiting for it, then let go together. Each trains one unit and skips
+    the other, which proves they overlapped: a sweep skips a unit only when the other sweep, still
+    running, had claimed it first."""
     grid = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=64", "trainer.max_steps=16", "trainer.batch_size=2",
             "trainer.max_length=32", "optimizer=adamw,llrd", "tracking.experiment=twice", f"paths.output_root={tmp_path}"]
-    first = subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
-    second = run_cli("ftsweep", *grid, cwd=tmp_path, timeout=300)
-    out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-2000:]
-    assert second.returncode == 0, second.stderr[-2000:]
-    _, parents, children = _runs(f"sqlite:///{tmp_path}/mlflow.db", "twice")
+    lock = tmp_path / "mlflow.db.lock"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        sweeps = [subprocess.Popen(_cli(grid), cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        # an event, not a time: both wait for the lock at their first claim of the store; the bound only
+        # stops a hung test (two children importing torch, Hydra and MLflow on two loaded cores)
+        deadline = time.time() + 240
+        while not _waiting_on(lock, {s.pid for s in sweeps}):
+            assert time.time() < deadline and all(s.poll() is None for s in sweeps), "the sweeps never reached the lock"
+            time.sleep(0.05)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    said = ""
+    for sweep in sweeps:
+        out, err = sweep.communicate(timeout=300)
+        assert sweep.returncode == 0, err[-2000:]
+        said += out + err
+    _, parents, children = _runs(migrated_store, "twice")
     units = [(c.data.tags["ftsweep.config_key"], c.data.tags["ftsweep.fold"]) for c in children]
     assert len(units) == len(set(units)) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
-    # each config was left, once, by the sweep that did not train it: skipped while the other ran it,
-    # or found finished after; the line names the parent run that holds it
-    said = out + err + second.stdout + second.stderr
+    owners = sorted(int(p.data.tags[OWNER_TAG].rsplit(":", 2)[1]) for p in parents)
+    assert owners == sorted(s.pid for s in sweeps), said[-3000:]  # each sweep trained one unit
+    # and left the other's, once: skipped while the other ran it, or found finished after; the line names
+    # the parent run that holds it
     left = re.findall(r"skipped: run (\w+) of this config is being run by a live process|"
                       r"already finished in run (\w+): nothing to do", said)
     assert sorted(held or done for held, done in left) == sorted(p.info.run_id for p in parents), said[-3000:]

@@ -3,13 +3,9 @@ predictions from a finished run, and a real MLflow tracking server."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from ftsweep.cv.pipeline import run_cv
@@ -18,8 +14,10 @@ from ftsweep.data.demo import generate
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import regressor as model_module
 from ftsweep.model.regressor import load_tokenizer
+from ftsweep.tags import CLAIM_TAG
 
-from helpers import TINY, at_once, free_port, run_cli, wait_for_server
+from helpers import TINY, at_once, run_cli
+from helpers import mlflow_server as start_mlflow_server
 
 
 def test_same_config_and_seed_give_identical_fold_rmses(make_cfg):
@@ -96,29 +94,14 @@ def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg, one_thread):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen(
-        [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_for_server(url):
-            pytest.fail("mlflow server did not start in 60 s")
+    with start_mlflow_server(tmp_path) as url:
         yield url
-    finally:  # stop the whole process group, also when the test fails
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
 def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
-    out = run_cli("ftsweep", *TINY, f"tracking.uri={mlflow_server}", f"paths.output_root={tmp_path}", cwd=tmp_path)
+    out = run_cli("ftsweep", *TINY, f"tracking.uri={mlflow_server}", f"paths.output_root={tmp_path}",
+                  "tracking.resume=true", cwd=tmp_path)  # resume: the unit is claimed, as in a sweep
     assert out.returncode == 0, out.stderr[-2000:]
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("ftsweep").experiment_id])
@@ -131,6 +114,10 @@ def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
     oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof.csv", str(tmp_path)))
     assert len(oof) == 64
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+    # the unit was claimed by creating a hidden experiment, and released when its parent finished
+    claim = parent.data.tags[CLAIM_TAG]
+    hidden = {e.name: e.lifecycle_stage for e in client.search_experiments(view_type=ViewType.ALL)}
+    assert claim.endswith("#1") and hidden[claim] == hidden[claim[:-1] + "2"] == "deleted"
 
 
 def test_texts_longer_than_max_length_are_truncated_and_counted(make_cfg):

@@ -13,7 +13,8 @@ from ftsweep.locks import sqlite_path
 
 def print_summary(cfg: DictConfig, result: CvResult) -> None:
     if result.held_by is not None:
-        print(f"ftsweep: {cfg.get('label') or 'run'} — skipped: run {result.parent_run_id} is being run by "
+        run = result.parent_run_id or "(not written yet)"  # a server claim won, its parent run still to come
+        print(f"ftsweep: {cfg.get('label') or 'run'} — skipped: run {run} is being run by "
               f"{result.held_by}", flush=True)
         return
     lines = [f"ftsweep: {cfg.get('label') or 'run'} — {len(result.folds)} fold(s), model {cfg.model.name}"]

@@ -44,7 +44,7 @@ from ftsweep.tracking.keys import config_key, flatten, fold_tags, git_commit, ro
 from ftsweep.tracking.model_export import log_cv_model
 from ftsweep.tracking.sink import FoldSink
 from ftsweep.tracking.store import PreviousRun, Tracker
-from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect
+from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect, release
 from ftsweep.train.loop import FoldResult, fold_mean, fold_std, rmse
 
 log = logging.getLogger("ftsweep")
@@ -89,6 +89,7 @@ class RunRecorder:
         self.key = config_key(cfg, data.fingerprint)
         self.parent: str | None = None
         self.created = False
+        self.claim_label = ""  # server stores: the claim released when the parent run closes
         self.done: dict[int, object] = {}  # fold -> its FINISHED run from an earlier attempt
         self._open: list[str] = []
 
@@ -128,7 +129,7 @@ class RunRecorder:
         unit = claim(self.tracker, self.key, self.folds, label, {**self.tags, "mlflow.note.content": note}, resume)
         if unit.state != "run":  # taken or finished between the first look and the claim
             return self._unclaimed(unit)
-        self.parent, self.created = unit.parent_id, unit.created
+        self.parent, self.created, self.claim_label = unit.parent_id, unit.created, unit.label
         self.done = unit.previous.finished_folds if unit.previous else {}
         if unit.created:
             log.info("MLflow run %s in experiment %r at %s", self.parent, self.tracker.experiment_name,
@@ -214,6 +215,7 @@ class RunRecorder:
         self.tracker.set_tags(self.parent, {PRUNED_TAG: str(after_fold)})
         self.tracker.finish(self.parent, "KILLED")
         self._open.remove(self.parent)
+        release(self.tracker, self.claim_label)
 
     def finish(self, folds: dict[int, FoldResult], fold_runs: dict[int, str],
                parts: BackboneParts | None = None) -> tuple[float, str | None]:
@@ -228,6 +230,7 @@ class RunRecorder:
             self.tracker.delete_tag(self.parent, PRUNED_TAG)
         self.tracker.finish(self.parent, "FINISHED")
         self._open.remove(self.parent)
+        release(self.tracker, self.claim_label)
         return rmse_oof, registry_error
 
     def _register(self, model_uri: str) -> str | None:
@@ -272,13 +275,14 @@ class RunRecorder:
                 log.warning("could not mark run %s %s (the next run against this store marks it KILLED): %s",
                             run_id, status, str(exc).splitlines()[0][:200])
         self._open = []
+        release(self.tracker, self.claim_label)
 
     def _unclaimed(self, unit: Claim) -> Unclaimed:
         if unit.state == "finished":
             log.info("already finished in run %s: nothing to do (tracking.resume=false runs it again)", unit.parent_id)
             return self._stored_result(unit.previous)
         log.warning("skipped: run %s of this config is being run by a live process (%s); rerun this command "
-                    "when it has finished to collect its result", unit.parent_id, unit.holder)
+                    "when it has finished to collect its result", unit.parent_id or "(not written yet)", unit.holder)
         return Unclaimed(unit.parent_id, held_by=unit.holder)
 
     def _stored_result(self, previous: PreviousRun) -> Unclaimed:

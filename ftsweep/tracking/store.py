@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path, store_lock
-from ftsweep.tags import CONFIG_KEY_TAG, ERROR_TAG, FOLD_TAG
+from ftsweep.tags import CLAIM_PREFIX, CONFIG_KEY_TAG, ERROR_TAG, FOLD_TAG
 from ftsweep.tracking.addresses import check_server, check_sqlite_file, normalize_uri
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,30 @@ class Tracker:
                                                       order_by=["attributes.start_time DESC"]))
 
     def experiments(self) -> list[tuple[str, str]]:
-        """(name, id) of the store's experiments, MLflow's empty Default left out."""
-        return [(e.name, e.experiment_id) for e in _retry(self.client.search_experiments) if e.name != "Default"]
+        """(name, id) of the store's experiments, MLflow's empty Default and unit claims left out."""
+        return [(e.name, e.experiment_id) for e in _retry(self.client.search_experiments)
+                if e.name != "Default" and not e.name.startswith(CLAIM_PREFIX)]
+
+    def create_claim(self, name: str, tags: dict[str, str]) -> bool:
+        """Creates the experiment `name` with `tags` and hides it (a deleted experiment keeps its name
+        taken): True for the one caller whose creation the store's unique experiment names let through,
+        False when the name was taken already. A creation that landed although its answer was lost (and
+        was sent again) is recognised by its `tags`."""
+        try:
+            created = _retry(lambda: self.client.create_experiment(name, tags=tags))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = _retry(lambda: self.client.get_experiment_by_name(name))
+            return bool(tags) and found is not None and all(found.tags.get(k) == v for k, v in tags.items())
+        _retry(lambda: self.client.delete_experiment(created))
+        return True
+
+    def claims(self, prefix: str) -> dict[str, dict[str, str]]:
+        """name -> tags of the claims (hidden experiments included) whose name starts with `prefix`."""
+        found = _retry(lambda: self.client.search_experiments(
+            view_type=ViewType.ALL, filter_string=f"name LIKE '{prefix}%'", max_results=1000))
+        return {e.name: e.tags for e in found if e.name.startswith(prefix)}
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -313,8 +335,10 @@ class Tracker:
         return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished, parents, running)
 
     def reopen(self, run_id: str, tags: dict[str, str]) -> None:
-        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        """The new owner's tags first, then RUNNING: never RUNNING under the dead owner it was taken from
+        (another process's close_orphans would mark it KILLED)."""
         self.set_tags(run_id, {ERROR_TAG: "", **tags})
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def download(self, run_id: str, artifact: str, folder: Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact, str(folder))))

@@ -3,23 +3,28 @@
 A parent run RUNNING under a live owner is left alone; one whose owner died is
 taken over, and the runs it left RUNNING are marked KILLED. On a SQLite store the
 look-and-claim happens under a file lock, so two sweeps on one machine never take
-the same unit; on a server store the claim is written, then checked against rivals
-after SETTLE_SECONDS: the younger of two new parents is deleted, and of two claims
-reopening one parent, the one whose owner tag was not written last backs off.
+the same unit. A server store has no lock that spans its clients: there a unit
+goes to the process that creates its claim, a hidden experiment named
+`<unit>#<n>`, and the server's unique experiment names let only one creator
+through, whatever the delays and clocks. Claim n+1 is tried only once claim n is
+dead: its owner is gone (pid, or heartbeat lease) or released it (claim n+1 made
+with no owner, when the parent run closes). A crash between winning a claim and
+writing the parent run leaves a claim whose owner is dead: the next claimer takes
+the unit over.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import uuid
 from dataclasses import dataclass
 
 from ftsweep.locks import owner_alive, owner_tags, store_lock
-from ftsweep.tags import CONFIG_KEY_TAG, FOLD_TAG, OWNER_TAG
+from ftsweep.tags import CLAIM_ID_TAG, CLAIM_PREFIX, CLAIM_TAG, FOLD_TAG, OWNER_TAG
 from ftsweep.tracking.store import PreviousRun, Tracker
 
 log = logging.getLogger("ftsweep")
-SETTLE_SECONDS = 2.0  # server stores: time for a rival's claim to land before we compare
+CLAIM_TRIES = 3  # server stores: claims lost in a row before the unit is left to whoever holds it
 
 
 @dataclass
@@ -29,6 +34,7 @@ class Claim:
     previous: PreviousRun | None
     created: bool = False  # a new parent run (its params and artifacts are still to be logged)
     holder: str = ""
+    label: str = ""  # server stores: the claim this process holds until release(label)
 
 
 def inspect(tracker: Tracker, key: str, folds: list[int]) -> Claim:
@@ -52,14 +58,85 @@ def claim(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[st
         state = inspect(tracker, key, folds) if resume else Claim("run", None, None)
         if state.state != "run":
             return state
-        if state.previous is not None:
-            tracker.reopen(state.parent_id, mine)
-            _kill_stale(tracker, state.previous, keep=state.parent_id)
-        else:
-            state = Claim("run", tracker.start_run(name, {**tags, **mine}), None, created=True)
-    if exclusive or not resume:
-        return state
-    return _settle(tracker, key, state, mine[OWNER_TAG])
+        if exclusive or not resume:  # SQLite: the file lock; tracking.resume=false: a new run, wanted
+            return _take(tracker, state, name, tags, mine)
+    return _claim_on_server(tracker, key, folds, name, tags, mine)
+
+
+def _take(tracker: Tracker, state: Claim, name: str, tags: dict[str, str], mine: dict[str, str]) -> Claim:
+    """Write the claim into the parent run: the previous one reopened, or a new one."""
+    if state.previous is None:
+        return Claim("run", tracker.start_run(name, {**tags, **mine}), None, created=True)
+    tracker.reopen(state.parent_id, mine)
+    _kill_stale(tracker, state.previous, keep=state.parent_id)
+    return state
+
+
+def _claim_on_server(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[str, str],
+                     mine: dict[str, str]) -> Claim:
+    """Create claim n+1 where claim n is dead (or none exists); a rival that created it first holds it."""
+    prefix = claim_prefix(tracker.experiment_id, key)
+    attempt = {**mine, CLAIM_ID_TAG: uuid.uuid4().hex}
+    for _ in range(CLAIM_TRIES):
+        generation, holder = _latest_claim(tracker, prefix)
+        if holder is not None:
+            return holder
+        label = f"{prefix}{generation + 1}"
+        if tracker.create_claim(label, attempt):
+            return _won(tracker, key, folds, name, tags, {**mine, CLAIM_TAG: label})
+    holder = _latest_claim(tracker, prefix)[1]
+    return holder or Claim("held", None, None, holder="rival claims (lost the race for it three times)")
+
+
+def claim_prefix(experiment_id: str, key: str) -> str:
+    """The name of a unit's claims, less the generation: experiment names are unique store-wide."""
+    return f"{CLAIM_PREFIX}{experiment_id}/{key}#"
+
+
+def _latest_claim(tracker: Tracker, prefix: str) -> tuple[int, Claim | None]:
+    """The newest claim's generation (0: none), and who holds it (None: nobody alive does). Its owner
+    is judged on the parent run it wrote (renewed heartbeat) or, before that, on the claim itself."""
+    claims = {int(name[len(prefix):]): tags for name, tags in tracker.claims(prefix).items()
+              if name[len(prefix):].isdigit()}
+    if not claims:
+        return 0, None
+    generation = max(claims)
+    parents = tracker.runs_tagged(CLAIM_TAG, f"{prefix}{generation}")
+    owner = parents[0].data.tags if parents else claims[generation]
+    if not owner_alive(owner):
+        return generation, None
+    parent_id = parents[0].info.run_id if parents else None
+    return generation, Claim("held", parent_id, None, holder=owner.get(OWNER_TAG, "?"))
+
+
+def _won(tracker: Tracker, key: str, folds: list[int], name: str, tags: dict[str, str],
+         mine: dict[str, str]) -> Claim:
+    """This process created the claim mine[CLAIM_TAG]. The unit may have finished (or been started
+    with tracking.resume=false) since it was looked at: then the claim is released at once."""
+    label = mine[CLAIM_TAG]
+    try:
+        state = inspect(tracker, key, folds)
+        if state.state == "run":
+            state = _take(tracker, state, name, tags, mine)
+            state.label = label
+            return state
+    except BaseException:
+        release(tracker, label)
+        raise
+    release(tracker, label)
+    return state
+
+
+def release(tracker: Tracker, label: str) -> None:
+    """Give up the claim `label` (its parent run is closed): claim n+1 is created with no owner, a dead
+    claim the next claimer replaces. A release that fails leaves the claim to lapse with its owner."""
+    if not label:
+        return
+    prefix, generation = label.rsplit("#", 1)
+    try:
+        tracker.create_claim(f"{prefix}#{int(generation) + 1}", {})
+    except Exception as exc:  # noqa: BLE001 (the unit is held until this process ends or its lease lapses)
+        log.warning("could not release the claim on this unit (%s): %s", label, str(exc).splitlines()[0][:200])
 
 
 def _kill_stale(tracker: Tracker, previous: PreviousRun, keep: str) -> None:
@@ -86,20 +163,3 @@ def close_abandoned(tracker: Tracker, runs: list) -> None:
         tracker.finish(run.info.run_id, "KILLED", f"its process ({owner}) is gone; the unit was taken over")
     if stale:
         log.info("marked %d run(s) KILLED that a dead process had left RUNNING", len(stale))
-
-
-def _settle(tracker: Tracker, key: str, state: Claim, token: str) -> Claim:
-    """Server stores have no lock: after claiming, the older claim of two live ones wins."""
-    time.sleep(SETTLE_SECONDS)
-    if not state.created:
-        holder = tracker.get_run(state.parent_id).data.tags.get(OWNER_TAG, "")
-        return state if holder == token else Claim("held", state.parent_id, state.previous, holder=holder)
-    ours = tracker.get_run(state.parent_id)
-    rivals = [p for p in tracker.runs_tagged(CONFIG_KEY_TAG, key)
-              if "mlflow.parentRunId" not in p.data.tags and p.info.run_id != state.parent_id
-              and p.info.status == "RUNNING" and owner_alive(p.data.tags)
-              and (p.info.start_time, p.info.run_id) < (ours.info.start_time, ours.info.run_id)]
-    if not rivals:
-        return state
-    tracker.delete_run(state.parent_id)
-    return Claim("held", rivals[0].info.run_id, None, holder=rivals[0].data.tags.get(OWNER_TAG, "?"))
