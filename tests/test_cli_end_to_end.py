@@ -50,6 +50,9 @@ def test_tiny_run_logs_parent_and_nested_folds(tmp_path):
     assert {"rmse_oof", "rmse_last_mean"} <= set(m)
     child = children[0]
     assert {"rmse_best", "rmse_last"} <= set(child.data.metrics)
+    # MLflow's system metrics on every fold run (a fold shorter than the 10 s interval: its one sample)
+    assert all({"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(c.data.metrics)
+               for c in children)
     loss = client.get_metric_history(child.info.run_id, "train/loss")
     assert sorted(x.step for x in loss) == list(range(4))  # 32 training rows, batch 8, 1 epoch
     assert len(client.get_metric_history(child.info.run_id, "val/rmse")) == 1

@@ -96,6 +96,7 @@ def test_rates_follow_the_model_base_rate(tmp_path):
         (["tracking.resume=sometimes"], "tracking.resume='sometimes' is not one of auto, true, false"),
         (["+trainer.epoch=3"], "unknown key trainer.epoch: nothing reads it (did you mean trainer.epochs?)"),
         (["+optimizer.layerdecay=0.8"], "unknown key optimizer.layerdecay"),
+        (["tracking.system_metrics_interval=0"], "tracking.system_metrics_interval=0 must be a positive number (or null)"),
         (["+lable=x"], "unknown key lable: nothing reads it (did you mean label or table?)"),
         # no key close: a pointer, not every known key (~600 characters before)
         (["+trainer.zzzz=1"], "unknown key trainer.zzzz: nothing reads it (python -m ftsweep --cfg job lists the keys)."),

@@ -115,6 +115,7 @@ RANGES: dict[str, Range] = {
     "eval.every_n_batches": Range(integer=True, low=0, low_open=True, nullable=True),
     "eval.start_epoch": Range(integer=True, low=0),
     "table.rope": Range(low=0),
+    "tracking.system_metrics_interval": Range(low=0, low_open=True, nullable=True),
 }
 
 

@@ -44,6 +44,7 @@ from ftsweep.tracking.keys import config_key, flatten, fold_tags, git_commit, ro
 from ftsweep.tracking.model_export import log_cv_model
 from ftsweep.tracking.sink import FoldSink
 from ftsweep.tracking.store import PreviousRun, Tracker
+from ftsweep.tracking.system_metrics import sampled
 from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect, release
 from ftsweep.train.loop import FoldResult, fold_mean, fold_std, rmse
 
@@ -187,7 +188,8 @@ class RunRecorder:
         self.tracker.log_params(child, {"fold": str(fold), "seed": str(int(self.cfg.trainer.seed) + fold)})
         run = FoldRun(child, FoldSink(self.tracker, child, log_lr=bool(self.cfg.tracking.log_lr)))
         try:
-            yield run
+            with sampled(child, self.tracker.uri, self.cfg.tracking.get("system_metrics_interval")):
+                yield run
         finally:
             run.sink.flush()
         for path in run.files:
