@@ -97,6 +97,9 @@ secret() {
         mkdir -p -m 700 "$STATE/secrets"
         (umask 077; head -c 18 /dev/urandom | base64 | tr '+/' 'xy' >"$file")
     fi
+    # the modes on every run: a folder or file made before (by hand, by an older script) keeps none
+    chmod 700 "$STATE/secrets"
+    chmod 600 "$file"
     cat "$file"
 }
 
