@@ -171,17 +171,13 @@ def test_the_t_test_is_scipy_s_one_sided_t_test_and_a_trial_at_the_margin_gets_p
 def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, pruner):
     """The running mean RMSE (median), each fold's own RMSE (Optuna's Wilcoxon pairs folds), and
     for the paired pruner the fold's per-row errors stored on the trial first."""
-    from omegaconf import OmegaConf
 
     from ftsweep.search import pruning
 
     made = {"median": optuna.pruners.MedianPruner(), "wilcoxon": optuna.pruners.WilcoxonPruner(),
             "paired": PairedPruner()}[pruner]
     monkeypatch.setattr(pruning, "_configured_pruner", lambda: made)
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    trial = optuna.create_study(study_name="s", storage=storage).ask()
-    report = pruning.fold_reporter(OmegaConf.create({"search": {"study": "s", "storage": storage,
-                                                                "trial_id": trial._trial_id}}))
+    report, storage = _reporter(tmp_path)
     folds = [predictions(e) for e in fold_errors(8, 2)]
     fold_rmse = [float(np.sqrt(np.mean(f["pred_best"] ** 2))) for f in folds]
     running = [fold_rmse[0], float(np.mean(fold_rmse))]
@@ -194,21 +190,29 @@ def test_what_a_trial_s_job_reports_after_each_fold(tmp_path, monkeypatch, prune
     assert keys == (["ftsweep.row_errors.0", "ftsweep.row_errors.1"] if pruner == "paired" else [])
 
 
+def _reporter(tmp_path):
+    """A trial's fold reporter, as a search job builds it, on a new study; and the study's storage."""
+    from omegaconf import OmegaConf
+
+    from ftsweep.search import pruning
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    trial = optuna.create_study(study_name="s", storage=storage).ask()
+    search = {"search": {"study": "s", "storage": storage, "trial_id": trial._trial_id}}
+    return pruning.fold_reporter(OmegaConf.create(search)), storage
+
+
 @pytest.mark.parametrize("objective", ["rmse_last", "oof"])
 def test_a_trial_reports_the_objective_it_is_scored_by(tmp_path, monkeypatch, objective):
     """Under rmse_last the folds report the last weights' RMSE (and the paired pruner their per-row
     errors); under oof the RMSE of the rows pooled so far."""
-    from omegaconf import OmegaConf
 
     from ftsweep.search import pruning
     from ftsweep.search.paired import decode_errors
 
     monkeypatch.setattr(pruning, "_configured_pruner", PairedPruner)
     monkeypatch.setattr(pruning, "_configured_objective", lambda: objective)
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    trial = optuna.create_study(study_name="s", storage=storage).ask()
-    report = pruning.fold_reporter(OmegaConf.create({"search": {"study": "s", "storage": storage,
-                                                                "trial_id": trial._trial_id}}))
+    report, storage = _reporter(tmp_path)
     folds = [predictions(e) for e in fold_errors(8, 2)]
     for frame, last in zip(folds, fold_errors(9, 2), strict=True):
         frame["pred_last"] = np.sqrt(last)
