@@ -233,6 +233,7 @@ def _start_ui(folder: Path) -> tuple[subprocess.Popen, int]:
 def test_stopping_the_ui_stops_its_server(tmp_path):
     """`kill <pid>` (SIGTERM), a closed terminal (SIGHUP) and `kill -9` of `python -m ftsweep.ui`:
     within 15 s no process of the server's group is left and the port is free. Three UIs at once."""
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")  # the UI serves an existing store (it refuses a missing one)
     uis = {sig: _start_ui(tmp_path) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)}
     groups = {sig: {ui.pid} for sig, (ui, _) in uis.items()}
     try:
