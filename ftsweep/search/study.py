@@ -81,6 +81,18 @@ def lineage(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
 
 
+def lineage_counts(trials: list[FrozenTrial]) -> tuple[dict[TrialState, int], int]:
+    """The trials as the user asked for them: each lineage counted once, in the state of its newest
+    attempt (a trial whose job died and that completed on its retry is complete, not failed); and
+    how many attempts were cut short (a job that died, a sweep interrupted) and queued again."""
+    newest: dict[int, FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        newest[lineage(trial)] = trial
+    counts = {state: sum(t.state == state for t in newest.values()) for state in TrialState}
+    retried = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(INTERRUPTED_ATTR)) for t in trials)
+    return counts, retried
+
+
 def retry_interrupted(study: optuna.Study) -> list[int]:
     """FAIL the RUNNING trials whose sweep died and queue their parameters again (same lineage).
     Returns the lineages queued."""
