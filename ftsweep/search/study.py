@@ -16,7 +16,9 @@ complete trial measures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -64,6 +66,32 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise FtsweepError(f"cannot open the Optuna storage {url}: {str(exc).splitlines()[0][:300]}; set "
                            f"hydra.sweeper.storage to sqlite:///path/optuna.db or a postgresql+psycopg2:// "
                            f"URL.") from None
+
+
+def existing_storage(text: str) -> str:
+    """A search's storage to look at (Optuna Dashboard), never made: an SQLite file Optuna wrote,
+    as its sqlite:/// URL (a plain path is taken as one), or another database's URL as given."""
+    url = text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+    db = sqlite_path(url)
+    if db is None:
+        return url
+    named = f"{text}: " if text not in (url, str(db)) else ""  # a relative path: what it was taken as
+    if db.is_dir():
+        raise FtsweepError(f"{named}{url} is a folder; name the search's SQLite file in it, e.g. "
+                           f"sqlite:///{db / 'optuna.db'}.")
+    if not db.is_file():
+        raise FtsweepError(f"{named}no Optuna storage at {db}; run a search first (it makes one), or name a "
+                           f"search's storage (hydra.sweeper.storage; make dashboard STORAGE=sqlite:///path/optuna.db).")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise FtsweepError(f"{named}{db} is not an SQLite database ({exc}); name a search's storage "
+                           f"(hydra.sweeper.storage, e.g. sqlite:///outputs/optuna.db).") from None
+    if not {"studies", "trials"} <= tables:
+        raise FtsweepError(f"{named}{db} is an SQLite database but no Optuna storage (it has no studies); name a "
+                           f"search's storage (hydra.sweeper.storage, e.g. sqlite:///outputs/optuna.db).")
+    return url
 
 
 def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, sampler=None,
