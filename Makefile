@@ -64,7 +64,7 @@ ui:  ## MLflow UI on the default store (outputs/mlflow.db), http://127.0.0.1:$(U
 	$(PY) -m ftsweep.ui --tracking-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --port $(UI_PORT)
 
 dashboard:  ## Optuna Dashboard over the search studies (STORAGE=...), http://127.0.0.1:$(DASHBOARD_PORT)
-	$(VENV)/bin/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+	$(PY) -m ftsweep.dashboard "$(STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 browser:  ## Debian's chromium, for the test that opens the UI link headless (skipped without one; under CI=true, failed)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)

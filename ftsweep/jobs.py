@@ -1,12 +1,17 @@
-"""What every Hydra entry point shares: error reporting, signals, multirun awareness."""
+"""What every entry point shares: error reporting, signals, multirun awareness, and the servers
+the UI commands start (a port tried first, the server's process group stopped as one)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import functools
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -180,3 +185,71 @@ def _failed(message: str, exit_code: int, failed_value: T, multirun: bool) -> T:
         record_job("failed", message)
         return failed_value
     exit_with(message, exit_code)
+
+
+# Servers a command starts (the MLflow UI, Optuna Dashboard)
+
+def port_problem(host: str, port: int, other: str) -> str | None:
+    """Why the server could not listen on host:port (None: it can), found out by binding it."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind(address)
+    except (OSError, OverflowError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        return (f"cannot serve on {host}:{port} ({why}; {other} may be running there); pick a free port with "
+                f"--port, e.g. --port {port + 1 if 0 < port < 65535 else 5001}.")
+    return None
+
+
+def serve(command: list[str], name: tuple[str, str], grace: float = 10.0) -> int:
+    """Run a server (`python -m ftsweep.ui`, `python -m ftsweep.dashboard`) in a process group of its
+    own and stop the whole group (say the MLflow UI and its uvicorn worker) on SIGTERM, SIGINT or
+    SIGHUP to this process: `mlflow ui` alone, killed, leaves its worker serving the port. Killed itself (SIGKILL), this process cannot forward: the
+    server then gets SIGTERM from the kernel (Linux) and stops its worker. Its output is passed on
+    until a signal comes (then its shutdown's lines are dropped); Ctrl-C (SIGINT) stops it with
+    SIGTERM, a quiet stop, and is one line (`name`: the command and its server), exit 130. Returns
+    the server's exit code (128 + the signal when stopped)."""
+    server = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with(os.getpid()),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    received: list[int] = []
+    threading.Thread(target=_pass_on, args=(server.stdout, received), daemon=True).start()
+
+    def forward(signum, _frame) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = server.wait()
+    # The server may end before its worker: wait for the group, then KILL what is left.
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(server.pid, 0)
+            time.sleep(0.1)
+        os.killpg(server.pid, signal.SIGKILL)
+    if received and received[0] == signal.SIGINT:
+        print(f"{name[0]}: interrupted; {name[1]} is stopped.", file=sys.stderr, flush=True)
+    return 128 + received[0] if received else (128 - code if code < 0 else code)
+
+
+def _pass_on(pipe, received: list[int]) -> None:
+    """The server's output onto this process's stderr, line by line, until a signal came."""
+    for line in iter(pipe.readline, b""):
+        if not received:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+
+
+def _die_with(parent: int):
+    """A preexec_fn: the server gets SIGTERM when `parent` dies, however it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing)."""
+    def arrange() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arrange

@@ -4,16 +4,12 @@ that lands on its runs table, sorted by mean CV RMSE (not MLflow 3's GenAI overv
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 
 from ftsweep.errors import FtsweepError, exit_with
+from ftsweep.jobs import port_problem, serve
 from ftsweep.locks import sqlite_path
 from ftsweep.sweep.table import default_tracking_uri
 from ftsweep.tracking.store import Tracker, runs_link
@@ -25,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
-    try:
-        tracker = Tracker(args.tracking_uri or default_tracking_uri(), None)
+    try:  # a missing store is refused, as ftsweep.table and ftsweep.predict do, not made empty
+        tracker = Tracker(args.tracking_uri or default_tracking_uri(), None, create=False)
     except FtsweepError as exc:
         exit_with(exc, command="ftsweep.ui")
+    busy = port_problem(args.host, args.port, "another MLflow UI") if sqlite_path(tracker.uri) else None
+    if busy is not None:  # the server would print its bind error and exit 0
+        exit_with(busy, 1, command="ftsweep.ui")
     base = f"http://{args.host}:{args.port}" if sqlite_path(tracker.uri) else tracker.uri
     experiments = tracker.experiments()
     print("ftsweep experiments (each link opens its runs):" if experiments else "no ftsweep experiments yet")
@@ -40,45 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     mlflow = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     return serve([mlflow, "ui", "--backend-store-uri", tracker.uri, "--host", args.host, "--port", str(args.port),
-                  "--workers", "1"])
-
-
-def serve(command: list[str], grace: float = 10.0) -> int:
-    """Run the server in a process group of its own and stop the whole group (the MLflow UI and
-    its uvicorn worker) on SIGTERM, SIGINT or SIGHUP to this process: `mlflow ui` alone, killed,
-    leaves its worker serving the port. Killed itself (SIGKILL), this process cannot forward: the
-    server then gets SIGTERM from the kernel (Linux) and stops its worker. Returns the server's
-    exit code (128 + the signal when stopped)."""
-    server = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with(os.getpid()))
-    received: list[int] = []
-
-    def forward(signum, _frame) -> None:
-        received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    code = server.wait()
-    # The server may end before its worker: wait for the group, then KILL what is left.
-    deadline = time.monotonic() + grace
-    with contextlib.suppress(ProcessLookupError):
-        while time.monotonic() < deadline:
-            os.killpg(server.pid, 0)
-            time.sleep(0.1)
-        os.killpg(server.pid, signal.SIGKILL)
-    return 128 + received[0] if received else (128 - code if code < 0 else code)
-
-
-def _die_with(parent: int):
-    """A preexec_fn: the server gets SIGTERM when `parent` dies, however it dies (Linux's
-    PR_SET_PDEATHSIG; elsewhere nothing)."""
-    def arrange() -> None:
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # it died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
-    return arrange
+                  "--workers", "1"], ("ftsweep.ui", "the MLflow UI"))
 
 
 if __name__ == "__main__":

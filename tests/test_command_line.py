@@ -69,6 +69,12 @@ REFUSED = [
      ">= 1 (or null: all jobs at once)."),
     (["trainer.seed=" + "9" * 5000], "cannot read the override 'trainer.seed=" + "9" * 87 + "…" + "9" * 20 + "': a "
      "whole number of over 4,300 digits (Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)"),
+    # MLflow's limit on an experiment's name, and an empty name (logged to 'ftsweep' silently before)
+    (["tracking.experiment=" + "x" * 501], "tracking.experiment is 501 characters long; MLflow takes at most 500: "
+     "give a shorter name."),
+    (["tracking.experiment=''"], "tracking.experiment='' names no experiment; give a name "
+     "(tracking.experiment=my-experiment) or null (the default: 'ftsweep' for a run, one named after its command "
+     "for a sweep)."),
 ]
 
 
@@ -189,3 +195,20 @@ def test_cli_one_line_and_exit_2_for_hydra_errors(tmp_path):
         out = future.result()
         assert (out.returncode, out.stderr.strip().splitlines()) == (2, [f"ftsweep: error: {line}"]), out.stderr[-2000:]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_an_experiment_name_mlflow_refuses_stops_before_any_store_or_study(tmp_path):
+    """A 46-line traceback before, after the store (a run, a grid) or the study (a search) was made."""
+    long = "tracking.experiment=" + "x" * 501
+    root = f"paths.output_root={tmp_path}"
+    line = "ftsweep: error: tracking.experiment is 501 characters long; MLflow takes at most 500: give a shorter name."
+    with at_once(2) as start:
+        outs = [start(run_cli, "ftsweep", *TINY, long, root, cwd=tmp_path),
+                start(run_cli, "ftsweep", "-m", *TINY, "reinit.n=0,1", long, root, cwd=tmp_path),
+                start(run_cli, "ftsweep", "-m", "hydra/sweeper=optuna", *TINY, "model.lr=interval(1e-5, 1e-4)", long,
+                      root, cwd=tmp_path)]
+    for out in outs:
+        out = out.result()
+        assert (out.returncode, out.stderr.strip().splitlines()) == (2, [line]), out.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no optuna.db, no run folder

@@ -242,3 +242,36 @@ def test_other_errors_are_not_a_dead_process(exc):
     from ftsweep.sweep.launchers import worker_died
 
     assert worker_died(exc) is None
+
+
+def _died_once_then(study: optuna.Study, state: TrialState) -> None:
+    """A trial whose job died (retry_died FAILs it and queues it again, same lineage), then its retry."""
+    from ftsweep.search.study import own, retry_died
+
+    trial = study.ask({"x": CategoricalDistribution([1, 2])})
+    own(trial)
+    assert retry_died(study, trial)
+    retry = study.ask({"x": CategoricalDistribution([1, 2])})
+    own(retry)
+    study.tell(retry, 0.5 if state == TrialState.COMPLETE else None, state=state)
+
+
+def test_a_retried_trial_counts_once_in_the_state_of_its_retry(capsys, tmp_path):
+    """A search whose job died once and whose retry completed said '1 complete, ... 1 failed' at exit 0."""
+    from types import SimpleNamespace
+
+    from ftsweep.search.study import lineage_counts
+    from ftsweep.search.summary import summarize
+
+    study = optuna.create_study()
+    _died_once_then(study, TrialState.COMPLETE)
+    counts, retried = lineage_counts(study.get_trials())
+    assert (counts[TrialState.COMPLETE], counts[TrialState.FAIL], retried) == (1, 0, 1)
+
+    study = optuna.create_study(study_name="s")
+    _died_once_then(study, TrialState.PRUNED)
+    study.tell(study.ask({"x": CategoricalDistribution([1, 2])}), state=TrialState.FAIL)  # a trial that failed
+    summarize(study, None, SimpleNamespace(storage="sqlite:///optuna.db"), None, None, tmp_path)
+    assert capsys.readouterr().out.strip().splitlines()[0] == (
+        "Search 's': 0 complete, 1 pruned, 1 failed trial(s) (1 attempt(s) cut short and retried); storage "
+        "sqlite:///optuna.db")

@@ -109,6 +109,13 @@ ONE_SIDED = " (one-sided: at 0.5 or above a trial whose estimate beats the best 
     ({"_target_": PAIRED, "n_warmup_steps": 4}, "hydra.sweeper.pruner.n_warmup_steps=4 but a trial runs 5 folds "
      "and can only be stopped before its last: this pruner could never stop a trial; use 0..3, or "
      "hydra/sweeper/pruner=none."),
+    # a whole-number float warms up as long as the integer (5.0 was let through where 5 was refused)
+    ({"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 5.0}, "hydra.sweeper.pruner.n_warmup_steps=5 but "
+     "a trial runs 5 folds and can only be stopped before its last: this pruner could never stop a trial; use 0..3, "
+     "or hydra/sweeper/pruner=none."),
+    ({"_target_": PAIRED, "n_warmup_steps": 4.0}, "hydra.sweeper.pruner.n_warmup_steps=4 but a trial runs 5 folds "
+     "and can only be stopped before its last: this pruner could never stop a trial; use 0..3, or "
+     "hydra/sweeper/pruner=none."),
     ({"_target_": "optuna.pruners.WilcoxonPruner", "n_startup_steps": 7}, "hydra.sweeper.pruner.n_startup_steps=7 "
      "but a trial runs 5 folds and can only be stopped before its last: this pruner could never stop a trial; "
      "use 0..3, or hydra/sweeper/pruner=none."),
@@ -253,3 +260,15 @@ def test_a_study_continued_under_another_pruning_rule_says_so(caplog):
         f"search: study {study.study_name!r} was pruned by {paired} before; this run prunes by {median}, so its "
         f"pruned trials were stopped by different rules (give the earlier pruner's settings to keep one rule)."]
     assert study.user_attrs[PRUNERS_ATTR] == [median, paired, median]
+
+
+def test_whole_number_floats_are_taken_for_the_paired_pruner_s_integers():
+    """hydra.sweeper.pruner.n_resamples=2e3 is Hydra's float 2000.0: taken, as hydra.sweeper.n_trials=1e3 is
+    (refused before)."""
+    from omegaconf import OmegaConf
+
+    check_pruner(OmegaConf.create({"_target_": PAIRED, "test": "bootstrap", "n_resamples": 2e3, "n_warmup_steps": 1.0,
+                                   "seed": 3.0}), n_folds=5)
+    pruner = PairedPruner(test="bootstrap", n_resamples=2e3, n_warmup_steps=1.0, seed=3.0)
+    assert (pruner.n_resamples, pruner.n_warmup_steps, pruner.seed) == (2000, 1, 3)
+    assert all(type(v) is int for v in (pruner.n_resamples, pruner.n_warmup_steps, pruner.seed))

@@ -235,6 +235,7 @@ def test_stopping_the_ui_stops_its_server(tmp_path):
     no process of the server's group is left and the port is free. Three UIs at once. The wait ends
     when the last process is gone; its bound (120 s) only catches a server that never ends: 15 s
     failed on a 2-core box whose two xdist workers were busy."""
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")  # the UI serves an existing store (it refuses a missing one)
     uis = {sig: _start_ui(tmp_path) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)}
     groups = {sig: {ui.pid} for sig, (ui, _) in uis.items()}
     try:

@@ -26,3 +26,14 @@ def test_row_label_keeps_the_swept_overrides_but_not_the_seed(monkeypatch):
     cfg = OmegaConf.create({"label": None})
     assert row_label(cfg, ["model=tiny", "optimizer=llrd", "trainer.seed=2"]) == "optimizer=llrd"
     assert row_label(OmegaConf.create({"label": "LLRD"}), ["optimizer=llrd"]) == "LLRD"
+
+
+def test_a_sweep_named_after_a_long_command_fits_mlflow_and_stays_its_own():
+    """An unnamed grid of a long command was named over MLflow's 500 characters: every job failed."""
+    from ftsweep.tracking.naming import sweep_experiment_name
+
+    long = ["trainer.seed=0,1", "label=" + "x" * 520]
+    name = sweep_experiment_name(long)
+    assert len(name) <= 500 and name.startswith("sweep label=xxx") and name == sweep_experiment_name(long)
+    assert sweep_experiment_name(["trainer.seed=0,2", "label=" + "x" * 520]) != name  # another command, another name
+    assert sweep_experiment_name(["trainer.seed=0,1"]) == "sweep trainer.seed=0,1"

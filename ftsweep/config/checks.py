@@ -55,6 +55,7 @@ def check_settings(cfg: DictConfig, n_layers: int | None = None, max_tokens: int
     _check_reinit(cfg, n_layers)
     _check_model_overrides(cfg)
     _check_registry(cfg)
+    check_experiment(cfg)
     for key in ("data.id_column", "data.text_column", "data.target_column"):
         if not isinstance(value_at(cfg, key), str) or not value_at(cfg, key).strip():
             raise ConfigError(f"{key}={value_at(cfg, key)!r} must name a CSV column.")
@@ -154,6 +155,24 @@ def _check_registry(cfg: DictConfig) -> None:
     if not cfg.trainer.save_models:
         raise ConfigError(f"tracking.register_as={show(name)} registers the run's fold models, which only "
                           f"trainer.save_models=true keeps; add trainer.save_models=true.")
+
+
+EXPERIMENT_NAME_LIMIT = 500  # MLflow's (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
+
+
+def check_experiment(cfg: DictConfig) -> None:
+    """tracking.experiment before any store or study is made: MLflow refuses a name over its limit
+    only when it creates the experiment; an empty one would log to the default silently."""
+    name = cfg.tracking.get("experiment") if "tracking" in cfg else None
+    if name is None:
+        return
+    if not str(name).strip():
+        raise ConfigError(f"tracking.experiment={show(name)} names no experiment; give a name "
+                          f"(tracking.experiment=my-experiment) or null (the default: 'ftsweep' for a run, "
+                          f"one named after its command for a sweep).")
+    if len(str(name)) > EXPERIMENT_NAME_LIMIT:
+        raise ConfigError(f"tracking.experiment is {len(str(name))} characters long; MLflow takes at most "
+                          f"{EXPERIMENT_NAME_LIMIT}: give a shorter name.")
 
 
 PREDICT_RANGES = {"batch_size": POSITIVE_INT}

@@ -22,6 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ftsweep.config.checks import check_experiment
 from ftsweep.config.keys import CONF_DIR
 from ftsweep.config.rules import Range, show
 from ftsweep.errors import ConfigError
@@ -65,6 +66,7 @@ def check(argv: list[str], config_name: str) -> None:
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(texts)
     jobs = _first_job(parsed)
     cfg = compose_or_explain(compose, loader, jobs, texts)
+    check_experiment(cfg)  # before a sweep's callback makes the store, or a search its study
     multirun = bool(args.multirun) or cfg.hydra.get("mode") == RunMode.MULTIRUN
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:

@@ -66,6 +66,13 @@ class Range:
         return text + (" (or null)" if self.nullable else "")
 
 
+def whole(value):
+    """A whole-number float as the int it stands for (Hydra reads 2e3 as 2000.0); else `value`."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 

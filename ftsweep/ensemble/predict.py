@@ -59,7 +59,8 @@ def predict_csv(cfg: DictConfig) -> tuple[pd.DataFrame, int]:
         (Path(tmp) / "model").mkdir()
         # the model's folder holds the same weights: the fold checkpoints are downloaded only without it
         folder = ensemble_folder(tracker, run_id, Path(tmp) / "model") if models.complete else None
-        ensemble = (from_folder(folder) if folder is not None
-                    else from_run(models.cfg, models.download(tracker, Path(tmp))))
+        source = f"the model of run {run_id}"
+        ensemble = (from_folder(folder, bool(cfg.allow_partial), source) if folder is not None
+                    else from_run(models.cfg, models.download(tracker, Path(tmp)), f"run {run_id}"))
         preds = ensemble.predict(frame[TEXT].tolist(), device, autocast_dtype, int(cfg.batch_size))
-    return pd.DataFrame({ID: frame[ID], "target": preds}), len(models.located)
+    return pd.DataFrame({ID: frame[ID], "target": preds}), len(ensemble.checkpoints)  # the models averaged

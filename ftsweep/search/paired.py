@@ -28,7 +28,7 @@ import pandas as pd
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from ftsweep.config.rules import SEED_MAX, Range, show
+from ftsweep.config.rules import SEED_MAX, Range, show, whole
 from ftsweep.data.loading import ID, TARGET
 from ftsweep.tags import ROW_ERRORS_ATTR
 
@@ -145,9 +145,10 @@ _REMOVED = {"wilcoxon": "signed ranks test the typical row, not the mean that RM
 
 def _setting(key: str, value):
     rule = _SETTINGS[key]
-    if not rule.admits(value):
+    taken = whole(value) if rule.integer else value  # 2e3 is Hydra's float, taken as hydra.sweeper.n_trials=1e3 is
+    if not rule.admits(taken):
         raise SettingError(f"{key}={show(value)} must be {rule.describe()}{_WHY.get(key, '')}")
-    return value
+    return taken
 
 
 class PairedPruner(BasePruner):

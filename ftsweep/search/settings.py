@@ -13,7 +13,7 @@ import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ftsweep.config.rules import SEED_MAX, Range, show
+from ftsweep.config.rules import SEED_MAX, Range, show, whole
 from ftsweep.cv.job import OBJECTIVES
 from ftsweep.errors import FtsweepError
 from ftsweep.search.paired import SettingError, build_pruner
@@ -146,7 +146,7 @@ def check_pruner(spec, n_folds: int | None = None) -> None:
         for key in ("lower", "upper"):
             _check_number(f"pruner.{key}", get(key), Range(nullable=True), "a number (or null: no bound)")
     for key in _WARM_UP:
-        value = get(key)
+        value = whole(get(key))  # 5.0 warms up as long as 5
         # a trial stops after folds 0..k-2 only: after its last fold there is nothing left to save
         if n_folds is not None and isinstance(value, int) and not isinstance(value, bool) and value >= n_folds - 1:
             use = f"use 0..{n_folds - 2}, or" if n_folds > 1 else "use"

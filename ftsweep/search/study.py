@@ -16,7 +16,9 @@ complete trial measures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -66,6 +68,32 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                            f"URL.") from None
 
 
+def existing_storage(text: str) -> str:
+    """A search's storage to look at (Optuna Dashboard), never made: an SQLite file Optuna wrote,
+    as its sqlite:/// URL (a plain path is taken as one), or another database's URL as given."""
+    url = text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+    db = sqlite_path(url)
+    if db is None:
+        return url
+    named = f"{text}: " if text not in (url, str(db)) else ""  # a relative path: what it was taken as
+    if db.is_dir():
+        raise FtsweepError(f"{named}{url} is a folder; name the search's SQLite file in it, e.g. "
+                           f"sqlite:///{db / 'optuna.db'}.")
+    if not db.is_file():
+        raise FtsweepError(f"{named}no Optuna storage at {db}; run a search first (it makes one), or name a "
+                           f"search's storage (hydra.sweeper.storage; make dashboard STORAGE=sqlite:///path/optuna.db).")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise FtsweepError(f"{named}{db} is not an SQLite database ({exc}); name a search's storage "
+                           f"(hydra.sweeper.storage, e.g. sqlite:///outputs/optuna.db).") from None
+    if not {"studies", "trials"} <= tables:
+        raise FtsweepError(f"{named}{db} is an SQLite database but no Optuna storage (it has no studies); name a "
+                           f"search's storage (hydra.sweeper.storage, e.g. sqlite:///outputs/optuna.db).")
+    return url
+
+
 def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, sampler=None,
                pruner=None) -> optuna.Study:
     with store_lock(storage.url):
@@ -79,6 +107,18 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, direction: str, s
 
 def lineage(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
+
+
+def lineage_counts(trials: list[FrozenTrial]) -> tuple[dict[TrialState, int], int]:
+    """The trials as the user asked for them: each lineage counted once, in the state of its newest
+    attempt (a trial whose job died and that completed on its retry is complete, not failed); and
+    how many attempts were cut short (a job that died, a sweep interrupted) and queued again."""
+    newest: dict[int, FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        newest[lineage(trial)] = trial
+    counts = {state: sum(t.state == state for t in newest.values()) for state in TrialState}
+    retried = sum(t.state == TrialState.FAIL and bool(t.user_attrs.get(INTERRUPTED_ATTR)) for t in trials)
+    return counts, retried
 
 
 def retry_interrupted(study: optuna.Study) -> list[int]:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from ftsweep.errors import FtsweepError  # noqa: E402
-from ftsweep.search.study import lineage  # noqa: E402
+from ftsweep.search.study import lineage, lineage_counts  # noqa: E402
 from ftsweep.sweep.table import build_table, fold_frame, pruned_markdown, to_markdown  # noqa: E402
 from ftsweep.tags import (
     KIND_TAG,
@@ -42,9 +42,10 @@ def summarize(study: optuna.Study, space, settings, shared: DictConfig, compose,
     finished, a store gone) is said in one line; the trials stay in the study and MLflow."""
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    counts, retried = lineage_counts(trials)  # a trial retried after its job died counts once
+    again = f" ({retried} attempt(s) cut short and retried)" if retried else ""
     head = (f"\nSearch {study.study_name!r}: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "
-            f"pruned, {counts[TrialState.FAIL]} failed trial(s); storage {settings.storage}")
+            f"pruned, {counts[TrialState.FAIL]} failed trial(s){again}; storage {settings.storage}")
     print(head)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:  # pruning is what more trials or a milder pruner help with; failures are listed next

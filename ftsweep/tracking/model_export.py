@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import transformers
+from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 from omegaconf import DictConfig, OmegaConf
@@ -68,7 +69,17 @@ class FoldModels:
         return sorted(self.located) == sorted(folds_to_run(self.cfg))  # cv.folds may list them in any order
 
     def download(self, tracker: Tracker, folder: Path) -> list[Path]:
-        return [tracker.download(child_id, name, folder) for _, (child_id, name) in sorted(self.located.items())]
+        return [fetch(tracker, child_id, name, folder) for _, (child_id, name) in sorted(self.located.items())]
+
+
+def fetch(tracker: Tracker, run_id: str, artifact: str, folder: Path) -> Path:
+    """One artifact of a run, downloaded; one that is gone from the store is one line."""
+    try:
+        return tracker.download(run_id, artifact, folder)
+    except (MlflowException, OSError) as exc:
+        raise FtsweepError(f"run {run_id} lacks its artifact {artifact} at {tracker.uri} "
+                           f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); "
+                           f"rerun the run with trainer.save_models=true.") from None
 
 
 def find_fold_models(tracker: Tracker, run_id: str, folder: Path, allow_partial: bool = False) -> FoldModels:
@@ -85,14 +96,15 @@ def find_fold_models(tracker: Tracker, run_id: str, folder: Path, allow_partial:
     if CONFIG_KEY_TAG not in tags:
         what = "a results-table run" if tags.get(KIND_TAG) == TABLE_KIND else "not an ftsweep CV run"
         raise FtsweepError(f"run {run_id} is {what}; pass the parent run of a CV run (its name is the row label).")
-    cfg = OmegaConf.load(tracker.download(run_id, "config.yaml", folder))
+    cfg = OmegaConf.load(fetch(tracker, run_id, "config.yaml", folder))
     children = client.search_runs([run.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'FINISHED'")
     by_fold = {}
     for child in sorted(children, key=lambda r: r.info.start_time, reverse=True):  # newest per fold
-        names = [a.path for a in client.list_artifacts(child.info.run_id, MODEL_FOLDER) if a.path.endswith(".safetensors")]
-        if names:
-            by_fold.setdefault(int(child.data.tags[FOLD_TAG]), (child.info.run_id, names[0]))
+        fold = int(child.data.tags[FOLD_TAG])
+        name = f"{MODEL_FOLDER}/{checkpoint_name(fold)}"  # its own fold's file, never another one copied there
+        if name in {a.path for a in client.list_artifacts(child.info.run_id, MODEL_FOLDER)}:
+            by_fold.setdefault(fold, (child.info.run_id, name))
     if not by_fold:
         raise FtsweepError(f"run {run_id} was saved without fold models; rerun it with trainer.save_models=true.")
     wanted = folds_to_run(cfg)

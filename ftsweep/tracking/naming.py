@@ -5,11 +5,14 @@ launching process; every job reads them back from the environment, which every l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 
 from omegaconf import DictConfig
+
+from ftsweep.config.checks import EXPERIMENT_NAME_LIMIT
 
 EXPERIMENT_ENV = "FTSWEEP_SWEEP_EXPERIMENT"
 SWEPT_ENV = "FTSWEEP_SWEEP_KEYS"
@@ -34,7 +37,11 @@ def swept_keys(overrides: list[str]) -> list[str]:
 def sweep_experiment_name(overrides: list[str]) -> str:
     """Deterministic from the command, so rerunning it resumes into the same experiment."""
     kept = sorted(o.lstrip("+") for o in overrides if not _split(o)[0].startswith(_NOT_NAMING))
-    return "sweep " + " ".join(kept) if kept else "sweep"
+    name = "sweep " + " ".join(kept) if kept else "sweep"
+    if len(name) > EXPERIMENT_NAME_LIMIT:  # MLflow's limit: cut, and told apart from other long commands
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{name[:EXPERIMENT_NAME_LIMIT - len(digest) - 3]}… {digest}"
+    return name
 
 
 def experiment_name(cfg: DictConfig, multirun: bool) -> str:

@@ -1,9 +1,7 @@
-"""The MLflow store behind every run: addresses checked before use, one experiment per sweep,
-runs, tags, batched metrics (`log_batch`, ~1,000 values a call, never one call per value),
-artifacts, datasets and pyfunc models. Writes to a shared SQLite store retry on "database
-is locked", so parallel jobs lose nothing. Only tracking/ (and the model flavour in
-ensemble/) talks to MLflow.
-"""
+"""The MLflow store behind every run (its address checked first: addresses.py): one experiment per
+sweep, runs, tags, batched metrics (`log_batch`, ~1,000 values a call), artifacts, datasets, pyfunc
+models and unit claims. Writes to a shared SQLite store retry on "database is locked", so parallel
+jobs lose nothing. Only tracking/ talks to MLflow (an import-linter contract)."""
 
 from __future__ import annotations
 
@@ -36,6 +34,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars b
 if os.environ.get("FTSWEEP_DEBUG", "") in ("", "0"):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 MAX_METRICS, MAX_PARAMS = 1000, 100
+
 
 @contextlib.contextmanager
 def _quiet_mlflow(level: int = logging.CRITICAL) -> Iterator[None]:
@@ -140,10 +139,9 @@ class Tracker:
         create: False to only read: a missing store or experiment is then an error.
 
     Example:
-        >>> tracker = Tracker("sqlite:///outputs/mlflow.db", "ftsweep")          # doctest: +SKIP
-        >>> run_id = tracker.start_run("optimizer=llrd", {"ftsweep.label": "LLRD"})  # doctest: +SKIP
-        >>> tracker.log_values(run_id, {"rmse_mean": 0.51})                   # doctest: +SKIP
-        >>> tracker.finish(run_id, "FINISHED")                                  # doctest: +SKIP
+        >>> tracker = Tracker("sqlite:///outputs/mlflow.db", "ftsweep")  # doctest: +SKIP
+        >>> run_id = tracker.start_run("optimizer=llrd", {})  # doctest: +SKIP
+        >>> tracker.log_values(run_id, {"rmse_mean": 0.51}); tracker.finish(run_id, "FINISHED")  # doctest: +SKIP
     """
 
     def __init__(self, uri: str, experiment: str | None, create: bool = True):
