@@ -29,6 +29,23 @@ def test_a_missing_store_is_refused_not_made(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
+def test_a_network_host_is_refused_without_a_login_in_front(tmp_path, host, capsys):
+    """An unauthenticated, writable MLflow (whose models are code) on the network: refused in one
+    line before anything starts; --behind-auth says a proxy asks for the login."""
+    from ftsweep.ui import _local, main
+
+    Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
+    with pytest.raises(SystemExit) as stopped:
+        main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--host", host])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        f"ftsweep.ui: error: --host {host} would serve this store to the network with no login, and MLflow's UI "
+        f"can change it (and its models are code that runs where they are loaded); keep --host 127.0.0.1 (reach "
+        f"it through an SSH tunnel), or put it behind a proxy that asks for a login and add --behind-auth.\n")
+    assert _local("127.0.0.1") and _local("localhost") and _local("::1") and _local("127.0.0.2")
+
+
 def test_a_busy_port_is_one_line(tmp_path):
     Tracker(f"sqlite:///{tmp_path}/mlflow.db", "x")
     with socket.socket() as held:  # another server listens on the port
