@@ -26,12 +26,17 @@ def test_parallel_trials_through_slurm_into_a_postgresql_study(cluster, tmp_path
             f"paths.output_root={tmp_path}"]
     first = cluster.run("ftsweep", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = cluster.run("ftsweep", *args, "hydra.sweeper.n_trials=4", cwd=tmp_path)  # the study goes on
+    # the study goes on with a trial made clearly worse (a rate 1,000x too high: RMSE ~4 after its first
+    # fold, against ~1): the median pruner stops it there, from inside its SLURM job, through PostgreSQL
+    worse = [a.replace("interval(1e-5, 3e-4)", "interval(0.2, 0.3)") for a in args]
+    again = cluster.run("ftsweep", *worse, "hydra.sweeper.n_trials=4", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
     os.environ["PGPASSFILE"] = cluster.env["PGPASSFILE"]
     trials = optuna.load_study(study_name=name, storage=cluster.study_storage).get_trials()
     assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert trials[3].params["model.lr"] >= 0.2 and trials[3].state == TrialState.PRUNED
+    assert list(trials[3].intermediate_values) == [0]  # stopped after its first fold
     assert all(t.intermediate_values for t in trials)  # reported from inside the SLURM jobs
     parents, folds = experiment_runs(cluster.uri, name)
     trial_parents = [r for r in parents if "ftsweep.trial" in r.data.tags]
