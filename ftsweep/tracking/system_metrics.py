@@ -17,7 +17,12 @@ def sampled(run_id: str, tracking_uri: str, interval: float | None) -> Iterator[
     if not interval:
         yield
         return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as exc:  # psutil missing (a dependency of ftsweep, not of mlflow-skinny): no samples
+        log.warning("no system metrics on run %s (%s); pip install psutil", run_id, exc)
+        yield
+        return
 
     quiet = logging.getLogger("mlflow.system_metrics")
     level, quiet.level = quiet.level, logging.WARNING  # its start/stop notes would sit between ftsweep's lines
