@@ -109,11 +109,16 @@ def mlflow_server(folder: Path):
             pytest.fail("mlflow server did not start in 180 s")
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process started with start_new_session (its whole group), then KILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_for_server(url: str, seconds: float = 60) -> bool:

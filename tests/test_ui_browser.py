@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from html.parser import HTMLParser
@@ -18,7 +17,7 @@ from ftsweep.cv.pipeline import Job, run_cv
 from ftsweep.sweep.table import write_table
 from ftsweep.tracking.store import Tracker
 
-from helpers import ROOT, free_port, wait_for_server
+from helpers import ROOT, free_port, stop_group, wait_for_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # A developer without Chromium gets a skip; CI (CI=true), whose .ci/run installs it, gets a failure instead.
@@ -113,8 +112,4 @@ def test_the_printed_link_opens_the_runs_table(make_cfg, tmp_path):
         if os.environ.get("FTSWEEP_UPDATE_DOCS"):
             shutil.copy(shot, DOCS_SHOT)
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=120)  # SIGTERM ends it in seconds; the bound is for a loaded box
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
+        stop_group(ui)

@@ -18,6 +18,7 @@ from ftsweep.cv.job import OBJECTIVES, TrialHooks
 from ftsweep.cv.pipeline import FoldReport
 from ftsweep.data.loading import TARGET
 from ftsweep.tags import STUDY_TAG, TRIAL_TAG
+from ftsweep.train.loop import rmse
 
 log = logging.getLogger("ftsweep")
 
@@ -44,7 +45,6 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
     from ftsweep.search.paired import encode_errors
     from ftsweep.search.study import open_storage
     from ftsweep.tags import ROW_ERRORS_ATTR
-    from ftsweep.train.loop import rmse
 
     pruner, objective = _configured_pruner(), _configured_objective()
     study = optuna.load_study(study_name=str(search.study), storage=open_storage(str(search.storage)), pruner=pruner)
@@ -56,15 +56,27 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
         if getattr(pruner, "needs_row_errors", False):
             trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions, column))
         scored.append(predictions)
-        fold_rmse = [rmse(p[column].to_numpy(), p[TARGET].to_numpy()) for p in scored]
-        pooled = pd.concat(scored)
-        value = (fold_rmse[-1] if per_fold else running_mean if objective == "rmse_best"
-                 else rmse(pooled[column].to_numpy(), pooled[TARGET].to_numpy()) if objective == "oof"
-                 else float(np.mean(fold_rmse)))
-        trial.report(value, step)
+        trial.report(_reported(scored, column, running_mean, per_fold=per_fold, objective=objective), step)
         return trial.should_prune()
 
     return report
+
+
+def _reported(scored: list[pd.DataFrame], column: str, running_mean: float, *, per_fold: bool,
+              objective: str) -> float:
+    """What the trial reports after its latest fold: that fold's own RMSE (Wilcoxon pairs folds), or
+    the objective so far: the running mean of rmse_best, the mean of the folds' last-weights RMSE,
+    or the RMSE of every row scored so far (oof)."""
+    def score(frame: pd.DataFrame) -> float:
+        return rmse(frame[column].to_numpy(), frame[TARGET].to_numpy())
+
+    if per_fold:
+        return score(scored[-1])
+    if objective == "rmse_best":
+        return running_mean
+    if objective == "oof":
+        return score(pd.concat(scored))
+    return float(np.mean([score(frame) for frame in scored]))
 
 
 def _configured_objective() -> str:
