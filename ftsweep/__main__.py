@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ftsweep.jobs import check_command_line, guarded
+from ftsweep.jobs import check_command_line, guarded, interrupts_handled
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -21,5 +21,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
-    main()
+    with interrupts_handled():
+        check_command_line(sys.argv[1:])
+        main()

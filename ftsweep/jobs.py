@@ -15,8 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 from ftsweep.errors import FtsweepError, exit_with
 from ftsweep.hydra_job import in_multirun, record_job
@@ -134,14 +134,51 @@ def guarded(failed_value: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return decorate
 
 
-def run_guarded(job: Callable[[], T], failed_value: T) -> T:
-    """`job()` under guarded()'s rules."""
-    global _job_running, _received
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's stop) ends this process as Ctrl-C does, with the same clean-up,
+    unless something (a launcher) already handles it."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         try:
             signal.signal(signal.SIGTERM, _interrupt)
         except ValueError:  # not the main thread (some launchers)
             pass
+
+
+INTERRUPTED = "ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED."
+
+
+@contextlib.contextmanager
+def interrupts_handled() -> Iterator[None]:
+    """A command's whole life: Ctrl-C and SIGTERM close what is open and end it with one line, exit
+    130, wherever they land, even where a library turned the interrupt into another error; after
+    the command, they end the process at once (the interpreter's shutdown runs no Python handler)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        exit_interrupted()
+    except SystemExit as exc:
+        if _received is not None and exc.code not in (0, 130, None):
+            exit_interrupted()  # an error the interrupt caused part-way through a library's code
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+
+
+def exit_interrupted(what: str = "Rerun the same command to go on (finished folds are reused).") -> NoReturn:
+    """Ctrl-C or SIGTERM outside a job: one line, exit 130; a second signal cannot cut it short."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    print(f"ftsweep: interrupted; what finished stays logged. {what}", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def run_guarded(job: Callable[[], T], failed_value: T) -> T:
+    """`job()` under guarded()'s rules."""
+    global _job_running, _received
+    interrupt_on_sigterm()
     multirun = in_multirun()
     if multirun:
         from ftsweep.train.devices import parallel_local
@@ -159,7 +196,7 @@ def run_guarded(job: Callable[[], T], failed_value: T) -> T:
         if _launcher_worker:  # the launching process says it, once, for the whole sweep (see finally)
             _received = _received or signal.SIGINT
         else:
-            print("ftsweep: interrupted; finished folds stay logged, open runs are marked KILLED.", file=sys.stderr)
+            print(INTERRUPTED, file=sys.stderr)
             sys.exit(130)
     except Exception as exc:
         if DEBUG:

@@ -27,14 +27,19 @@ class OptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> Any:
+        from ftsweep.jobs import exit_interrupted
         from ftsweep.search.sweeper import Launcher, search
         from ftsweep.tracking.naming import EXPERIMENT_ENV
 
         assert self.config is not None
         launcher = Launcher(lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
                             concurrent=concurrent_launches(self.launcher))
-        return search(self.config.hydra.sweeper, list(arguments), self.config, self.hydra_context.config_loader,
-                      launcher, default_study=os.environ.get(EXPERIMENT_ENV, "search"))
+        try:
+            return search(self.config.hydra.sweeper, list(arguments), self.config, self.hydra_context.config_loader,
+                          launcher, default_study=os.environ.get(EXPERIMENT_ENV, "search"))
+        except KeyboardInterrupt:  # between trials or in the summary (a trial's job says it itself)
+            exit_interrupted("Rerun the same command to go on with the study (an interrupted trial runs again "
+                             "and keeps its finished folds).")
 
 
 def concurrent_launches(launcher: Any) -> bool:
