@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
+import in_process
 import numpy as np
 import optuna
 import pandas as pd
@@ -58,10 +59,16 @@ def cli_env(extra: dict | None = None) -> dict:
     return full_env
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command line, as a user types it (`python -m ftsweep ...`)."""
-    full_env = cli_env(env)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | None = None,
+            own_process: bool = False) -> subprocess.CompletedProcess:
+    """The real command line, as a user types it (`python -m ftsweep ...`): its exit code, stdout
+    and stderr. Run in this process where that is the same thing (see in_process.py: it saves the
+    5-10 s every new process spends importing torch, transformers and MLflow); in a process of its
+    own for parallel launchers, for calls from other threads (at_once), with `own_process=True`,
+    or for every call when FTSWEEP_TEST_SUBPROCESS=1."""
+    if not own_process and in_process.fits(module, args):
+        return in_process.run(module, list(args), cwd, cli_env(env))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(env), capture_output=True,
                           text=True, timeout=timeout)
 
 

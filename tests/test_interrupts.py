@@ -69,10 +69,10 @@ def test_after_the_command_a_signal_ends_the_process_by_the_default_action():
 
 def test_a_search_interrupted_between_trials_says_how_to_go_on(capsys, monkeypatch):
     """Outside a trial's job (asking the study, writing the summary) the sweeper says it."""
-    from hydra_plugins.ftsweep_optuna_sweeper import optuna_sweeper
     from omegaconf import OmegaConf
 
     import ftsweep.search.sweeper
+    from hydra_plugins.ftsweep_optuna_sweeper import optuna_sweeper
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
