@@ -33,7 +33,7 @@ from ftsweep.tracking.aggregate import PREDICTIONS, Unclaimed, fold_predictions
 from ftsweep.tracking.naming import DEFAULT_EXPERIMENT, row_label
 from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.train import plots
-from ftsweep.train.devices import resolve_device
+from ftsweep.train.devices import device_name, resolve_device
 from ftsweep.train.loop import FoldResult, FoldSplit, NullPhases, PhaseTimer, Runtime
 from ftsweep.train.progress import Progress
 from ftsweep.train.schedule import plan_steps
@@ -108,7 +108,7 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
     backbone = load_backbone(cfg.model)
     label = row_label(cfg, job.overrides)
-    early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: str(device)}, resume)
+    early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: device_name(device)}, resume)
     if early is not None:
         return _not_run(recorder, early)
     parts = BackboneParts(backbone.config, tokenizer) if cfg.trainer.save_models else None

@@ -17,7 +17,8 @@ from ftsweep.tags import FOLD_ROWS_TAG, FOLD_SIZES_TAG, FOLD_TAG
 # Where output goes and how fast, not what is computed: left out of the keys.
 # search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
 # table.*: how results are compared (the ROPE), not what a run computes.
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage", "table.")
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "trainer.workers_per_gpu", "cv.folds", "search.trial_id",
+               "search.storage", "table.")
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
