@@ -37,7 +37,8 @@ PLAN = [
     Planned("cv", 2, 110, "MiniLM-L6 5 folds x 5 epochs on 2,834 rows (7,100 steps), eager, profiled"),
     Planned("cv_compiled", 2, 140, "the cv section with trainer.compile=reduce-overhead, profiled"),
     Planned("cli", 2, 65, "python -m ftsweep -m +sweep=table1 model=tiny cv.n_folds=2 (7 runs x 2 folds)"),
-    Planned("jobs", 2, 100, "1, 2, 4 MiniLM jobs at once (joblib), 1 fold x 2 epochs each"),
+    Planned("folds", 2, 100, "one config's 5 MiniLM folds x 2 epochs: in one job, then as fold jobs of 2 and 5 "
+            "joblib workers on one GPU, and one worker per GPU where there are several"),
     Planned("large", 2, 50, "roberta-large, deberta-v3-large recipes: 20 steps each"),
 ]
 PROBE_PLAN = Planned(PROBE, 0, 2, "sleeps 30 s: must come back as 'timeout', the next section still running")
@@ -91,10 +92,10 @@ class Sizes:
     # tiny has 2 layers; the grouped-LLRD row needs 3 (optimizer.n_groups=3)
     cli: list[str] = field(default_factory=lambda: ["model=tiny", "cv.n_folds=2", "model.architecture.num_hidden_layers=3"])
     cli_rows: int = 7  # the table1 sweep's rows (conf/sweep/table1.yaml)
-    job_counts: tuple[int, ...] = (1, 2, 4)
-    job: list[str] = field(default_factory=lambda: [
+    fold_workers: tuple[int, ...] = (2, 5)  # fold jobs at once on one GPU (trainer.workers_per_gpu: all of them)
+    folds: list[str] = field(default_factory=lambda: [
         "model=minilm_l6", "model.source=config", "data.n_rows=2834", "data.words_per_passage=170",
-        "data.max_rows=null", "trainer.max_length=256", "cv.folds=[0]", "trainer.epochs=2", "trainer.batch_size=8"])
+        "data.max_rows=null", "trainer.max_length=256", "cv.n_folds=5", "trainer.epochs=2", "trainer.batch_size=8"])
     large: tuple[str, ...] = ("roberta_large", "deberta_v3_large")
     large_steps: int = 20
     probe_sleep_s: float = 30.0
@@ -110,8 +111,8 @@ class Sizes:
                         "trainer.max_length=32", "scheduler.warmup_steps=2",  # 10 steps a fold: 50 would not fit
                         two_rows],  # the plainest row and the one with every technique
                    cli_rows=2,
-                   job_counts=(1,),  # one job runs inside the launcher's process: no worker to start
-                   job=["model=tiny", *tiny_data, "cv.folds=[0]", "trainer.epochs=1"],
+                   fold_workers=(1,),  # joblib with one worker runs the fold jobs in its own process
+                   folds=["model=tiny", *tiny_data, "cv.n_folds=2", "trainer.epochs=1"],
                    large=("tiny",), large_steps=4)
 
 

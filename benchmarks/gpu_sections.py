@@ -353,27 +353,42 @@ def section_cli(c: Check) -> dict:
             "table_printed": printed, "devices": devices}
 
 
-def section_jobs(c: Check) -> dict:
-    out: dict = {"gpus": torch.cuda.device_count()}
-    for n in c.sizes.job_counts:
-        seeds = ",".join(str(i) for i in range(n))
-        name = f"jobs_{n}"
-        _, wall = _cli(c, ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={n}", f"trainer.seed={seeds}",
-                           *c.sizes.job, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"tracking.experiment={name}"])
-        runs = _runs(c, name)
-        folds = [r for r in runs if FOLD_TAG in r.data.tags]
-        params = {r.info.run_id: r.data.params for r in runs if FOLD_TAG not in r.data.tags}
-        # the batch size is a parameter of the fold's parent run (fold runs log metrics only)
-        samples = sum(int(params[r.data.tags["mlflow.parentRunId"]]["trainer.batch_size"]) * r.data.metrics["steps"]
-                      for r in folds)
-        span = (max(r.info.end_time for r in folds) - min(r.info.start_time for r in folds)) / 1e3
-        out[name] = {"wall_s": wall, "training_span_s": span, "samples_per_s": samples / span,
-                     "devices": sorted({r.data.tags.get(DEVICE_TAG, "?") for r in folds})}
+def section_folds(c: Check) -> dict:
+    """One config's folds: in one job, then as fold jobs (-m cv.folds=[0],[1],...) of n joblib workers packed
+    on one GPU (trainer.workers_per_gpu=n), and with several GPUs one worker per GPU. Each run into an
+    experiment of its own (one parent each); samples/s over the folds' training span, vs the one job."""
+    gpus = torch.cuda.device_count() if c.device.type == "cuda" else 0
+    n_folds = int(next(o for o in c.sizes.folds if o.startswith("cv.n_folds=")).partition("=")[2])
+    plans = [("one_job", 0, 1)] + [(f"workers_{n}_on_one_gpu", n, n) for n in c.sizes.fold_workers]
+    if gpus > 1:
+        plans.append((f"workers_{gpus}_one_per_gpu", gpus, 1))
+    out: dict = {"gpus": gpus, "n_folds": n_folds}
+    for name, workers, per_gpu in plans:
+        args = [*c.sizes.folds, f"trainer.pad_to_multiple_of={c.sizes.pad}", f"tracking.experiment=folds_{name}"]
+        if workers:
+            args = ["-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}", f"trainer.workers_per_gpu={per_gpu}",
+                    "cv.folds=" + ",".join(f"[{f}]" for f in range(n_folds)), *args]
+        _, wall = _cli(c, args)
+        out[name] = _one_parent(c, f"folds_{name}", n_folds, wall)
         c.note(**out)
-    if "jobs_1" in out:
-        out["speedup_vs_one_job"] = {k: v["samples_per_s"] / out["jobs_1"]["samples_per_s"]
-                                     for k, v in out.items() if k.startswith("jobs_")}
+    one = out["one_job"]["samples_per_s"]
+    out["speedup_vs_one_job"] = {k: v["samples_per_s"] / one for k, v in out.items() if isinstance(v, dict)}
     return out
+
+
+def _one_parent(c: Check, experiment: str, n_folds: int, wall: float) -> dict:
+    """The experiment's one FINISHED parent with its CV, its folds' training span and samples/s."""
+    runs = _runs(c, experiment)
+    folds = [r for r in runs if FOLD_TAG in r.data.tags and r.info.status == "FINISHED"]
+    parents = [r for r in runs if FOLD_TAG not in r.data.tags and r.data.tags.get(KIND_TAG) != TABLE_KIND]
+    if len(parents) != 1 or parents[0].info.status != "FINISHED" or len(folds) != n_folds:
+        raise AssertionError(f"{experiment}: parents {[p.info.status for p in parents]}, {len(folds)} finished folds")
+    parent = parents[0]
+    samples = sum(int(parent.data.params["trainer.batch_size"]) * r.data.metrics["steps"] for r in folds)
+    span = (max(r.info.end_time for r in folds) - min(r.info.start_time for r in folds)) / 1e3
+    return {"wall_s": wall, "training_span_s": span, "samples_per_s": samples / span,
+            "rmse_mean": parent.data.metrics["rmse_mean"], "rmse_oof": parent.data.metrics["rmse_oof"],
+            "devices": sorted({r.data.tags.get(DEVICE_TAG, "?") for r in folds})}
 
 
 def section_large(c: Check) -> dict:
@@ -404,7 +419,7 @@ SECTIONS: dict[str, Callable[[Check], dict]] = {
     "cv": section_cv,
     "cv_compiled": lambda c: section_cv(c, c.sizes.compile_mode),
     "cli": section_cli,
-    "jobs": section_jobs,
+    "folds": section_folds,
     "large": section_large,
 }
 

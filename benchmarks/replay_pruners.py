@@ -39,7 +39,7 @@ from ftsweep.data.loading import ID  # noqa: E402
 from ftsweep.search.paired import TESTS, PairedPruner, build_pruner, encode_errors  # noqa: E402
 from ftsweep.sweep.table import default_tracking_uri, paired_difference  # noqa: E402
 from ftsweep.tags import FOLD_TAG, PRUNED_TAG, ROW_ERRORS_ATTR, STUDY_TAG, TRIAL_TAG  # noqa: E402
-from ftsweep.tracking.recorder import PREDICTIONS  # noqa: E402
+from ftsweep.tracking.aggregate import PREDICTIONS  # noqa: E402
 from ftsweep.tracking.store import Tracker  # noqa: E402
 
 PRUNERS = ("median", "wilcoxon", "paired", "none")

@@ -19,6 +19,10 @@ FOLD_TAG = "ftsweep.fold"  # only on fold runs: the fold number (a parent run ha
 # cv.fold_seed and cv.n_bins all move them) and "n_val/n_train", so the table compares the same rows.
 FOLD_ROWS_TAG = "ftsweep.fold_rows"
 FOLD_SIZES_TAG = "ftsweep.fold_sizes"
+# On a parent whose folds are not all finished: "2 of 3" (it gets rmse_mean, the OOF and oof.csv when the last one is)
+FOLDS_FINISHED_TAG = "ftsweep.folds_finished"
+# On a parent whose folds ran as jobs of their own (cv.folds): a plain run of its config joins it (tracking.resume=auto)
+FOLD_JOBS_TAG = "ftsweep.fold_jobs"
 KIND_TAG = "ftsweep.kind"  # runs that are not CVs: a results table, a search summary
 TABLE_KIND = "table"
 
@@ -26,10 +30,9 @@ TABLE_KIND = "table"
 OWNER_TAG = "ftsweep.owner"
 HEARTBEAT_TAG = "ftsweep.heartbeat"
 # A claim on a server store (tracking/units.py): a hidden experiment named CLAIM_PREFIX + "<experiment id>/<unit
-# key>#<generation>", whose tags are its owner's, with CLAIM_ID_TAG (that claim attempt); the parent run it
-# wrote carries the claim's name in CLAIM_TAG
+# key>#<generation>", whose tags are its owner's, with CLAIM_ID_TAG (that claim attempt): who is inside the unit's
+# critical section (a look and the writes it decides)
 CLAIM_PREFIX = "ftsweep.claim:"
-CLAIM_TAG = "ftsweep.claim"
 CLAIM_ID_TAG = "ftsweep.claim_id"
 
 # A search trial's runs: its study, its trial (lineage) number, and the fold its pruner stopped it after

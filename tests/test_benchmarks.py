@@ -74,7 +74,7 @@ def test_gpu_check_smoke(smoke_runs):
     assert {"transformers", "typing-extensions", "anyio", "protobuf", "numpy"} <= set(env["packages"])
     sections = report["sections"]
     assert list(sections) == ["throughput", "timeout_probe", "compiled", "compiled_hf", "eval_cost", "memory", "cv",
-                              "cv_compiled", "cli", "jobs", "large"]
+                              "cv_compiled", "cli", "folds", "large"]
     assert [n for n, s in sections.items() if "skipped" in s] == ["compiled", "compiled_hf", "cv_compiled"]
     probe = sections["timeout_probe"]
     assert probe["timeout"] == 2 and probe["partial"] == {"sleeping_s": 30.0} and probe["section_s"] < 15
@@ -94,8 +94,13 @@ def test_gpu_check_smoke(smoke_runs):
     assert sections["cli"]["runs_by_status"] == {"FINISHED": 7}  # 2 rows x (parent + 2 folds) + the table and sections["cli"]["table_printed"]
     # 96 rows, 4:1: 76 training rows in batches of 8 = 10 batches, evaluated after the 10th (every 10) only
     assert sections["eval_cost"]["rows"] == 96 and sections["eval_cost"]["evaluations"] == 1
-    jobs = sections["jobs"]["jobs_1"]  # one seed x fold 0 of 60 rows in 5 folds: 48 rows, batch 16 = 3 steps
-    assert jobs["samples_per_s"] * jobs["training_span_s"] == pytest.approx(3 * 16, rel=1e-9)
+    # one config's 2 folds of 60 rows (30 training rows, batch 16: 2 steps each) in one job, then as 2 fold jobs
+    # (joblib, one worker): one parent each, the same CV to the digit
+    folds = sections["folds"]
+    for run in (folds["one_job"], folds["workers_1_on_one_gpu"]):
+        assert run["samples_per_s"] * run["training_span_s"] == pytest.approx(2 * 2 * 16, rel=1e-9)
+    assert folds["workers_1_on_one_gpu"]["rmse_mean"] == folds["one_job"]["rmse_mean"]
+    assert folds["workers_1_on_one_gpu"]["rmse_oof"] == folds["one_job"]["rmse_oof"]
     assert sections["large"]["tiny"]["gradient_checkpointing"] and sections["large"]["tiny"]["batch"] == "16 x 2"
     assert re.search(r"ratio_vs_hf\s+[\d.]+\s+>= 3\s+n/a \(smoke\)", text)
 

@@ -72,6 +72,11 @@ REFUSED = [
     # MLflow's limit on an experiment's name, and an empty name (logged to 'ftsweep' silently before)
     (["tracking.experiment=" + "x" * 501], "tracking.experiment is 501 characters long; MLflow takes at most 500: "
      "give a shorter name."),
+    # a fold job's folds, each sweep value checked before any job starts (a job of a bad value failed late)
+    (["cv.n_folds=3", "cv.folds=[7]"], "cv.folds=[7] must be a non-empty list of distinct fold numbers in 0..2."),
+    (["-m", "cv.n_folds=3", "cv.folds=[0],[1],[7]"], "cv.folds=[7] must be a non-empty list of distinct fold "
+     "numbers in 0..2."),
+    (["-m", "cv.folds=[0],[1,1]"], "cv.folds=[1, 1] must be a non-empty list of distinct fold numbers in 0..4."),
     (["tracking.experiment=''"], "tracking.experiment='' names no experiment; give a name "
      "(tracking.experiment=my-experiment) or null (the default: 'ftsweep' for a run, one named after its command "
      "for a sweep)."),
@@ -92,6 +97,7 @@ def test_what_hydra_refuses_is_one_line_with_the_closest_key(argv, message):
     ["-m", "hydra/sweeper=optuna", "model.lr=tag(log, interval(1e-5, 1e-4))", "reinit.n=range(0, 3)"],
     ["+sweep=search_llrd", "optimizer.layer_decay=0.8"],
     ["-m", "reinit.n=range(5, 0)", "optimizer=llrd,grouped_llrd"],  # a sweep with no value beside a swept group
+    ["-m", "cv.n_folds=3", "cv.folds=[0],[1],[2]"], ["-m", "cv.folds=[0,1],[1,2]"],  # fold jobs, overlapping too
 ])
 def test_valid_command_lines_pass(argv):
     check(argv, "config")

@@ -169,7 +169,7 @@ def test_cuda_memory_branch_reads_the_right_counters(monkeypatch):
 
 @pytest.mark.slow
 def test_the_cli_runs_twice_in_one_process(tmp_path):
-    """The jobs section calls `python -m ftsweep` (in process) once per job count."""
+    """The folds section calls `python -m ftsweep` (in process) once per way of running the folds."""
     from gpu_plan import Sizes
     from gpu_sections import Check, _cli
 

@@ -14,7 +14,6 @@ from ftsweep.data.demo import generate
 from ftsweep.errors import ConfigError, ModelError
 from ftsweep.model import regressor as model_module
 from ftsweep.model.regressor import load_tokenizer
-from ftsweep.tags import CLAIM_TAG
 
 from helpers import TINY, at_once, run_cli
 from helpers import mlflow_server as start_mlflow_server
@@ -114,10 +113,14 @@ def test_runs_land_on_a_real_tracking_server(tmp_path, mlflow_server):
     oof = pd.read_csv(client.download_artifacts(parent.info.run_id, "oof.csv", str(tmp_path)))
     assert len(oof) == 64
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
-    # the unit was claimed by creating a hidden experiment, and released when its parent finished
-    claim = parent.data.tags[CLAIM_TAG]
-    hidden = {e.name: e.lifecycle_stage for e in client.search_experiments(view_type=ViewType.ALL)}
-    assert claim.endswith("#1") and hidden[claim] == hidden[claim[:-1] + "2"] == "deleted"
+    # each section of the unit (the parent claimed, each fold, the unit settled) was a hidden claim
+    # experiment, released as it ended: claims 1, 2 (its release), 3, 4, ..., none left held
+    prefix = f"ftsweep.claim:{parent.info.experiment_id}/{parent.data.tags['ftsweep.config_key']}#"
+    hidden = {int(e.name[len(prefix):]): e for e in client.search_experiments(view_type=ViewType.ALL)
+              if e.name.startswith(prefix)}
+    assert sorted(hidden) == list(range(1, 9))  # the claim, 2 folds, the settling: 4 sections
+    assert {e.lifecycle_stage for e in hidden.values()} == {"deleted"}
+    assert "ftsweep.owner" in hidden[7].tags and "ftsweep.owner" not in hidden[8].tags
 
 
 def test_texts_longer_than_max_length_are_truncated_and_counted(make_cfg):

@@ -37,3 +37,19 @@ def test_a_sweep_named_after_a_long_command_fits_mlflow_and_stays_its_own():
     assert len(name) <= 500 and name.startswith("sweep label=xxx") and name == sweep_experiment_name(long)
     assert sweep_experiment_name(["trainer.seed=0,2", "label=" + "x" * 520]) != name  # another command, another name
     assert sweep_experiment_name(["trainer.seed=0,1"]) == "sweep trainer.seed=0,1"
+
+
+def test_a_fold_job_is_named_and_labelled_as_its_config(monkeypatch):
+    """cv.folds says which folds a job runs, not what it computes: a sweep and its fold-parallel form are one
+    experiment, one config run as fold jobs logs where its single run does, and its row is its config's."""
+    from ftsweep.tracking.naming import DEFAULT_EXPERIMENT
+
+    grid = ["optimizer=adamw,llrd", "model=tiny"]
+    assert sweep_experiment_name([*grid, "cv.folds=[0],[1],[2]"]) == sweep_experiment_name(grid)
+    assert sweep_experiment_name(["model=tiny", "cv.n_folds=3", "cv.folds=[0],[1],[2]"]) == DEFAULT_EXPERIMENT
+    assert sweep_experiment_name(["model=tiny"], swept=["cv.folds"]) == DEFAULT_EXPERIMENT  # hydra.sweeper.params
+    monkeypatch.setenv(SWEPT_ENV, json.dumps(["cv.folds"]))
+    cfg = OmegaConf.create({"label": None})
+    assert row_label(cfg, ["model=tiny", "cv.n_folds=3", "cv.folds=[2]"]) == "model=tiny cv.n_folds=3"
+    monkeypatch.setenv(SWEPT_ENV, json.dumps(["optimizer", "cv.folds"]))
+    assert row_label(cfg, ["model=tiny", "optimizer=llrd", "cv.folds=[2]"]) == "optimizer=llrd"

@@ -49,7 +49,7 @@ def check_settings(cfg: DictConfig, n_layers: int | None = None, max_tokens: int
             f"trainer.max_length={cfg.trainer.max_length} exceeds {cfg.model.name}'s limit of {max_tokens} tokens; "
             f"use trainer.max_length<={max_tokens} (longer texts are truncated)."
         )
-    _check_cv(cfg)
+    check_cv(cfg)
     _check_optimizer(cfg, n_layers)
     _check_schedule(cfg)
     _check_reinit(cfg, n_layers)
@@ -61,7 +61,8 @@ def check_settings(cfg: DictConfig, n_layers: int | None = None, max_tokens: int
             raise ConfigError(f"{key}={value_at(cfg, key)!r} must name a CSV column.")
 
 
-def _check_cv(cfg: DictConfig) -> None:
+def check_cv(cfg: DictConfig) -> None:
+    """cv.n_folds against the rows, and cv.folds: distinct fold numbers below cv.n_folds."""
     n = cfg.cv.n_folds
     folds = cfg.cv.get("folds")
     if folds is not None and not isinstance(folds, ListConfig):

@@ -22,7 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ftsweep.config.checks import check_experiment
+from ftsweep.config.checks import check_cv, check_experiment
 from ftsweep.config.keys import CONF_DIR
 from ftsweep.config.rules import Range, show
 from ftsweep.errors import ConfigError
@@ -67,15 +67,19 @@ def check(argv: list[str], config_name: str) -> None:
     jobs = _first_job(parsed)
     cfg = compose_or_explain(compose, loader, jobs, texts)
     check_experiment(cfg)  # before a sweep's callback makes the store, or a search its study
+    check_cv(cfg)  # cv.folds=[7] of 3 folds: one line now, not a failed job after the imports
     multirun = bool(args.multirun) or cfg.hydra.get("mode") == RunMode.MULTIRUN
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
         raise ConfigError(_needs_multirun(sweeps[0]))
     for i, override in enumerate(parsed):  # a key of one option may be missing from another
-        if override.is_discrete_sweep() and override.key_or_group in cfg.hydra.runtime.choices:
+        folds = override.get_key_element().lstrip("+~") == "cv.folds"  # each job's folds: in 0..n_folds-1
+        if override.is_discrete_sweep() and (folds or override.key_or_group in cfg.hydra.runtime.choices):
             for value in _sweep_values(override)[1:]:
                 job = [*jobs[:i], f"{override.get_key_element()}={value}", *jobs[i + 1:]]
-                compose_or_explain(compose, loader, job, texts)
+                composed = compose_or_explain(compose, loader, job, texts)
+                if folds:
+                    check_cv(composed)
     size = cfg.hydra.sweeper.get("max_batch_size") if multirun else None  # Hydra's own check is a bare assert
     if size is not None and not Range(integer=True, low=1).admits(size):
         raise ConfigError(f"hydra.sweeper.max_batch_size={show(size)} must be an integer >= 1 (or null: all jobs "

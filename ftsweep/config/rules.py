@@ -99,6 +99,7 @@ RANGES: dict[str, Range] = {
     "trainer.grad_clip": Range(low=0, low_open=True, nullable=True),  # a negative norm flips the gradient
     "trainer.max_steps": Range(integer=True, low=1, nullable=True),
     "trainer.num_threads": Range(integer=True, low=1, nullable=True),
+    "trainer.workers_per_gpu": POSITIVE_INT,
     "trainer.grad_accum_steps": POSITIVE_INT,
     "cv.n_folds": Range(integer=True, low=2),
     "cv.fold_seed": SEED,

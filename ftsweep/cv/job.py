@@ -47,14 +47,17 @@ def run_job(cfg: DictConfig, trial: TrialHooks | None = None) -> float | TrialRe
     multirun = in_multirun()
     with open_dict(cfg):
         cfg.tracking.experiment = experiment_name(cfg, multirun)
-    resume = multirun if cfg.tracking.resume == "auto" else bool(cfg.tracking.resume)
+    # auto: sweeps and jobs of a fold subset (cv.folds) reuse finished folds; a single run joins a
+    # config whose folds ran as jobs of their own, and otherwise starts fresh
+    auto = cfg.tracking.resume == "auto"
+    resume = (multirun or cfg.cv.get("folds") is not None) if auto else bool(cfg.tracking.resume)
     hooks = trial or TrialHooks()
-    job = Job(task_overrides(), resume, {JOB_NUM_TAG: str(job_number()), **hooks.tags}, use_bar=want_bar(multirun),
-              after_fold=hooks.after_fold)
+    job = Job(task_overrides(), resume, auto, {JOB_NUM_TAG: str(job_number()), **hooks.tags},
+              use_bar=want_bar(multirun), after_fold=hooks.after_fold)
     result = run_cv(cfg, job)
     conclude(cfg, result)
     if multirun:
-        record_job("held" if result.held_by else "ok", result.held_by or "")
+        record_job("held" if result.held_by else "ok", result.held_by or "")  # folds left to a live job: ok
     if trial is not None:
         scores = {"rmse_best": result.mean("rmse_best"), "rmse_last": result.mean("rmse_last"), "oof": result.rmse_oof}
         return TrialReport(scores, result.pruned_at, bool(result.held_by), result.parent_run_id)

@@ -29,10 +29,11 @@ from ftsweep.model.checkpoints import checkpoint_name, save_state
 from ftsweep.model.ensemble import BackboneParts
 from ftsweep.model.regressor import known_architecture, load_backbone, load_tokenizer, token_limit
 from ftsweep.tags import DEVICE_TAG
+from ftsweep.tracking.aggregate import PREDICTIONS, Unclaimed, fold_predictions
 from ftsweep.tracking.naming import DEFAULT_EXPERIMENT, row_label
-from ftsweep.tracking.recorder import PREDICTIONS, RunRecorder, Unclaimed, fold_predictions
+from ftsweep.tracking.recorder import RunRecorder
 from ftsweep.train import plots
-from ftsweep.train.devices import resolve_device
+from ftsweep.train.devices import device_name, resolve_device
 from ftsweep.train.loop import FoldResult, FoldSplit, NullPhases, PhaseTimer, Runtime
 from ftsweep.train.progress import Progress
 from ftsweep.train.schedule import plan_steps
@@ -68,11 +69,14 @@ def check_config(cfg: DictConfig) -> None:
 @dataclass
 class Job:
     """How this CV run was launched: its overrides (the row label), whether finished folds are
-    reused, extra tags, a live progress bar, a search's pruner (None: every fold runs), and what
-    times each fold's phases (a profiler's PhaseTimer, e.g. the GPU check's; None: nothing)."""
+    reused (`resume`; `join_fold_jobs`: only where jobs of their own ran folds of this config, as
+    tracking.resume=auto does in a single run), extra tags, a live progress bar, a search's pruner
+    (None: every fold runs), and what times each fold's phases (a profiler's PhaseTimer, e.g. the
+    GPU check's; None: nothing)."""
 
     overrides: list[str] = field(default_factory=list)
     resume: bool = False
+    join_fold_jobs: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     use_bar: bool = False
     after_fold: FoldReport | None = None
@@ -80,18 +84,21 @@ class Job:
 
 
 def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
-    """Cross-validate `cfg`. With `job.resume`, folds that already FINISHED for the same config,
-    data and seed in this experiment are reused, not rerun; a finished config returns at once; a
-    config that another live process is running is left to it. `job.after_fold` (a search's
-    pruner) sees the running mean RMSE and the fold's predictions after each fold; when it says
-    stop, the parent ends KILLED, tagged ftsweep.pruned=<fold>, with the finished folds kept."""
+    """Cross-validate `cfg` (its cv.folds: the folds this job runs). With `job.resume`, folds that
+    already FINISHED for the same config, data and seed in this experiment are reused, not rerun
+    (trained by another job too); a finished config returns at once; folds another live process is
+    training are left to it. The job that finishes a config's last fold writes the CV over all of
+    them. `job.after_fold` (a search's pruner) sees the running mean RMSE and the fold's predictions
+    after each fold; when it says stop, the parent ends KILLED, tagged ftsweep.pruned=<fold>, with
+    the finished folds kept."""
     job = job or Job()
     check_config(cfg)
     device, autocast_dtype = resolve_device(cfg.trainer)
     data = load_data(cfg)  # bad data stops here, before any store or run exists
     folds = folds_to_run(cfg)
     recorder = RunRecorder(cfg, data, folds, cfg.tracking.experiment or DEFAULT_EXPERIMENT)
-    if job.resume and (early := recorder.look()) is not None:
+    resume = job.resume or (job.join_fold_jobs and recorder.fold_jobs_ran())
+    if resume and (early := recorder.look()) is not None:
         return _not_run(recorder, early)
     tokenizer = load_tokenizer(cfg.model)
     encoded = encode(data.frame[TEXT].tolist(), tokenizer, int(cfg.trainer.max_length))
@@ -101,28 +108,41 @@ def run_cv(cfg: DictConfig, job: Job | None = None) -> CvResult:
     torch.manual_seed(int(cfg.trainer.seed))  # a random-init backbone (source=config) must not depend on job order
     backbone = load_backbone(cfg.model)
     label = row_label(cfg, job.overrides)
-    early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: str(device)}, job.resume)
+    early = recorder.claim(label, job.overrides, {**job.tags, DEVICE_TAG: device_name(device)}, resume)
     if early is not None:
         return _not_run(recorder, early)
+    parts = BackboneParts(backbone.config, tokenizer) if cfg.trainer.save_models else None
+    return _run_folds(recorder, job, encoded, (backbone, parts), label, (device, autocast_dtype))
+
+
+def _run_folds(recorder: RunRecorder, job: Job, encoded: Encoded, model: tuple[torch.nn.Module, BackboneParts | None],
+               label: str, on: tuple[torch.device, torch.dtype | None]) -> CvResult:
+    """The claimed unit's folds: each one reused, left to the live job that trains it, or trained
+    here; then the unit settled (RunRecorder.finish; `parts`: the fold weights become one model)."""
+    cfg, frame, folds = recorder.cfg, recorder.data.frame, recorder.folds
+    backbone, parts = model
     result = CvResult(recorder.parent, tracking_uri=recorder.tracking_uri, link=recorder.runs_link())
     fold_runs: dict[int, str] = {}  # fold -> the run that holds its result (and weights)
-    targets = data.frame[TARGET].to_numpy(dtype=np.float64)
+    targets = frame[TARGET].to_numpy(dtype=np.float64)
     with recorder.recording():
         for position, fold in enumerate(folds):
-            stored = recorder.stored_fold(fold)
+            taken = recorder.take_fold(fold)
+            if taken.held_by is not None:  # a live job trains it
+                continue
+            stored = taken.stored
             if stored is None:
-                split = fold_split(data.frame, encoded, targets, fold)
-                runtime = Runtime(device, autocast_dtype, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
-                stored = _train_and_record(recorder, split, runtime, backbone, fold=fold, label=label, use_bar=job.use_bar)
+                split = fold_split(frame, encoded, targets, fold)
+                runtime = Runtime(*on, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
+                stored = _train_and_record(recorder, taken.run_id, split, runtime, backbone, fold=fold, label=label,
+                                           use_bar=job.use_bar)
             result.folds[fold], fold_runs[fold] = stored
             stop = job.after_fold is not None and job.after_fold(
-                position, result.mean("rmse_best"), fold_predictions(data.frame, result.folds[fold]))
+                len(result.folds) - 1, result.mean("rmse_best"), fold_predictions(frame, result.folds[fold]))
             if stop and position < len(folds) - 1:
                 result.pruned_at = fold
                 recorder.pruned(result.folds, fold)
                 return result
-        parts = BackboneParts(backbone.config, tokenizer) if cfg.trainer.save_models else None
-        result.rmse_oof, result.registry_error = recorder.finish(result.folds, fold_runs, parts)
+        result.closed(recorder.finish(result.folds, fold_runs, parts))
     return result
 
 
@@ -135,12 +155,12 @@ def fold_split(frame: pd.DataFrame, encoded: Encoded, targets: np.ndarray, fold:
     return FoldSplit(encoded, targets, np.flatnonzero(column != fold), np.flatnonzero(column == fold))
 
 
-def _train_and_record(recorder: RunRecorder, split: FoldSplit, runtime: Runtime, backbone: torch.nn.Module, *,
-                      fold: int, label: str, use_bar: bool) -> tuple[FoldResult, str]:
+def _train_and_record(recorder: RunRecorder, child: str, split: FoldSplit, runtime: Runtime,
+                      backbone: torch.nn.Module, *, fold: int, label: str, use_bar: bool) -> tuple[FoldResult, str]:
     """Train one fold inside its MLflow run; the run gets its values, LR figure, predictions and weights."""
     cfg = recorder.cfg
     progress = Progress(fold, fold_steps(cfg, len(split.train_rows)), use_bar)
-    with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold) as run:
+    with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold, child) as run:
         try:
             res = train_fold(cfg, backbone, split, runtime, run.sink, progress)
         finally:

@@ -38,7 +38,7 @@ from ftsweep.tags import (
 log = logging.getLogger("ftsweep")
 # Overrides that change where results go or how fast, not what is computed (as the unit keys);
 # data.path too: the rows themselves are checked by their fingerprint (a moved file is the same data).
-_NOT_COMPUTED = ("paths.", "tracking.", "trainer.num_threads", "data.path=")
+_NOT_COMPUTED = ("paths.", "tracking.", "trainer.num_threads", "trainer.workers_per_gpu", "data.path=")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

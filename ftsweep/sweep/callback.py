@@ -85,8 +85,8 @@ class SweepCallback(Callback):
         from ftsweep.tracking.store import Tracker
 
         overrides = list(config.hydra.overrides.task)
-        name = config.tracking.get("experiment") or sweep_experiment_name(overrides)
         keys = swept_keys(overrides) + list(config.hydra.sweeper.get("params") or {})
+        name = config.tracking.get("experiment") or sweep_experiment_name(overrides, keys)
         os.environ[EXPERIMENT_ENV] = name
         os.environ[SWEPT_ENV] = json.dumps(keys)
         os.environ[SWEEP_ID_ENV] = uuid.uuid4().hex

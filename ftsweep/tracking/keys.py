@@ -10,14 +10,15 @@ import json
 import subprocess
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ftsweep.tags import FOLD_ROWS_TAG, FOLD_SIZES_TAG, FOLD_TAG
 
 # Where output goes and how fast, not what is computed: left out of the keys.
 # search.trial_id / storage: a retried trial (new id) resumes its lineage's run, wherever the study lives
 # table.*: how results are compared (the ROPE), not what a run computes.
-_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "cv.folds", "search.trial_id", "search.storage", "table.")
+_NOT_IN_KEY = ("paths.", "tracking.", "trainer.num_threads", "trainer.workers_per_gpu", "cv.folds", "search.trial_id",
+               "search.storage", "table.")
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -49,6 +50,20 @@ def row_key(cfg: DictConfig, data_fingerprint: str) -> str:
 def config_key(cfg: DictConfig, data_fingerprint: str) -> str:
     """One parent run: the computation, its data and its seed. A unit of work is (config_key, fold)."""
     return _hash({"row": row_key(cfg, data_fingerprint), "seed": str(cfg.trainer.seed)})
+
+
+def whole_config(cfg: DictConfig) -> DictConfig:
+    """The config a parent run records: every fold (cv.folds says which folds a job runs, not what the
+    config computes)."""
+    whole = cfg.copy()
+    with open_dict(whole):
+        whole.cv.folds = None
+    return whole
+
+
+def config_overrides(overrides: list[str]) -> list[str]:
+    """A job's overrides less cv.folds: what names its config."""
+    return [o for o in overrides if o.lstrip("+~").partition("=")[0] != "cv.folds"]
 
 
 def fold_tags(fold: int, val_ids, n_rows: int) -> dict[str, str]:

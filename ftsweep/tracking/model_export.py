@@ -5,7 +5,9 @@ models predict/serve`, never in ftsweep.predict (docs/mlflow-and-predictions.md:
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,23 @@ def log_cv_model(tracker: Tracker, parent: str, cfg: DictConfig, fold_runs: dict
         uri = tracker.log_pyfunc(parent, model)
     log.info("logged the %d-fold ensemble as an MLflow model: %s", len(fold_runs), uri)
     return uri
+
+
+def register(tracker: Tracker, parent: str, model_uri: str, name: str | None) -> str | None:
+    """tracking.register_as: a registry that refuses (no registry on the server, no permission) must
+    not turn finished folds into a failed run; the message says how to register the model later."""
+    if not name:
+        return None
+    try:
+        version = tracker.register_model(model_uri, name)
+    except Exception as exc:  # noqa: BLE001 (MLflow and REST errors alike)
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        later = (f"import mlflow; mlflow.set_tracking_uri({json.dumps(tracker.uri)}); "
+                 f"mlflow.register_model({json.dumps(model_uri)}, {json.dumps(name)})")
+        return (f"the CV run {parent} finished and is kept, but registering its model as {name!r} failed "
+                f"({reason}); register it later: python -c {shlex.quote(later)}")
+    log.info("registered %s as version %s of model %r", model_uri, version, name)
+    return None
 
 
 def ensemble_folder(tracker: Tracker, run_id: str, folder: Path) -> Path | None:

@@ -1,25 +1,22 @@
 """One CV run in MLflow, from claim to close: the recorder owns every MLflow step of run_cv.
 
 look (resume: a finished or held unit returns before any weights load) -> claim (a new
-parent, or the previous one reopened) -> recording() (heartbeat; the parent's params,
-config, folds and dataset; every open run closed KILLED / FAILED if anything escapes) ->
-per fold: a stored result, or fold() (a nested run, its metrics sink, values and
-artifacts) -> pruned() or finish() (the summary, the CV model, FINISHED).
+parent, a live one joined, or a dead one reopened) -> recording() (heartbeat; the parent's
+params, config, folds and dataset; every open run closed KILLED / FAILED if anything escapes)
+-> per fold: take_fold() (a stored result, a fold a live process trains, or a new fold run)
+and fold() (its metrics sink, values and artifacts) -> pruned() or finish() (the unit settled:
+the CV over every fold on the parent once all have finished, else how many have).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import shlex
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ftsweep.data.loading import ID, TARGET, TEXT, CvData
@@ -29,7 +26,9 @@ from ftsweep.model.ensemble import BackboneParts
 from ftsweep.tags import (
     CONFIG_KEY_TAG,
     DATA_FINGERPRINT_TAG,
+    FOLD_JOBS_TAG,
     FOLD_TAG,
+    FOLDS_FINISHED_TAG,
     GIT_COMMIT_TAG,
     HEARTBEAT_TAG,
     LABEL_TAG,
@@ -39,36 +38,38 @@ from ftsweep.tags import (
     SEED_TAG,
     SETUP_KEY_TAG,
 )
+from ftsweep.tracking.aggregate import CV_VALUES, Closing, Unclaimed, cv_values, log_cv, stored_fold
 from ftsweep.tracking.describe import run_description
-from ftsweep.tracking.keys import config_key, flatten, fold_tags, git_commit, row_key, setup_key, source_tags
-from ftsweep.tracking.model_export import log_cv_model
+from ftsweep.tracking.keys import (
+    config_key,
+    config_overrides,
+    flatten,
+    fold_tags,
+    git_commit,
+    row_key,
+    setup_key,
+    source_tags,
+    whole_config,
+)
+from ftsweep.tracking.model_export import log_cv_model, register
 from ftsweep.tracking.sink import FoldSink
-from ftsweep.tracking.store import PreviousRun, Tracker
+from ftsweep.tracking.store import Tracker
 from ftsweep.tracking.system_metrics import sampled
-from ftsweep.tracking.units import Claim, claim, close_abandoned, inspect, release
-from ftsweep.train.loop import FoldResult, fold_mean, fold_std, rmse
+from ftsweep.tracking.units import (
+    Claim,
+    PreviousRun,
+    claim,
+    claim_fold,
+    close_abandoned,
+    complete,
+    find_previous,
+    inspect,
+    settle,
+)
+from ftsweep.train.loop import FoldResult, fold_mean
 
 log = logging.getLogger("ftsweep")
 DIGEST_CHARS = 16  # the MLflow dataset digest: the data fingerprint's first hex digits
-PREDICTIONS = "predictions.csv"  # each fold run's validation predictions (resume rebuilds OOF from them)
-
-
-@dataclass
-class Unclaimed:
-    """A unit this process does not run: finished earlier (its folds and OOF score read back) or held
-    by another live process (who holds it)."""
-
-    parent_id: str
-    held_by: str | None = None
-    folds: dict[int, FoldResult] = field(default_factory=dict)
-    rmse_oof: float = float("nan")
-
-
-def fold_predictions(frame: pd.DataFrame, res: FoldResult) -> pd.DataFrame:
-    """A fold's validation rows with their best-checkpoint and last-weights predictions."""
-    out = frame.loc[res.val_rows, [ID, "fold", TARGET]].copy()
-    out["pred_best"], out["pred_last"] = res.pred_best, res.pred_last
-    return out
 
 
 @dataclass
@@ -82,16 +83,27 @@ class FoldRun:
     model_file: Path | None = None  # the fold's weights (trainer.save_models)
 
 
+@dataclass
+class TakenFold:
+    """take_fold's answer: a result stored earlier or by another job (with its run), a fold a live
+    process trains (`held_by`), or a fold run of this process to train it in (`run_id`)."""
+
+    stored: tuple[FoldResult, str] | None = None
+    held_by: str | None = None
+    run_id: str = ""
+
+
 class RunRecorder:
     def __init__(self, cfg: DictConfig, data: CvData, folds: list[int], experiment: str):
         """Opens (creates) the store and experiment; nothing is logged yet."""
         self.cfg, self.data, self.folds = cfg, data, folds
+        self.whole, self.n_folds = whole_config(cfg), int(cfg.cv.n_folds)
         self.tracker = Tracker(cfg.tracking.uri, experiment)
         self.key = config_key(cfg, data.fingerprint)
         self.parent: str | None = None
         self.created = False
-        self.claim_label = ""  # server stores: the claim released when the parent run closes
-        self.done: dict[int, object] = {}  # fold -> its FINISHED run from an earlier attempt
+        self.owner = False  # this process holds the parent run (else it joined one a live process holds)
+        self.scoped = False  # tracking.resume=false: only this parent's own folds count
         self._open: list[str] = []
 
     @property
@@ -102,9 +114,14 @@ class RunRecorder:
         """The experiment's runs in the MLflow UI."""
         return self.tracker.runs_link()
 
+    def fold_jobs_ran(self) -> bool:
+        """Did jobs of their own (cv.folds) run folds of this config here? Then a plain run joins them."""
+        previous = find_previous(self.tracker, self.key)
+        return previous is not None and FOLD_JOBS_TAG in previous.parent.data.tags
+
     def look(self) -> Unclaimed | None:
         """Resume: a finished or held unit returns before any weights load; new data is said once."""
-        unit = inspect(self.tracker, self.key, self.folds)
+        unit = inspect(self.tracker, self.key, self.folds, self.n_folds)
         if unit.state != "run":
             return self._unclaimed(unit)
         if unit.previous is None:
@@ -120,33 +137,37 @@ class RunRecorder:
         return None
 
     def claim(self, label: str, overrides: list[str], tags: dict[str, str], resume: bool) -> Unclaimed | None:
-        """Take the unit: None when it is ours to run, else what the store already holds."""
-        fp = self.data.fingerprint
+        """Work in the unit: None when this process runs folds of it, else what the store already holds."""
+        fp, overrides = self.data.fingerprint, config_overrides(overrides)
         self.tags = {**tags, CONFIG_KEY_TAG: self.key, ROW_KEY_TAG: row_key(self.cfg, fp),
                      SETUP_KEY_TAG: setup_key(self.cfg), DATA_FINGERPRINT_TAG: fp, LABEL_TAG: label,
                      OVERRIDES_TAG: " ".join(overrides), SEED_TAG: str(self.cfg.trainer.seed),
                      GIT_COMMIT_TAG: git_commit() or "unknown", **source_tags()}
-        note = run_description(self.cfg, label, overrides)
-        unit = claim(self.tracker, self.key, self.folds, label, {**self.tags, "mlflow.note.content": note}, resume)
+        split = {FOLD_JOBS_TAG: "true"} if self.cfg.cv.get("folds") is not None else {}
+        note = run_description(self.whole, label, overrides)
+        unit = claim(self.tracker, self.key, self.folds, self.n_folds, label,
+                     {**self.tags, **split, "mlflow.note.content": note}, resume)
         if unit.state != "run":  # taken or finished between the first look and the claim
             return self._unclaimed(unit)
-        self.parent, self.created, self.claim_label = unit.parent_id, unit.created, unit.label
-        self.done = unit.previous.finished_folds if unit.previous else {}
+        self.parent, self.created, self.owner, self.scoped = unit.parent_id, unit.created, unit.owner, not resume
+        if split and not unit.created:
+            self.tracker.set_tags(self.parent, split)
+        done = sorted(f for f in (unit.previous.finished_folds if unit.previous else {}) if f in self.folds)
         if unit.created:
             log.info("MLflow run %s in experiment %r at %s", self.parent, self.tracker.experiment_name,
                      self.tracker.uri)
         else:
-            log.info("resuming MLflow run %s: folds %s already finished", self.parent,
-                     sorted(f for f in self.done if f in self.folds))
+            log.info("%s MLflow run %s: folds %s already finished", "resuming" if unit.owner else "joining",
+                     self.parent, done)
         return None
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
-        """The claimed parent run while its folds run: renewed lease, and no run left RUNNING on failure."""
-        parent = self.parent
-        self._open = [parent]
+        """The claimed parent run while its folds run: renewed leases (the parent this process holds,
+        the fold it trains), and no run of this process left RUNNING on failure."""
+        self._open = [self.parent] if self.owner else []
         try:
-            with Heartbeat(lambda: self.tracker.set_tags(parent, {HEARTBEAT_TAG: beat()})):
+            with Heartbeat(self._beat):
                 if self.created:
                     self._log_parent()
                 yield
@@ -157,11 +178,15 @@ class RunRecorder:
             self._close("FAILED", f"{type(exc).__name__}: {exc}")
             raise
 
+    def _beat(self) -> None:
+        for run_id in list(self._open):
+            self.tracker.set_tags(run_id, {HEARTBEAT_TAG: beat()})
+
     def _log_parent(self) -> None:
         tracker, frame, parent = self.tracker, self.data.frame, self.parent
-        tracker.log_params(parent, flatten(self.cfg))
+        tracker.log_params(parent, flatten(self.whole))
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(self.whole, resolve=True))
             frame[[ID, "fold", TARGET]].to_csv(Path(tmp) / "folds.csv", index=False)
             tracker.log_artifact(parent, Path(tmp) / "config.yaml")
             tracker.log_artifact(parent, Path(tmp) / "folds.csv")
@@ -169,21 +194,26 @@ class RunRecorder:
         tracker.log_dataset(parent, frame[[ID, TEXT, TARGET]], str(path), self.data.fingerprint[:DIGEST_CHARS],
                             name=path.stem, targets=TARGET)
 
-    def stored_fold(self, fold: int) -> tuple[FoldResult, str] | None:
-        """A fold that finished in an earlier attempt on these rows, and its run; None: train it."""
-        if fold not in self.done:
-            return None
-        run = self.done[fold]
-        res = _stored_fold(self.tracker, run, self.data.frame, fold)
-        return (res, run.info.run_id) if res is not None else None
+    def take_fold(self, fold: int) -> TakenFold:
+        """Claim a fold: finished already (in an earlier attempt or by another job: read back), trained
+        by a live process now (left to it), or a new fold run of this process."""
+        frame = self.data.frame
+        tags = dict(self.tags, **fold_tags(fold, frame.loc[frame["fold"] == fold, ID], len(frame)))
+        taken = claim_fold(self.tracker, self.key, self.parent, fold, tags, self.scoped)
+        if taken.state == "held":
+            log.info("fold %d: being trained by a live process (%s): left to it", fold, taken.holder)
+            return TakenFold(held_by=taken.holder)
+        if taken.state == "done":
+            res = stored_fold(self.tracker, taken.run, frame, fold)
+            if res is not None:
+                return TakenFold(stored=(res, taken.run.info.run_id))
+            return TakenFold(run_id=self.tracker.start_run(f"fold {fold}", tags, parent_id=self.parent))
+        return TakenFold(run_id=taken.run_id)
 
     @contextlib.contextmanager
-    def fold(self, fold: int) -> Iterator[FoldRun]:
-        """A nested run for a fold being trained. Step metrics measured before a failure stay logged;
-        on success the caller's values and files are logged and the run FINISHED."""
-        frame = self.data.frame
-        tags = fold_tags(fold, frame.loc[frame["fold"] == fold, ID], len(frame))
-        child = self.tracker.start_run(f"fold {fold}", dict(self.tags, **tags), parent_id=self.parent)
+    def fold(self, fold: int, child: str) -> Iterator[FoldRun]:
+        """The fold run `child` (take_fold's) while the fold trains. Step metrics measured before a
+        failure stay logged; on success the caller's values and files are logged and the run FINISHED."""
         self._open.append(child)
         self.tracker.log_params(child, {"fold": str(fold), "seed": str(int(self.cfg.trainer.seed) + fold)})
         run = FoldRun(child, FoldSink(self.tracker, child, log_lr=bool(self.cfg.tracking.log_lr)))
@@ -216,56 +246,55 @@ class RunRecorder:
         self.tracker.log_values(self.parent, {"rmse_running_mean": fold_mean(folds), "n_folds_run": len(folds)})
         self.tracker.set_tags(self.parent, {PRUNED_TAG: str(after_fold)})
         self.tracker.finish(self.parent, "KILLED")
-        self._open.remove(self.parent)
-        release(self.tracker, self.claim_label)
+        self._open = [r for r in self._open if r != self.parent]
 
     def finish(self, folds: dict[int, FoldResult], fold_runs: dict[int, str],
-               parts: BackboneParts | None = None) -> tuple[float, str | None]:
-        """The summary on the parent; with `parts` (trainer.save_models) the fold weights as one pyfunc
-        model; then FINISHED. Returns the OOF RMSE and, where tracking.register_as failed, how to
-        register the model later."""
-        rmse_oof, registry_error = self._log_summary(folds), None
+               parts: BackboneParts | None = None) -> Closing:
+        """Leave the unit. The job that finds every fold finished writes the CV over all of them on the
+        parent (from this job's folds and the others' read back, as one run of them all would), with
+        `parts` (trainer.save_models) the fold weights as one pyfunc model, then FINISHED; else the
+        parent says how many folds are finished (or is left to the live process that settles it)."""
+        self._open = [r for r in self._open if r != self.parent]  # settle() decides who holds it now
+        outcome, finished = settle(self.tracker, self.key, self.parent, self.n_folds, self.scoped)
+        count = f"{finished} of {self.n_folds}"
+        if outcome == "complete":
+            cv = self._parent_cv()
+            return Closing(cv["rmse_oof"] if cv else float("nan"), cv, count)
+        if outcome != "aggregate":
+            oof = cv_values(self.data.frame, folds)[0]["rmse_oof"] if folds else float("nan")
+            return Closing(oof, None, count)  # this job's folds: a search on a subset of folds scores them
+        self._open.append(self.parent)
+        every, runs = self._every_fold(folds, fold_runs)
+        cv = log_cv(self.tracker, self.parent, self.data.frame, every)
+        registry_error = None
         if parts is not None:
-            uri = log_cv_model(self.tracker, self.parent, self.cfg, fold_runs, parts, self.data.frame[TEXT].tolist())
-            registry_error = self._register(uri)
-        if not self.created:  # a resumed run that a pruner had stopped is whole now
-            self.tracker.delete_tag(self.parent, PRUNED_TAG)
+            uri = log_cv_model(self.tracker, self.parent, self.whole, runs, parts, self.data.frame[TEXT].tolist())
+            registry_error = register(self.tracker, self.parent, uri, self.cfg.tracking.get("register_as"))
+        self.tracker.delete_tag(self.parent, PRUNED_TAG)  # a resumed run that a pruner had stopped is whole now
+        self.tracker.delete_tag(self.parent, FOLDS_FINISHED_TAG)
         self.tracker.finish(self.parent, "FINISHED")
         self._open.remove(self.parent)
-        release(self.tracker, self.claim_label)
-        return rmse_oof, registry_error
+        return Closing(cv["rmse_oof"], cv, count, registry_error)
 
-    def _register(self, model_uri: str) -> str | None:
-        """tracking.register_as: a registry that refuses (no registry on the server, no permission) must
-        not turn finished folds into a failed run; the message says how to register the model later."""
-        name = self.cfg.tracking.get("register_as")
-        if not name:
+    def _every_fold(self, folds: dict[int, FoldResult], fold_runs: dict[int, str]
+                    ) -> tuple[dict[int, FoldResult], dict[int, str]]:
+        """Every fold of the config: this job's, and the others' read back from their runs."""
+        previous = find_previous(self.tracker, self.key, self.parent if self.scoped else None)
+        every, runs = dict(folds), dict(fold_runs)
+        for fold in range(self.n_folds):
+            if fold not in every:
+                run = previous.finished_folds[fold]
+                every[fold], runs[fold] = stored_fold(self.tracker, run, self.data.frame, fold), run.info.run_id
+        missing = [f for f, res in every.items() if res is None]
+        if missing:
+            raise RuntimeError(f"folds {missing} of run {self.parent} scored other rows than this config's folds")
+        return every, runs
+
+    def _parent_cv(self) -> dict[str, float] | None:
+        run = self.tracker.get_run(self.parent)
+        if not complete(run) or "rmse_mean" not in run.data.metrics:
             return None
-        try:
-            version = self.tracker.register_model(model_uri, name)
-        except Exception as exc:  # noqa: BLE001 (MLflow and REST errors alike)
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            later = (f"import mlflow; mlflow.set_tracking_uri({json.dumps(self.tracker.uri)}); "
-                     f"mlflow.register_model({json.dumps(model_uri)}, {json.dumps(name)})")
-            return (f"the CV run {self.parent} finished and is kept, but registering its model as {name!r} failed "
-                    f"({reason}); register it later: python -c {shlex.quote(later)}")
-        log.info("registered %s as version %s of model %r", model_uri, version, name)
-        return None
-
-    def _log_summary(self, folds: dict[int, FoldResult]) -> float:
-        frame = self.data.frame
-        scored = pd.concat([fold_predictions(frame, r) for r in folds.values()]).sort_index()
-        rmse_oof = rmse(scored["pred_best"].to_numpy(), scored[TARGET].to_numpy())
-        self.tracker.log_values(self.parent, {
-            "rmse_mean": fold_mean(folds), "rmse_std": fold_std(folds),
-            "rmse_last_mean": fold_mean(folds, "rmse_last"), "rmse_last_std": fold_std(folds, "rmse_last"),
-            "rmse_oof": rmse_oof, "rmse_oof_last": rmse(scored["pred_last"].to_numpy(), scored[TARGET].to_numpy()),
-            "n_folds_run": len(folds),
-        })
-        with tempfile.TemporaryDirectory() as tmp:
-            scored.to_csv(Path(tmp) / "oof.csv", index=False)
-            self.tracker.log_artifact(self.parent, Path(tmp) / "oof.csv")
-        return rmse_oof
+        return {k: run.data.metrics[k] for k in CV_VALUES if k in run.data.metrics}
 
     def _close(self, status: str, reason: str) -> None:
         """Mark the open runs; a store that fails now too (disk full, server gone) must not hide the
@@ -277,7 +306,6 @@ class RunRecorder:
                 log.warning("could not mark run %s %s (the next run against this store marks it KILLED): %s",
                             run_id, status, str(exc).splitlines()[0][:200])
         self._open = []
-        release(self.tracker, self.claim_label)
 
     def _unclaimed(self, unit: Claim) -> Unclaimed:
         if unit.state == "finished":
@@ -288,27 +316,10 @@ class RunRecorder:
         return Unclaimed(unit.parent_id, held_by=unit.holder)
 
     def _stored_result(self, previous: PreviousRun) -> Unclaimed:
+        self.parent = previous.parent_id
+        cv = self._parent_cv()
+        finished = sum(f in previous.finished_folds for f in range(self.n_folds))
         return Unclaimed(previous.parent_id,
-                         folds={f: _stored_fold(self.tracker, previous.finished_folds[f], None) for f in self.folds},
-                         rmse_oof=self.tracker.get_run(previous.parent_id).data.metrics.get("rmse_oof", float("nan")))
+                         folds={f: stored_fold(self.tracker, previous.finished_folds[f], None) for f in self.folds},
+                         rmse_oof=cv["rmse_oof"] if cv else float("nan"), cv=cv, finished=f"{finished} of {self.n_folds}")
 
-
-def _stored_fold(tracker: Tracker, run, frame: pd.DataFrame | None, fold: int | None = None) -> FoldResult | None:
-    """A fold that finished in an earlier attempt, read back from MLflow. With `frame`: None when
-    its validation rows are not this fold's rows (then the fold is trained again, never mixed in)."""
-    m = run.data.metrics
-    res = FoldResult(rmse_best=m["rmse_best"], rmse_last=m["rmse_last"], rmse_swa=m.get("rmse_swa"),
-                     pred_best=np.array([]), pred_last=np.array([]), best_step=int(m.get("best_step", -1)),
-                     steps=int(m.get("steps", 0)), evaluations=int(m.get("evaluations", 0)),
-                     seconds=float(m.get("fold_seconds", 0.0)))
-    if frame is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            preds = pd.read_csv(tracker.download(run.info.run_id, PREDICTIONS, Path(tmp)), dtype={ID: str})
-        expected = frame.loc[frame["fold"] == fold, ID]
-        if len(preds) != len(expected) or set(preds[ID]) != set(expected):
-            log.warning("fold %s of run %s scored other rows than this fold holds: training it again", fold,
-                        run.info.run_id)
-            return None
-        rows = pd.Series(np.arange(len(frame)), index=frame[ID]).loc[preds[ID]].to_numpy()
-        res.val_rows, res.pred_best, res.pred_last = rows, preds["pred_best"].to_numpy(), preds["pred_last"].to_numpy()
-    return res

@@ -12,7 +12,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path, store_lock
-from ftsweep.tags import CLAIM_PREFIX, CONFIG_KEY_TAG, ERROR_TAG, FOLD_TAG
+from ftsweep.tags import CLAIM_PREFIX, ERROR_TAG
 from ftsweep.tracking.addresses import check_server, check_sqlite_file, normalize_uri
 
 log = logging.getLogger(__name__)
@@ -114,17 +113,6 @@ def runs_link(tracking_uri: str, experiment_id: str, ui_base: str | None = None)
     base = ui_base or (tracking_uri if tracking_uri.startswith("http") else UI_BASE)
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 MODEL_NAME = "model"  # the parent run's pyfunc model: runs:/<parent id>/model
-
-
-@dataclass
-class PreviousRun:
-    """Earlier runs of the same config in this experiment (for resuming)."""
-
-    parent_id: str
-    parent_status: str
-    finished_folds: dict[int, Run]  # fold -> its newest FINISHED child run
-    parents: list[Run] = field(default_factory=list)  # every parent run of the key, newest first
-    running_folds: list[Run] = field(default_factory=list)  # fold runs still marked RUNNING
 
 
 class Tracker:
@@ -253,10 +241,11 @@ class Tracker:
         _retry(lambda: self.client.delete_experiment(created))
         return True
 
-    def claims(self, prefix: str) -> dict[str, dict[str, str]]:
-        """name -> tags of the claims (hidden experiments included) whose name starts with `prefix`."""
+    def claims(self, prefix: str, newest: int = 50) -> dict[str, dict[str, str]]:
+        """name -> tags of the `newest` claims (hidden experiments included) whose name starts with `prefix`."""
         found = _retry(lambda: self.client.search_experiments(
-            view_type=ViewType.ALL, filter_string=f"name LIKE '{prefix}%'", max_results=1000))
+            view_type=ViewType.ALL, filter_string=f"name LIKE '{prefix}%'", max_results=newest,
+            order_by=["creation_time DESC"]))
         return {e.name: e.tags for e in found if e.name.startswith(prefix)}
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -317,20 +306,6 @@ class Tracker:
             except (MlflowException, OSError) as exc:
                 raise FtsweepError(f"cannot download {path} of the model of run {run_id} "
                                    f"({str(exc).splitlines()[0][:200]}).") from None
-
-    def find_previous(self, key: str) -> PreviousRun | None:
-        """The newest parent run with this config key, and every fold already FINISHED under any of them."""
-        runs = self.runs_tagged(CONFIG_KEY_TAG, key)
-        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-        if not parents:
-            return None
-        finished: dict[int, Run] = {}
-        for run in runs:
-            fold = run.data.tags.get(FOLD_TAG)
-            if fold is not None and run.info.status == "FINISHED":
-                finished.setdefault(int(fold), run)
-        running = [r for r in runs if FOLD_TAG in r.data.tags and r.info.status == "RUNNING"]
-        return PreviousRun(parents[0].info.run_id, parents[0].info.status, finished, parents, running)
 
     def reopen(self, run_id: str, tags: dict[str, str]) -> None:
         """The new owner's tags first, then RUNNING: never RUNNING under the dead owner it was taken from

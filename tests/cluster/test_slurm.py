@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import psycopg2
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ftsweep.data.demo import generate
 
@@ -24,6 +25,9 @@ TABLE1 = ["-m", "+sweep=table1", "model=tiny", "model.architecture.num_hidden_la
 # fold that ends within those seconds still finishes.
 LONG = ["-m", "model=tiny", "cv.n_folds=2", "data.max_rows=400", "trainer.epochs=40", "trainer.max_length=32",
         "optimizer=adamw,llrd"]
+# One config of 3 folds (64 training rows each at batch 8: 16 steps), its folds as jobs of their own
+FOLD_JOBS = ["model=tiny", "cv.n_folds=3", "data.max_rows=96", "trainer.batch_size=8", "trainer.max_length=32",
+             "trainer.epochs=2"]
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,44 @@ def test_scancel_midway_then_rerun_leaves_one_finished_run_per_unit(cluster, tmp
     assert len(units) == len(set(units)) == 4  # every (config, seed, fold) once, nothing twice
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}  # the cancelled parent reopened
     assert len({p.data.tags["ftsweep.config_key"] for p in parents}) == 2
+
+
+def test_one_configs_folds_as_slurm_array_tasks_write_one_parent_equal_to_the_local_run(cluster, tmp_path):
+    """`-m 'cv.folds=[0],[1],[2]'` through sbatch: three array tasks, one per fold, into one parent run on the
+    server whose folds and CV (rmse_mean, sd, OOF, oof.csv) equal the same config trained in one local
+    process (one torch thread in both), to the last digit; then the plain command trains no fold."""
+    experiment = unique("folds")
+    args = [*FOLD_JOBS, f"tracking.experiment={experiment}"]
+    on_slurm = cluster.run("ftsweep", "-m", *args, "cv.folds=[0],[1],[2]", *cluster.launcher(),
+                           f"paths.output_root={tmp_path / 'slurm'}", cwd=tmp_path)
+    assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
+    states = cluster.job_states(sweep_dir(tmp_path / "slurm"))
+    assert len(states) == 3 and set(states.values()) == {"COMPLETED"}, states  # one array task per fold
+    local = cluster.run("ftsweep", *args, "trainer.num_threads=1", f"paths.output_root={tmp_path / 'local'}",
+                        cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+    (parent,), folds = experiment_runs(cluster.uri, experiment)
+    (local_parent,), local_folds = experiment_runs(f"sqlite:///{tmp_path}/local/mlflow.db", experiment)
+    assert parent.info.status == "FINISHED" and {f.info.status for f in folds} == {"FINISHED"}
+    assert "ftsweep.folds_finished" not in parent.data.tags and parent.data.tags["ftsweep.fold_jobs"] == "true"
+    assert {f.data.tags["mlflow.parentRunId"] for f in folds} == {parent.info.run_id}
+
+    def per_fold(runs):
+        return {f.data.tags["ftsweep.fold"]: (f.data.metrics["rmse_best"], f.data.metrics["rmse_last"]) for f in runs}
+
+    assert per_fold(folds) == per_fold(local_folds) and len(folds) == 3
+    for key in ("rmse_mean", "rmse_std", "rmse_last_mean", "rmse_oof", "rmse_oof_last", "n_folds_run"):
+        assert parent.data.metrics[key] == local_parent.data.metrics[key], key
+
+    def oof(uri, run_id, name):
+        return pd.read_csv(MlflowClient(uri).download_artifacts(run_id, "oof.csv", str(tmp_path / name)), dtype={"id": str})
+
+    pd.testing.assert_frame_equal(oof(cluster.uri, parent.info.run_id, "remote"),
+                                  oof(f"sqlite:///{tmp_path}/local/mlflow.db", local_parent.info.run_id, "local"),
+                                  check_exact=True)
+    again = cluster.run("ftsweep", *args, f"tracking.uri={cluster.uri}", f"paths.output_root={tmp_path / 'again'}",
+                        cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"already finished in run {parent.info.run_id}: nothing to do" in again.stdout + again.stderr
+    parents_after, folds_after = experiment_runs(cluster.uri, experiment)
+    assert [p.info.run_id for p in parents_after] == [parent.info.run_id] and len(folds_after) == 3
