@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
+from ftsweep import interrupts
 from ftsweep.errors import FtsweepError, exit_with
 from ftsweep.hydra_job import in_multirun, record_job
 
@@ -57,7 +58,8 @@ def _interrupt(signum, frame):
     if _launcher_worker and _received is not None:
         return  # already closing its runs (Ctrl-C, then the orphan watch's SIGTERM): let it finish
     _received = signum
-    raise KeyboardInterrupt
+    if not interrupts.deferred(signum):  # else raised when the store call in flight ends
+        raise KeyboardInterrupt
 
 
 def _die_by(signum: int) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+import threading
 
 import pytest
 
-from ftsweep import jobs
+from ftsweep import interrupts, jobs
 from ftsweep.errors import exit_with
+from ftsweep.tags import ERROR_TAG
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +89,76 @@ def test_a_search_interrupted_between_trials_says_how_to_go_on(capsys, monkeypat
     assert ended.value.code == 130
     assert _last_line(capsys) == ("ftsweep: interrupted; what finished stays logged. Rerun the same command to go on "
                                   "with the study (an interrupted trial runs again and keeps its finished folds).")
+
+
+def _file_is_free(db) -> bool:
+    """Another connection can take the SQLite file for itself (no statement of ours holds it)."""
+    probe = sqlite3.connect(db, timeout=0)
+    try:
+        probe.execute("BEGIN EXCLUSIVE")
+        probe.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("call", ["log_values", "finish"])
+def test_a_signal_inside_a_store_call_lands_after_it_and_leaves_the_file_free(migrated_store, monkeypatch, call):
+    """SIGTERM in the middle of MLflow's SQL: raised inside SQLAlchemy, it left a half-read
+    statement alive in the traceback and the file locked, and the clean-up that marks the runs
+    KILLED waited minutes on its own lock (CI's hung search). Now the call ends first."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from ftsweep.tracking.store import Tracker
+
+    tracker = Tracker(migrated_store, "signals")
+    run_id = tracker.start_run("run", {})
+    monkeypatch.setattr(jobs, "_launcher_worker", False)
+    signal.signal(signal.SIGTERM, jobs._interrupt)
+    fired: list[str] = []
+
+    def signal_once(conn, cursor, statement, *args):
+        if not fired:
+            fired.append(statement.split()[0])
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    event.listen(Engine, "after_cursor_execute", signal_once)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if call == "log_values":
+                tracker.log_values(run_id, {"rmse": 0.5})
+            else:
+                tracker.finish(run_id, "KILLED", "interrupted")
+        free = _file_is_free(migrated_store.removeprefix("sqlite:///"))  # the exception still alive, as in a handler
+    finally:
+        event.remove(Engine, "after_cursor_execute", signal_once)
+    assert fired and free
+    run = tracker.get_run(run_id)
+    if call == "log_values":
+        assert run.data.metrics == {"rmse": 0.5}  # the call that was in flight finished
+    else:  # its first store call (the reason) finished; the interrupt came before the status
+        assert run.data.tags[ERROR_TAG] == "interrupted" and run.info.status == "RUNNING"
+
+
+def test_held_signals_wait_for_the_outermost_block_and_other_threads_are_not_held():
+    order = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.held():
+            with interrupts.held():
+                assert interrupts.deferred(signal.SIGTERM)
+                order.append("inner end")
+            order.append("outer end")
+    assert order == ["inner end", "outer end"] and not interrupts.deferred(signal.SIGTERM)
+    seen = []
+
+    def elsewhere():
+        with interrupts.held():
+            seen.append(interrupts.deferred(signal.SIGTERM))
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert seen == [False] and interrupts._pending is None

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from ftsweep import interrupts
 from ftsweep.cv.job import OBJECTIVES, TrialHooks
 from ftsweep.cv.pipeline import FoldReport
 from ftsweep.data.loading import TARGET
@@ -53,11 +54,13 @@ def fold_reporter(cfg: DictConfig) -> FoldReport | None:
     column, scored = OBJECTIVES[objective], []  # the objective's predictions, fold by fold
 
     def report(step: int, running_mean: float, predictions: pd.DataFrame) -> bool:
-        if getattr(pruner, "needs_row_errors", False):
-            trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions, column))
         scored.append(predictions)
-        trial.report(_reported(scored, column, running_mean, per_fold=per_fold, objective=objective), step)
-        return trial.should_prune()
+        value = _reported(scored, column, running_mean, per_fold=per_fold, objective=objective)
+        with interrupts.held():  # the study's SQLite file is not left locked by a signal (ftsweep.interrupts)
+            if getattr(pruner, "needs_row_errors", False):
+                trial.set_user_attr(ROW_ERRORS_ATTR.format(step=step), encode_errors(predictions, column))
+            trial.report(value, step)
+            return trial.should_prune()
 
     return report
 

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ftsweep import interrupts
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path, store_lock
 from ftsweep.tags import CLAIM_PREFIX, ERROR_TAG
@@ -88,7 +89,8 @@ def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = 
     """`fn`, tried again (with back-off) while it fails with one of the `transient` messages."""
     for attempt in range(attempts):
         try:
-            return fn()
+            with interrupts.held():  # a signal now would leave SQLite locked for the clean-up (ftsweep.interrupts)
+                return fn()
         except Exception as exc:  # MlflowException, RestException or SQLAlchemy's OperationalError
             if attempt == attempts - 1 or not any(word in str(exc) for word in transient):
                 raise
@@ -278,13 +280,14 @@ class Tracker:
     def log_pyfunc(self, run_id: str, model: dict) -> str:
         """Log an MLflow pyfunc model under the run; returns its URI.
         `model`: mlflow.pyfunc.log_model's python_model, artifacts, code_paths, signature, ..."""
-        with _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id), _quiet_mlflow(logging.WARNING):
+        with interrupts.held(), _fluent(self.uri) as mlflow, mlflow.start_run(run_id=run_id), \
+                _quiet_mlflow(logging.WARNING):
             info = mlflow.pyfunc.log_model(name=MODEL_NAME, **model)  # start_run: the only way onto a run
         return info.model_uri
 
     def register_model(self, model_uri: str, name: str) -> str:
         """A new version of the registered model `name` (created if new); returns the version."""
-        with _fluent(self.uri) as mlflow, _quiet_mlflow():
+        with interrupts.held(), _fluent(self.uri) as mlflow, _quiet_mlflow():
             return str(mlflow.register_model(model_uri, name).version)
 
     def download_model_files(self, run_id: str, path: str, folder: Path) -> Path | None:
