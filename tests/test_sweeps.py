@@ -213,6 +213,10 @@ _DEAD_WORKER = ("ftsweep: error: a job's process died (SIGKILL, often the out-of
                 "launcher, and the sweep stopped there; finished jobs keep their runs in MLflow experiment 'stop'. "
                 "Rerun the same command to run the rest (finished folds are reused); if memory ran out, lower "
                 "hydra.launcher.n_jobs or trainer.batch_size.")
+_TERMINATED_WORKER = ("ftsweep: error: a job's process died (SIGTERM) under the joblib launcher, and the sweep "
+                      "stopped there; finished jobs keep their runs in MLflow experiment 'stop'. Rerun the same "
+                      "command to run the rest (finished folds are reused); its log says why (the job folder under "
+                      "hydra.sweep.dir).")
 _INTERRUPTED = ("ftsweep: interrupted; finished jobs keep their runs in MLflow experiment 'stop'. Rerun the same "
                 "command to run the rest (finished folds are reused).")
 _SEARCH_INTERRUPTED = ("ftsweep: interrupted; the running trials are retried by the next run of this command (their "
@@ -223,7 +227,9 @@ _SEARCH = ["+sweep=search_llrd", "reinit.n=range(0, 3)", "hydra.sweeper.n_trials
 
 @pytest.mark.parametrize(("sweep", "stop", "code", "last_line"), [
     pytest.param(_GRID, "kill -9 a worker", 1, _DEAD_WORKER, id="grid-kill-9"),
-    pytest.param(_GRID, "Ctrl-C", 130, _INTERRUPTED, id="grid-ctrl-c"),
+    pytest.param(_GRID, "SIGTERM a worker", 1, _TERMINATED_WORKER, id="grid-term-a-worker"),
+    # the second Ctrl-C lands while the first one's clean-up runs (or just after): still one line
+    pytest.param(_GRID, "Ctrl-C twice", 130, _INTERRUPTED, id="grid-ctrl-c-twice"),
     # the driver leaves at once; its workers close their runs
     pytest.param(_SEARCH, "Ctrl-C", 130, _SEARCH_INTERRUPTED, id="search-ctrl-c"),
 ])
@@ -243,13 +249,16 @@ def test_a_stopped_joblib_sweep_is_one_line_and_keeps_what_finished(tmp_path, sw
             time.sleep(0.3)
         _, runs = _experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", "stop")
         finished = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
-        if stop == "Ctrl-C":
+        if stop.startswith("Ctrl-C"):
             os.killpg(proc.pid, signal.SIGINT)
+            if stop == "Ctrl-C twice":
+                time.sleep(0.2)
+                os.killpg(proc.pid, signal.SIGINT)
         else:
             workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "LokyProcess"], capture_output=True,
                                      text=True).stdout.split()
             assert workers, "no joblib worker found"
-            os.kill(int(workers[0]), signal.SIGKILL)
+            os.kill(int(workers[0]), signal.SIGKILL if stop == "kill -9 a worker" else signal.SIGTERM)
         err = proc.communicate(timeout=120)[1]
         # a search's workers close their runs after their driver has left (the orphan watch: 1 s polls, then
         # up to 20 s of grace); the wait ends when the group is gone, its bound is for a loaded 2-core box
