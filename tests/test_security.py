@@ -169,18 +169,30 @@ class _BasicAuth(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _credentials(user: str, password: str) -> dict[str, str]:
+    """A login in MLflow's credentials file (~/.mlflow/credentials) instead of its variables."""
+    return {"file": f"[mlflow]\nmlflow_tracking_username = {user}\nmlflow_tracking_password = {password}\n"}
+
+
 @pytest.mark.parametrize(("login", "message"), [
-    ({}, "needs a login (HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ({}, "needs a login (HTTP 401); put the login in ~/.mlflow/credentials (mode 0600) or set "
+         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
     ({"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "wrong"},
-     "refuses the login of user 'alice' (HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+     "refuses the login of user 'alice' (HTTP 401; password from MLFLOW_TRACKING_PASSWORD); put the login in"),
+    (_credentials("alice", "wrong"), "refuses the login of user 'alice' (HTTP 401; password from {home}/.mlflow/credentials)"),
     ({"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": "secret"},
      "does not let user 'bob' read experiments (HTTP 403)"),
     ({"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "secret"}, None),
+    (_credentials("alice", "secret"), None),
 ])
 def test_a_server_behind_auth_refuses_in_one_line(monkeypatch, tmp_path, login, message):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.mlflow/credentials of this machine's user
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_AUTH"):
         monkeypatch.delenv(name, raising=False)
+    login = dict(login)
+    if "file" in login:
+        (tmp_path / ".mlflow").mkdir()
+        (tmp_path / ".mlflow/credentials").write_text(login.pop("file"))
     for name, value in login.items():
         monkeypatch.setenv(name, value)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BasicAuth)
@@ -193,7 +205,7 @@ def test_a_server_behind_auth_refuses_in_one_line(monkeypatch, tmp_path, login, 
             with pytest.raises(FtsweepError) as caught:
                 Tracker(uri, None)
             assert str(caught.value).startswith(f"the MLflow server at {uri} ")
-            assert message in str(caught.value) and "\n" not in str(caught.value)
+            assert message.format(home=tmp_path) in str(caught.value) and "\n" not in str(caught.value)
     finally:
         server.shutdown()
         server.server_close()

@@ -1,22 +1,49 @@
 #!/usr/bin/env bash
 # Single-node SLURM on 127.0.0.1: munged -> MariaDB -> slurmdbd -> slurmctld -> slurmd.
 #   deploy/slurm/slurm.sh up | down
-# Configs are rendered from slurm.conf.in / slurmdbd.conf.in into $STATE/etc.
+# Configs are rendered from slurm.conf.in / slurmdbd.conf.in into $STATE/etc/slurm.
+# Users: munged as munge, MariaDB as mysql, slurmdbd and slurmctld as $SLURM_USER (slurm),
+# slurmd as root (it starts each job as the job's user). Each `up` gives their files their
+# owner and mode again: state written by an older cluster-up that ran them as root included.
 source "$(dirname "$0")/../lib.sh"
 
 MYSQL_DATA="$STATE/mysql"
 MYSQL_SOCKET="$STATE/mysql-run/mysqld.sock"
 MYSQL_ROOT=(mariadb --no-defaults --socket="$MYSQL_SOCKET" -u root)
 
+# The files of slurmctld and slurmdbd: theirs, on every run. Before, they ran as root: a slurmctld
+# still running so is stopped first, or it would write root's files into its state after the chown.
+slurm_files() {
+    if ! runs_as slurmctld "$SLURM_USER"; then
+        # slurmd checks that the controller's calls come from SlurmUser: one that read the old slurm.conf
+        # would refuse the new slurmctld's, so it starts again too
+        say "slurm: slurmctld runs as another user than $SLURM_USER (an older cluster-up): slurmd starts again too"
+        stop slurmd
+        stop_unless_user slurmctld "$SLURM_USER"
+    fi
+    stop_unless_user slurmdbd "$SLURM_USER"
+    # StateSaveLocation: job scripts and environments; only slurmctld (and root) read it
+    install -d -o "$SLURM_USER" -g "$SLURM_USER" -m 700 "$STATE/slurm/ctld"
+    chown -R "$SLURM_USER:" "$STATE/slurm/ctld"
+    install -d -o "$SLURM_USER" -g "$SLURM_USER" -m 755 "$STATE/slurm/run"  # their own pid files
+    owned "$SLURM_USER" 640 "$LOG/slurmctld.log" "$LOG/slurmdbd.log"    # they open their logs themselves
+    # Where an older cluster-up had them. Its slurmdbd.conf was root's: gone, rather than given to slurm,
+    # so that that older cluster-up (which writes it in place, as root's) still works on this state folder.
+    rm -f "$RUN/slurmctld.daemon.pid" "$RUN/slurmdbd.daemon.pid" "$STATE/etc/slurm.conf" "$STATE/etc/slurmdbd.conf"
+}
+
 up() {
-    mkdir -p "$STATE/etc" "$STATE/slurm/ctld" "$STATE/slurm/d"
+    mkdir -p "$STATE/etc/slurm" "$STATE/slurm/d"
     install -d -o munge -g munge -m 755 "$STATE/munge"
     install -d -o mysql -g mysql -m 755 "$STATE/mysql-run"
+    slurm_files
     CPUS="$(nproc)"
     REAL_MEMORY="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
     SLURMDBD_PASSWORD="$(secret slurmdbd)"
-    render "$DEPLOY/slurm/slurm.conf.in" "$STATE/etc/slurm.conf"
-    (umask 077; render "$DEPLOY/slurm/slurmdbd.conf.in" "$STATE/etc/slurmdbd.conf")
+    render "$DEPLOY/slurm/slurm.conf.in" >"$SLURM_CONF"
+    chmod 644 "$SLURM_CONF"  # every daemon and client reads it
+    # slurmdbd refuses a slurmdbd.conf not owned by SlurmUser or readable by others (it holds a password)
+    render "$DEPLOY/slurm/slurmdbd.conf.in" | private "$STATE/etc/slurm/slurmdbd.conf" "$SLURM_USER"
 
     # munge: a private daemon on its own socket, the key the package generated.
     start munged munge munged --foreground --socket="$STATE/munge/munge.socket.2" \
@@ -40,14 +67,14 @@ ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$SLURMDBD_PASSWORD';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 SQL
 
-    start slurmdbd root slurmdbd -D
+    start slurmdbd "$SLURM_USER" slurmdbd -D
     wait_for slurmdbd 60 sacctmgr -n show cluster
     # The cluster must be known to the accounting database before slurmctld registers.
     if [[ -z "$(sacctmgr -n -P show cluster ftsweep format=cluster)" ]]; then
         sacctmgr -i add cluster ftsweep >/dev/null
     fi
 
-    start slurmctld root slurmctld -D -f "$SLURM_CONF"
+    start slurmctld "$SLURM_USER" slurmctld -D -f "$SLURM_CONF"
     wait_for slurmctld 60 scontrol ping
     start slurmd root slurmd -D -f "$SLURM_CONF"
     # A node that was down (e.g. after an unclean stop) returns by itself (ReturnToService=2).

@@ -4,6 +4,7 @@ SQLite), a server that answers as MLflow and takes this client's login. Each pro
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,7 @@ from ftsweep.locks import sqlite_path
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 REACH_TIMEOUT = 5.0  # seconds: an unreachable server is reported at once, not after minutes of retries
+CREDENTIALS = "~/.mlflow/credentials"  # MLflow's client reads a login there (mlflow.utils.credentials)
 
 
 def normalize_uri(uri: str) -> str:
@@ -71,8 +73,16 @@ def check_server(uri: str) -> None:
                            f"(docs/cluster-and-team-server.md) or fix tracking.uri / MLFLOW_TRACKING_URI.") from None
 
 
-LOGIN = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (make cluster-up's: "
-         "source /var/lib/ftsweep-cluster/cluster.env; see docs/cluster-and-team-server.md)")
+LOGIN = ("put the login in ~/.mlflow/credentials (mode 0600) or set MLFLOW_TRACKING_USERNAME and "
+         "MLFLOW_TRACKING_PASSWORD (docs/cluster-and-team-server.md; make cluster-up's: "
+         "/var/lib/ftsweep-cluster/secrets/mlflow-credentials)")
+
+
+def _password_source() -> str:
+    """Where MLflow's client took the password from: its variable wins over the credentials file."""
+    from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD
+
+    return MLFLOW_TRACKING_PASSWORD.name if MLFLOW_TRACKING_PASSWORD.get() else os.path.expanduser(CREDENTIALS)
 
 
 def check_login(uri: str) -> None:
@@ -94,6 +104,7 @@ def check_login(uri: str) -> None:
         raise FtsweepError(f"the MLflow server at {uri} needs a login (HTTP {response.status_code}); {LOGIN}.")
     who = f"user {creds.username!r}" if creds.username else "this login"
     if response.status_code == 401:
-        raise FtsweepError(f"the MLflow server at {uri} refuses the login of {who} (HTTP 401); {LOGIN}.")
+        source = f"; password from {_password_source()}" if creds.password else ""
+        raise FtsweepError(f"the MLflow server at {uri} refuses the login of {who} (HTTP 401{source}); {LOGIN}.")
     raise FtsweepError(f"the MLflow server at {uri} does not let {who} read experiments (HTTP 403); "
                        f"ask its admin for a permission (docs/cluster-and-team-server.md).")

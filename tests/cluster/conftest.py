@@ -10,5 +10,5 @@ from .helpers import Cluster, connect
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
-    return connect()
+def cluster(tmp_path_factory) -> Cluster:
+    return connect(tmp_path_factory.mktemp("home"))

@@ -34,7 +34,7 @@ class Cluster:
     uri: str        # the MLflow server
     database: str   # its PostgreSQL backend (password in $PGPASSFILE)
     partition: str
-    env: dict[str, str]  # what clients need: SLURM_CONF, PGPASSFILE, MLFLOW_TRACKING_USERNAME/PASSWORD
+    env: dict[str, str]  # what clients need: SLURM_CONF, PGPASSFILE, HOME (its .mlflow/credentials: the login)
     study_storage: str = ""  # PostgreSQL database for search studies (hydra.sweeper.storage)
 
     def launcher(self) -> list[str]:
@@ -79,21 +79,38 @@ class Cluster:
         subprocess.run([str(ROOT / "deploy/mlflow/server.sh"), action], check=True, capture_output=True, timeout=240)
 
 
-def connect() -> Cluster:
-    """The services as cluster.env describes them, checked usable (else skip, or fail under CI)."""
+LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def client_home(credentials: Path, home: Path) -> Path:
+    """A HOME of the tests' own with the cluster's login as MLflow's credentials file, as a user sets
+    one up (docs/cluster-and-team-server.md): HOME/.mlflow 0700, the file 0600. Root's real ~/.mlflow is
+    left alone (others' tests share this machine)."""
+    (home / ".mlflow").mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = home / ".mlflow/credentials"
+    target.touch(mode=0o600)
+    target.chmod(0o600)
+    target.write_bytes(credentials.read_bytes())
+    return home
+
+
+def connect(home: Path) -> Cluster:
+    """The services as cluster.env describes them, checked usable (else skip, or fail under CI). The login
+    reaches every client (this process, its children, their SLURM jobs) through HOME/.mlflow/credentials,
+    not the environment: no password variable is set, and one the caller had is removed."""
     env_file = STATE / "cluster.env"
     if not env_file.exists():
         cluster_unusable(f"the cluster is not up ({env_file} missing): run `make cluster-up` as root first")
     values = _read_env(env_file)
-    if "FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE" not in values:
-        cluster_unusable(f"{env_file} names no MLflow login (a cluster-up before basic auth): rerun `make cluster-up`")
-    # The server is behind basic auth: children get the login in their environment, this process
-    # (its MlflowClient calls) in os.environ.
-    login = {"MLFLOW_TRACKING_USERNAME": values["MLFLOW_TRACKING_USERNAME"],
-             "MLFLOW_TRACKING_PASSWORD": Path(values["FTSWEEP_CLUSTER_MLFLOW_PASSWORD_FILE"]).read_text().strip()}
-    os.environ.update(login)
+    if "FTSWEEP_CLUSTER_MLFLOW_CREDENTIALS" not in values:
+        cluster_unusable(f"{env_file} names no MLflow credentials file (an older cluster-up): rerun `make cluster-up`")
+    client_home(Path(values["FTSWEEP_CLUSTER_MLFLOW_CREDENTIALS"]), home)
+    for name in LOGIN_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ["HOME"] = str(home)  # this process's MlflowClient calls
     found = Cluster(values["FTSWEEP_CLUSTER_TRACKING_URI"], values["FTSWEEP_CLUSTER_DATABASE"],
-                    values["FTSWEEP_CLUSTER_PARTITION"], {**{k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")}, **login},
+                    values["FTSWEEP_CLUSTER_PARTITION"],
+                    {**{k: values[k] for k in ("SLURM_CONF", "PGPASSFILE")}, "HOME": str(home)},
                     values.get("FTSWEEP_CLUSTER_STUDY_STORAGE", ""))
     try:
         urllib.request.urlopen(f"{found.uri}/health", timeout=5)
