@@ -12,7 +12,8 @@ source "$(dirname "$0")/lib.sh"
 [[ "$(id -u)" == 0 ]] || die "run as root (it installs packages, and starts each daemon as its own user)"
 [[ -x "$VENV/bin/mlflow" ]] || die "no $VENV/bin/mlflow: run make install first"
 
-PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server postgresql)
+# python3-venv: the MLflow server's own venv, where its user cannot run the clients' Python (server.sh)
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server postgresql python3-venv)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -25,6 +25,36 @@ HOME_DIR="$STATE/mlflow-server"   # the server's own folder (and its HOME)
 # (pyenv's under /root, 0700) is not, whatever the venv folder's own modes.
 SERVER_VENV="$(realpath -m "${FTSWEEP_MLFLOW_VENV:-$VENV}")"
 SERVER_PYTHON="$SERVER_VENV/bin/python"
+# Made by server_venv when the clients' venv is out of the server user's reach and none is named.
+OWN_VENV="${FTSWEEP_MLFLOW_OWN_VENV:-/opt/ftsweep-mlflow-venv}"
+
+runnable_by_server() {  # as the server starts it: its user runs the interpreter, which runs itself again (uvicorn)
+    (cd / && as_user "$MLFLOW_USER" "$1" -c "import subprocess, sys
+subprocess.run([sys.executable, '-c', 'import mlflow.server, psycopg2, flask_wtf'], check=True)") >/dev/null 2>&1
+}
+
+# The clients' venv is usually built from a Python in root's home (pyenv's, /root 0700), which the
+# server's user cannot run. Then, unless FTSWEEP_MLFLOW_VENV names one, the server gets a venv of
+# its own from the system's Python, with the clients' MLflow version (made once, ~1 min).
+server_venv() {
+    runnable_by_server "$SERVER_PYTHON" && return
+    [[ -z "${FTSWEEP_MLFLOW_VENV:-}" ]] || die "the user $MLFLOW_USER, which runs the MLflow server, cannot run \
+$SERVER_PYTHON with mlflow, psycopg2 and flask_wtf: every folder above it must be open to that user"
+    if ! runnable_by_server "$OWN_VENV/bin/python"; then
+        local pins
+        pins="$("$VENV/bin/python" -m pip freeze 2>/dev/null | grep -iE '^(mlflow|mlflow-skinny|mlflow-tracing|psycopg2-binary|flask-wtf)==')" \
+            || die "cannot read MLflow's version from $VENV: run make install"
+        say "mlflow: $MLFLOW_USER cannot run $(readlink -f "$SERVER_PYTHON"); making its own venv in $OWN_VENV"
+        rm -rf "$OWN_VENV"
+        /usr/bin/python3 -m venv "$OWN_VENV" >>"$LOG/mlflow-venv.log" 2>&1 \
+            && "$OWN_VENV/bin/python" -m pip install -q $pins >>"$LOG/mlflow-venv.log" 2>&1 \
+            || { tail -n 20 "$LOG/mlflow-venv.log" >&2; die "could not make the MLflow server's venv in $OWN_VENV"; }
+        chmod -R a+rX "$OWN_VENV"
+        runnable_by_server "$OWN_VENV/bin/python" || die "$MLFLOW_USER cannot run $OWN_VENV/bin/python either"
+    fi
+    SERVER_VENV="$OWN_VENV"
+    SERVER_PYTHON="$OWN_VENV/bin/python"
+}
 
 # The server's user, its folders and files: theirs on every run. An older cluster-up ran the
 # server as root: one still running so is stopped first, or it would write root's files after the chown.
@@ -47,12 +77,7 @@ up() {
     "$SERVER_PYTHON" -c "import flask_wtf" 2>/dev/null \
         || die "Flask-WTF (MLflow's basic-auth app needs it) missing in $SERVER_VENV: run make install (dev extras)"
     server_files
-    # As the server starts it: its user runs the interpreter, which runs itself again (uvicorn's process)
-    (cd / && as_user "$MLFLOW_USER" "$SERVER_PYTHON" -c "import subprocess, sys
-subprocess.run([sys.executable, '-c', 'import psycopg2, flask_wtf'], check=True)") >/dev/null 2>&1 \
-        || die "the user $MLFLOW_USER, which runs the MLflow server, cannot run $SERVER_PYTHON (interpreter \
-$(readlink -f "$SERVER_PYTHON")): every folder above it must be open to that user; use a venv made from a system \
-Python, or point FTSWEEP_MLFLOW_VENV at one (docs/cluster-and-team-server.md)"
+    server_venv
     # The PostgreSQL password in libpq's pgpass format: the server's copy, and root's for clients
     # (Optuna's study storage, psql). printf is a builtin: the password is in no argv.
     local pg_password pgpass db
