@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import traceback
 
 import numpy as np
 import pandas as pd
@@ -92,14 +93,18 @@ def test_fold_jobs_one_after_another_leave_one_parent_counting_its_folds_until_t
 
 
 def _job(uri_root, folds, store_locked, started, trained):
-    """One fold job in a forked process: claims folds of the shared config, trains them (fakes) and says which."""
-    if not store_locked:  # as on a server store: the unit's claims, no file lock
-        units.store_lock = _no_lock
-    mine: list[int] = []
-    pipeline.train_fold = _fake_training(mine, started)
-    overrides = [*SMALL, f"cv.folds={folds}"]
-    result = run_cv(compose_cfg(overrides, uri_root), Job(overrides, resume=True))
-    trained.put((folds, mine, result.cv is not None))
+    """One fold job in a process of its own: claims folds of the shared config, trains them (fakes) and says which."""
+    try:
+        if not store_locked:  # as on a server store: the unit's claims, no file lock
+            units.store_lock = _no_lock
+        mine: list[int] = []
+        pipeline.train_fold = _fake_training(mine, started)
+        overrides = [*SMALL, f"cv.folds={folds}"]
+        result = run_cv(compose_cfg(overrides, uri_root), Job(overrides, resume=True))
+        trained.put((folds, mine, result.cv is not None))
+    except BaseException:
+        trained.put((folds, traceback.format_exc(), None))  # the parent shows it
+        raise
 
 
 @contextlib.contextmanager
@@ -112,7 +117,7 @@ def test_two_jobs_at_once_asked_for_overlapping_folds_train_each_fold_once(tmp_p
     """Jobs for folds [0, 1, 2] and [1, 2] that really run at once: each holds its first fold until the other
     is inside one too (the first job fold 0, the second fold 1, which the first then leaves to it). Whoever
     takes fold 2, each fold is trained once, and the CV over all three is written once."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # a clean child: a forked xdist worker carries whatever ran before
     started, trained = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_job, args=(tmp_path, folds, store == "sqlite", started, trained))
              for folds in ("[0,1,2]", "[1,2]")]
@@ -120,8 +125,8 @@ def test_two_jobs_at_once_asked_for_overlapping_folds_train_each_fold_once(tmp_p
         p.start()
     for p in procs:
         p.join(BOUND)
-    assert [p.exitcode for p in procs] == [0, 0]
     done = dict((folds, mine) for folds, mine, _ in (trained.get(timeout=BOUND) for _ in procs))
+    assert [p.exitcode for p in procs] == [0, 0], done
     assert sorted(done["[0,1,2]"] + done["[1,2]"]) == [0, 1, 2] and done["[0,1,2]"][0] == 0 and done["[1,2]"][0] == 1
     client, parents, folds = _store(migrated_store)
     assert [p.info.status for p in parents] == ["FINISHED"]

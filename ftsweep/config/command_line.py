@@ -67,7 +67,8 @@ def check(argv: list[str], config_name: str) -> None:
     jobs = _first_job(parsed)
     cfg = compose_or_explain(compose, loader, jobs, texts)
     check_experiment(cfg)  # before a sweep's callback makes the store, or a search its study
-    check_cv(cfg)  # cv.folds=[7] of 3 folds: one line now, not a failed job after the imports
+    if "cv" in cfg:  # predict's config has none
+        check_cv(cfg)  # cv.folds=[7] of 3 folds: one line now, not a failed job after the imports
     multirun = bool(args.multirun) or cfg.hydra.get("mode") == RunMode.MULTIRUN
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
