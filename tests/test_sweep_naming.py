@@ -53,3 +53,14 @@ def test_a_fold_job_is_named_and_labelled_as_its_config(monkeypatch):
     assert row_label(cfg, ["model=tiny", "cv.n_folds=3", "cv.folds=[2]"]) == "model=tiny cv.n_folds=3"
     monkeypatch.setenv(SWEPT_ENV, json.dumps(["optimizer", "cv.folds"]))
     assert row_label(cfg, ["model=tiny", "optimizer=llrd", "cv.folds=[2]"]) == "optimizer=llrd"
+
+
+def test_a_run_name_longer_than_mlflows_column_is_cut_to_it(migrated_store):
+    """PostgreSQL refuses a runs.name over 250 characters (SQLite does not check): a label that
+    holds paths and URIs failed every fold job of a SLURM sweep on the cluster's server."""
+    from ftsweep.tracking.store import RUN_NAME_CHARS, Tracker
+
+    tracker = Tracker(migrated_store, "long-names")
+    label = "paths.output_root=/" + "x" * 400
+    run = tracker.get_run(tracker.start_run(label, {}))
+    assert RUN_NAME_CHARS == 250 and run.info.run_name == label[:250] and run.data.tags["mlflow.runName"] == label[:250]

@@ -98,6 +98,7 @@ def _retry(fn: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = 
     raise AssertionError("unreachable")
 
 
+RUN_NAME_CHARS = 250  # MLflow's runs.name column (varchar(250) on PostgreSQL; SQLite does not check)
 UI_BASE = "http://127.0.0.1:5000"  # `make ui` on a SQLite store
 # MLflow 3 opens an experiment on its GenAI overview; these open the runs table ("Model training")
 # sorted by mean CV RMSE with the columns that answer the question, via MLflow's shared view state.
@@ -185,6 +186,7 @@ class Tracker:
             return found.experiment_id
 
     def start_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        name = name[:RUN_NAME_CHARS]  # a long label (paths, URIs in it) is refused by PostgreSQL's column
         tags = dict(tags, **{"mlflow.runName": name})
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
