@@ -45,6 +45,8 @@ def run(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> subproc
 
 def _main(module: str, err: io.StringIO) -> int:
     """The exit code the interpreter would give: SystemExit's code, 1 after a traceback."""
+    # a module imported earlier in this process would make runpy warn (a new interpreter has none)
+    imported = {name: sys.modules.pop(name) for name in (module, f"{module}.__main__") if name in sys.modules}
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
@@ -60,6 +62,8 @@ def _main(module: str, err: io.StringIO) -> int:
     except Exception:  # noqa: BLE001 (what the interpreter prints for an uncaught error)
         traceback.print_exc(file=err)
         return 1
+    finally:
+        sys.modules.update(imported)
     return 0
 
 
