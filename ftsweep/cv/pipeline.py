@@ -133,8 +133,8 @@ def _run_folds(recorder: RunRecorder, job: Job, encoded: Encoded, model: tuple[t
             if stored is None:
                 split = fold_split(frame, encoded, targets, fold)
                 runtime = Runtime(*on, int(cfg.trainer.seed) + fold, job.phases or NullPhases())
-                stored = _train_and_record(recorder, taken.run_id, split, runtime, backbone, fold=fold, label=label,
-                                           use_bar=job.use_bar)
+                task = FoldTask(fold, taken.run_id, label, job.use_bar)
+                stored = _train_and_record(recorder, task, split, runtime, backbone)
             result.folds[fold], fold_runs[fold] = stored
             stop = job.after_fold is not None and job.after_fold(
                 len(result.folds) - 1, result.mean("rmse_best"), fold_predictions(frame, result.folds[fold]))
@@ -155,12 +155,22 @@ def fold_split(frame: pd.DataFrame, encoded: Encoded, targets: np.ndarray, fold:
     return FoldSplit(encoded, targets, np.flatnonzero(column != fold), np.flatnonzero(column == fold))
 
 
-def _train_and_record(recorder: RunRecorder, child: str, split: FoldSplit, runtime: Runtime,
-                      backbone: torch.nn.Module, *, fold: int, label: str, use_bar: bool) -> tuple[FoldResult, str]:
+@dataclass(frozen=True)
+class FoldTask:
+    """A fold this job trains: its number, the fold run claimed for it, the config's row label, progress bar or not."""
+
+    fold: int
+    run_id: str
+    label: str
+    use_bar: bool
+
+
+def _train_and_record(recorder: RunRecorder, task: FoldTask, split: FoldSplit, runtime: Runtime,
+                      backbone: torch.nn.Module) -> tuple[FoldResult, str]:
     """Train one fold inside its MLflow run; the run gets its values, LR figure, predictions and weights."""
-    cfg = recorder.cfg
+    cfg, fold, label, use_bar = recorder.cfg, task.fold, task.label, task.use_bar
     progress = Progress(fold, fold_steps(cfg, len(split.train_rows)), use_bar)
-    with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold, child) as run:
+    with tempfile.TemporaryDirectory() as tmp, recorder.fold(fold, task.run_id) as run:
         try:
             res = train_fold(cfg, backbone, split, runtime, run.sink, progress)
         finally:
