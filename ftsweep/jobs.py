@@ -153,7 +153,7 @@ INTERRUPTED = "ftsweep: interrupted; finished folds stay logged, open runs are m
 def interrupts_handled() -> Iterator[None]:
     """A command's whole life: Ctrl-C and SIGTERM close what is open and end it with one line, exit
     130, wherever they land, even where a library turned the interrupt into another error; after
-    the command, they end the process at once (the interpreter's shutdown runs no Python handler)."""
+    the command, they end the process at once, still with 130."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
@@ -166,7 +166,19 @@ def interrupts_handled() -> Iterator[None]:
         raise
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signum, _leave_now)
+
+
+def _leave_now(signum, frame):
+    """After the command the process is only leaving (joblib's and MLflow's exit hooks): a signal
+    then ends it at once, with the interrupt's exit code 130 (a second Ctrl-C used to end it by
+    SIGINT, after its one line had promised 130); nothing is left half-done by a raised exception."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def exit_interrupted(what: str = "Rerun the same command to go on (finished folds are reused).") -> NoReturn:

@@ -60,14 +60,53 @@ def test_errors_without_an_interrupt_keep_their_line_and_code(capsys):
     assert ended.value.code == 2 and _last_line(capsys) == "ftsweep: error: data.path: no such file"
 
 
-def test_after_the_command_a_signal_ends_the_process_by_the_default_action():
-    """Python runs no handler once the interpreter shuts down: a SIGTERM landing then (a search
-    that had just finished) left the process hanging; now the kernel ends it at once."""
-    with jobs.interrupts_handled():
-        assert signal.getsignal(signal.SIGTERM) is jobs._interrupt
-        assert signal.getsignal(signal.SIGINT) is jobs._interrupt
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+_LEAVING = """
+import atexit, sys, threading, time
+from pathlib import Path
+from ftsweep import jobs
+
+def slow_exit_hook():  # what loky's and MLflow's exit hooks can take on a loaded box
+    Path(sys.argv[1]).write_text("leaving")
+    time.sleep(600)
+
+def left_running():  # a non-daemon thread: the interpreter joins it before the exit hooks
+    Path(sys.argv[1]).write_text("leaving")
+    time.sleep(600)
+
+with jobs.interrupts_handled():
+    if sys.argv[2] == "exit hook":
+        atexit.register(slow_exit_hook)
+    else:
+        threading.Thread(target=left_running).start()
+    jobs.exit_interrupted()  # the command ends interrupted: its line, exit 130
+"""
+
+
+@pytest.mark.parametrize("where", ["exit hook", "thread join"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_command_ends_the_process_at_once_with_130(tmp_path, where, signum):
+    """The second Ctrl-C of a joblib grid landed after the first one's line, while the interpreter
+    was leaving: the process died by SIGINT (-2) after promising 130. A signal then ends it at once,
+    with 130, wherever the interpreter is waiting (an exit hook, a thread it joins)."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import cli_env
+
+    flag = tmp_path / "flag"
+    proc = subprocess.Popen([sys.executable, "-c", _LEAVING, str(flag), where], env=cli_env(),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not flag.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        err = proc.communicate(timeout=300)[1]  # the hook alone would take 600 s
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["ftsweep: interrupted; what finished stays logged. Rerun the same command "
+                                        "to go on (finished folds are reused)."]
 
 
 def test_a_search_interrupted_between_trials_says_how_to_go_on(capsys, monkeypatch):
