@@ -4,7 +4,7 @@ live in helpers.py (pytest advises against importing conftest)."""
 from __future__ import annotations
 
 import collections
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,20 +31,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def _store_template(tmp_path_factory) -> Path:
-    from ftsweep.tracking.store import Tracker
-
-    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}", None)
-    return path
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory) -> Path:
+    """ftsweep's cache folder (the empty-store template, tracking/new_store.py) in this session's
+    temporary folder, not the user's home; every command a test starts inherits it."""
+    folder = tmp_path_factory.mktemp("ftsweep-cache")
+    os.environ["FTSWEEP_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture
-def migrated_store(tmp_path, _store_template) -> str:
-    """The URI of tmp_path/mlflow.db (make_cfg's store), a copy of an empty MLflow store whose
-    schema already exists: MLflow's migrations take 5-8 s for every new SQLite file."""
-    shutil.copy(_store_template, tmp_path / "mlflow.db")
+def migrated_store(tmp_path) -> str:
+    """The URI of tmp_path/mlflow.db (make_cfg's store), an empty MLflow store made as ftsweep
+    makes one (a copy of the template: MLflow's migrations take 4-8 s for every new SQLite file)."""
+    from ftsweep.tracking.new_store import create_from_template
+
+    create_from_template(tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 

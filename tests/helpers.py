@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -64,21 +64,34 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | 
     """The real command line, as a user types it (`python -m ftsweep ...`): its exit code, stdout
     and stderr. Run in this process where that is the same thing (see in_process.py: it saves the
     5-10 s every new process spends importing torch, transformers and MLflow); in a process of its
-    own for parallel launchers, for calls from other threads (at_once), with `own_process=True`,
-    or for every call when FTSWEEP_TEST_SUBPROCESS=1."""
-    if not own_process and in_process.fits(module, args):
+    own for parallel launchers, for calls from other threads, for an `env` with PYTHON* variables
+    (read at start-up), with `own_process=True`, or for every call when FTSWEEP_TEST_SUBPROCESS=1."""
+    if _in_this_process(module, args, env, own_process):
         return in_process.run(module, list(args), cwd, cli_env(env))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(env), capture_output=True,
                           text=True, timeout=timeout)
 
 
+def _in_this_process(module: str, args, env: dict | None, own_process: bool | None) -> bool:
+    read_at_start_up = any(name.startswith("PYTHON") for name in env or {})  # PYTHONPATH and the like
+    return not own_process and not read_at_start_up and in_process.fits(module, args)
+
+
 @contextlib.contextmanager
 def at_once(most: int = 8):
-    """start(fn, *args, **kwargs) -> a future: subprocesses that run side by side, `most` at a time
-    (a tiny run is mostly imports, single-threaded: two overlap on two cores); leaving the block
-    waits for every one."""
+    """start(fn, *args, **kwargs) -> a future. A `run_cli` call that can run in this process runs
+    there, at once: it skips the ~8 s of imports a new process pays, which on 2 busy cores is more
+    than running side by side gains. Anything else (own processes, scripts) runs in a thread pool,
+    `most` at a time, so start those first. Leaving the block waits for every one."""
     with ThreadPoolExecutor(max_workers=most) as pool:
-        yield pool.submit
+        def start(fn, *args, **kwargs) -> Future:
+            if fn is run_cli and _in_this_process(args[0], args[1:], kwargs.get("env"), kwargs.get("own_process")):
+                done: Future = Future()
+                done.set_result(run_cli(*args, **kwargs))
+                return done
+            return pool.submit(fn, *args, **kwargs)
+
+        yield start
 
 
 REQUIRE_CLUSTER = "FTSWEEP_REQUIRE_CLUSTER"

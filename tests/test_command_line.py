@@ -188,7 +188,7 @@ def test_cli_one_line_and_exit_2_for_hydra_errors(tmp_path):
     root = f"paths.output_root={tmp_path}"
     with at_once(2) as start:
         optuna = start(run_cli, "ftsweep", "-m", "hydra/sweeper=optuna", *TINY, "model.lr=interval(1e-5, 1e-4)", root,
-                       cwd=tmp_path, env=no_optuna)
+                       cwd=tmp_path, env=no_optuna, own_process=True)  # PYTHONPATH is read at start-up
         folder = start(run_cli, "ftsweep", "-m", *TINY, "reinit.n=0,1", f"hydra.sweep.dir={tmp_path}/afile/sweep", root,
                        cwd=tmp_path)
     expected = [

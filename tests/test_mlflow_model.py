@@ -59,14 +59,14 @@ def test_the_cv_ensemble_is_an_mlflow_model(tmp_path, make_cfg, one_thread):
     env = cli_env({"HF_HUB_OFFLINE": "1"})
     mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
     with at_once() as start:
-        predicted = start(run_cli, "ftsweep.predict", f"run_id={run_id}", f"data.path={tmp_path}/test.csv",
-                          f"output={tmp_path}/submission.csv", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
-                          cwd=tmp_path)
         loaded = start(subprocess.run, [sys.executable, "-c", code, uri, run_id, str(tmp_path / "test.csv")],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
         served = start(subprocess.run, [mlflow_cli, "models", "predict", "-m", f"runs:/{run_id}/model", "-i", "test.csv",
                                         "-t", "csv", "--env-manager", "local", "-o", "out.json"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300, env=dict(env, MLFLOW_TRACKING_URI=uri))
+        predicted = start(run_cli, "ftsweep.predict", f"run_id={run_id}", f"data.path={tmp_path}/test.csv",
+                          f"output={tmp_path}/submission.csv", f"tracking.uri={uri}", f"paths.output_root={tmp_path}",
+                          cwd=tmp_path)
 
         # dataset, source, description
         (dataset,) = parent.inputs.dataset_inputs

@@ -371,18 +371,13 @@ BAD_SEARCHES = [
 
 
 def test_bad_searches_are_one_line_and_exit_2_before_any_trial(tmp_path):
-    procs = []
-    for i, (extra, _) in enumerate(BAD_SEARCHES):  # at once: each is mostly start-up time
+    for i, (extra, words) in enumerate(BAD_SEARCHES):
         (tmp_path / str(i)).mkdir()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ftsweep", "-m", "hydra/sweeper=optuna", *SMALL, *extra,
-             f"paths.output_root={tmp_path / str(i)}"], cwd=tmp_path / str(i), env=cli_env(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for i, (proc, (extra, words)) in enumerate(zip(procs, BAD_SEARCHES, strict=True)):
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 2, (extra, err[-2000:])
-        lines = [line for line in err.splitlines() if line.startswith("ftsweep: error:")]
-        assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, (extra, err[-2000:])
+        done = run_cli("ftsweep", "-m", "hydra/sweeper=optuna", *SMALL, *extra, f"paths.output_root={tmp_path / str(i)}",
+                       cwd=tmp_path / str(i))
+        assert done.returncode == 2, (extra, done.stderr[-2000:])
+        lines = [line for line in done.stderr.splitlines() if line.startswith("ftsweep: error:")]
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr, (extra, done.stderr[-2000:])
         db = tmp_path / str(i) / "optuna.db"
         assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")  # no trial, no study
 

@@ -24,6 +24,7 @@ from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path, store_lock
 from ftsweep.tags import CLAIM_PREFIX, ERROR_TAG
 from ftsweep.tracking.addresses import check_server, check_sqlite_file, normalize_uri
+from ftsweep.tracking.new_store import create_from_template
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,8 +147,10 @@ class Tracker:
         elif uri.startswith("http"):
             check_server(uri)
         with store_lock(uri):
+            if db is not None and create:
+                create_from_template(db)
             try:
-                self.client = MlflowClient(tracking_uri=uri)  # creates (migrates) a new SQLite schema
+                self.client = MlflowClient(tracking_uri=uri)
             except Exception as exc:  # noqa: BLE001 (MLflow, SQLAlchemy and OS errors: one line each)
                 raise FtsweepError(f"cannot open the MLflow store {uri}: {str(exc).splitlines()[0][:300]}") from None
             if experiment is not None:
