@@ -1,10 +1,31 @@
 """Can ftsweep write there? Tried, not asked: as root, os.access says yes to /proc, where
-nothing can be created, and a path under a regular file fails only when it is used."""
+nothing can be created, and a path under a regular file fails only when it is used. And where
+ftsweep keeps what it makes once per machine (its cache folder)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """$FTSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/ftsweep, else ~/.cache/ftsweep. What is there can be
+    deleted at any time: it is made again when needed."""
+    if os.environ.get("FTSWEEP_CACHE_DIR"):
+        return Path(os.environ["FTSWEEP_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftsweep"
+
+
+def copy_into_place(source: Path, target: Path) -> None:
+    """Copy, then rename: a reader of `target` (a parallel job) sees the whole file or none."""
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(source, part)
+        part.replace(target)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _blocker(path: Path) -> Path | None:

@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from ftsweep.files import cache_dir
 from ftsweep.tracking import new_store
 from ftsweep.tracking.store import Tracker
 
@@ -90,9 +91,9 @@ def test_a_broken_cache_still_gives_a_working_store(tmp_path, monkeypatch, cache
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FTSWEEP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert new_store.cache_dir() == tmp_path / "xdg" / "ftsweep"
+    assert cache_dir() == tmp_path / "xdg" / "ftsweep"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert new_store.cache_dir() == tmp_path / "home" / ".cache" / "ftsweep"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ftsweep"
     monkeypatch.setenv("FTSWEEP_CACHE_DIR", "~/elsewhere")
-    assert new_store.cache_dir() == tmp_path / "home" / "elsewhere"
+    assert cache_dir() == tmp_path / "home" / "elsewhere"

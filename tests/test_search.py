@@ -281,6 +281,63 @@ def test_a_search_killed_midway_resumes_without_duplicates(tmp_path):
     assert sorted(finished) == [(str(t), str(f)) for t in (0, 1) for f in range(3)]  # fold 0 of trial 1 reused
 
 
+def _training_pid(db) -> int | None:
+    """Once a fold run has FINISHED, the pid of the process training another one (its owner tag, or
+    its parent's); read-only SQL on the MLflow store."""
+    if not db.exists():
+        return None
+    query = ("SELECT r.status, coalesce(own.value, parent_own.value) FROM runs r "
+             "JOIN tags fold ON fold.run_uuid = r.run_uuid AND fold.key = 'ftsweep.fold' "
+             "LEFT JOIN tags own ON own.run_uuid = r.run_uuid AND own.key = 'ftsweep.owner' "
+             "LEFT JOIN tags parent ON parent.run_uuid = r.run_uuid AND parent.key = 'mlflow.parentRunId' "
+             "LEFT JOIN tags parent_own ON parent_own.run_uuid = parent.value AND parent_own.key = 'ftsweep.owner'")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            rows = con.execute(query).fetchall()
+    except sqlite3.OperationalError:  # no schema yet, or a writer holds the lock: look again
+        return None
+    training = [owner for status, owner in rows if status == "RUNNING" and owner]
+    if "FINISHED" not in [status for status, _ in rows] or not training:
+        return None
+    return int(training[0].rsplit(":", 2)[1])  # machine:pid:start
+
+
+def test_a_trial_whose_joblib_worker_is_killed_runs_again_and_keeps_its_finished_fold(tmp_path):
+    """kill -9 of the joblib worker running a trial (what the out-of-memory killer does), through the
+    real launcher: the search runs the trial again once, in a new worker, with its parameters and
+    lineage; the retry reuses the finished fold, marks the killed fold's run KILLED and trains it
+    again; exit 0, the attempt counted as retried, not failed. (test_search_loop.py: the same
+    logic with a stand-in launcher, and a second death.)"""
+    args = [*tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib")), "hydra.sweeper.n_jobs=1",
+            "trainer.max_steps=30", "reinit.n=range(0, 3)", "hydra.sweeper.n_trials=1",
+            "hydra/sweeper/pruner=none", f"paths.output_root={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "ftsweep", *args], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline, worker = time.time() + 180, None
+        while time.time() < deadline and proc.poll() is None and not (worker := _training_pid(tmp_path / "mlflow.db")):
+            time.sleep(0.1)
+        assert worker and worker != proc.pid, worker  # a joblib worker, not the search's own process
+        os.kill(worker, signal.SIGKILL)  # fold 1 has 30 steps to go: seconds, where the kill is at once
+        out, err = proc.communicate(timeout=300)  # a new worker imports torch again: a bound for a loaded box
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert "Search 'search_llrd': 1 complete, 0 pruned, 0 failed trial(s) (1 attempt(s) cut short and retried)" in out
+    died, retry = _study(tmp_path, "search_llrd").get_trials()
+    assert died.state == TrialState.FAIL and died.user_attrs["ftsweep.interrupted"] is True
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["ftsweep.died"]
+    assert retry.user_attrs["ftsweep.lineage"] == died.user_attrs["ftsweep.lineage"] == 0
+    assert retry.params == died.params
+    _, runs = _runs(tmp_path, "search_llrd")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    (parent,) = [r for r in runs if "ftsweep.fold" not in r.data.tags and "ftsweep.trial" in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.tags["ftsweep.trial"] == "0"
+    folds = sorted((r.data.tags["ftsweep.fold"], r.info.status) for r in runs if "ftsweep.fold" in r.data.tags)
+    assert folds == [("0", "FINISHED"), ("1", "FINISHED"), ("1", "KILLED"), ("2", "FINISHED")]  # fold 0 reused
+
+
 def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
     """n_jobs=2, trials of different lengths: trial 2 starts when the short trial 1 ends, while
     the long trial 0 still runs (a batch barrier would start it after both)."""

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from ftsweep.data import demo as demo_data
 from ftsweep.errors import DataError
+from ftsweep.files import cache_dir, copy_into_place
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +38,35 @@ def resolve_path(data_cfg: DictConfig, output_root: str | Path) -> Path:
 
 
 def ensure_demo_csv(data_cfg: DictConfig, output_root: Path) -> Path:
+    """The demo CSV under output_root/data: a copy of the one in ftsweep's cache folder, which is
+    generated once per machine (1-2 s of pure Python for every new output folder before); generated
+    in place when the cache folder cannot be written."""
     name = f"demo_v1_n{data_cfg.n_rows}_w{data_cfg.words_per_passage}_s{data_cfg.generator_seed}.csv"
     path = output_root / "data" / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame = demo_data.generate(data_cfg.n_rows, data_cfg.words_per_passage, data_cfg.generator_seed)
-        tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")  # parallel jobs: write, then rename
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-        log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir() / "data" / name
+    try:
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _write_demo(data_cfg, cached)
+        copy_into_place(cached, path)
+    except OSError as exc:
+        log.debug("demo data not cached (%s): generated in %s", exc, path.parent)
+        _write_demo(data_cfg, path)
     return path
+
+
+def _write_demo(data_cfg: DictConfig, path: Path) -> None:
+    frame = demo_data.generate(data_cfg.n_rows, data_cfg.words_per_passage, data_cfg.generator_seed)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")  # parallel jobs: write, then rename
+    try:
+        frame.to_csv(part, index=False)
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
+    log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
 
 
 def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:

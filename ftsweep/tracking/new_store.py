@@ -20,13 +20,9 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from ftsweep.files import cache_dir
+
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    if os.environ.get("FTSWEEP_CACHE_DIR"):
-        return Path(os.environ["FTSWEEP_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftsweep"
 
 
 def create_from_template(db: Path) -> None:
