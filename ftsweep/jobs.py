@@ -260,21 +260,31 @@ def serve(command: list[str], name: tuple[str, str], grace: float = 10.0) -> int
     SIGHUP to this process: `mlflow ui` alone, killed, leaves its worker serving the port. Killed itself (SIGKILL), this process cannot forward: the
     server then gets SIGTERM from the kernel (Linux) and stops its worker. Its output is passed on
     until a signal comes (then its shutdown's lines are dropped); Ctrl-C (SIGINT) stops it with
-    SIGTERM, a quiet stop, and is one line (`name`: the command and its server), exit 130. Returns
-    the server's exit code (128 + the signal when stopped)."""
+    SIGTERM, a quiet stop, and is one line (`name`: the command and its server), exit 130. A server
+    still up `grace` seconds after a stop is killed. Returns the server's exit code (128 + the
+    signal when stopped)."""
     server = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with(os.getpid()),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     received: list[int] = []
     threading.Thread(target=_pass_on, args=(server.stdout, received), daemon=True).start()
+    stop_asked: list[float] = []
 
     def forward(signum, _frame) -> None:
         received.append(signum)
+        stop_asked.append(time.monotonic())
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    code = server.wait()
+    while True:
+        try:
+            code = server.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:  # uvicorn's graceful stop waits for open connections without end
+            if stop_asked and time.monotonic() - stop_asked[0] > grace:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
     # The server may end before its worker: wait for the group, then KILL what is left.
     deadline = time.monotonic() + grace
     with contextlib.suppress(ProcessLookupError):

@@ -75,13 +75,16 @@ class _Sweeps:
 
 @pytest.fixture(scope="module")
 def sweeps(request, tmp_path_factory):
-    """The sweeps of the selected tests of this module, two at a time (a tiny sweep is mostly
-    imports, and those overlap); each test reads its own one's results."""
+    """The sweeps of the selected tests of this module; each test reads its own one's results. The
+    parallel launchers' sweeps (processes of their own) start first, two at a time, and the others
+    run in this process meanwhile (helpers.at_once)."""
+    names = {item.callspec.params["launcher"] if hasattr(item, "callspec") else "seeds"
+             for item in request.session.items
+             if getattr(item, "module", None) is request.module and "sweeps" in item.fixturenames}
     with at_once(most=2) as start:
         launched = _Sweeps(start, tmp_path_factory)
-        for item in request.session.items:
-            if getattr(item, "module", None) is request.module and "sweeps" in item.fixturenames:
-                launched[item.callspec.params["launcher"] if hasattr(item, "callspec") else "seeds"]
+        for name in sorted(names, key=lambda name: (name in ("basic", "seeds"), name)):
+            launched.start(name)
         yield launched
 
 

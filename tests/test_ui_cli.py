@@ -4,6 +4,7 @@ of uvicorn's before)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import socket
@@ -140,3 +141,24 @@ def test_make_dashboard_is_one_line_and_serves_till_ctrl_c(storage):
         f"Dashboard may be running there); pick a free port with --port, e.g. --port {port + 1}.\n"))
     command = ["ftsweep.dashboard", f"sqlite:///{storage}/optuna.db", "--port", str(free_port())]
     assert _ctrl_c(command, "Booting worker", storage) == ["ftsweep.dashboard: interrupted; Optuna Dashboard is stopped."]
+
+
+_STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+_SERVE = "import sys; from ftsweep.jobs import serve; sys.exit(serve([sys.executable, '-c', sys.argv[1]], ('x', 'y'), 1.0))"
+
+
+def test_a_server_that_ignores_the_stop_is_killed_after_the_grace(tmp_path):
+    """uvicorn's graceful stop waits for open connections without end: a server still up `grace`
+    seconds after the UI's SIGTERM is killed, with its group, and the UI ends as stopped by SIGTERM."""
+    ui = subprocess.Popen([sys.executable, "-c", _SERVE, _STUBBORN], cwd=tmp_path, env=cli_env(),
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        assert ui.stderr.readline().strip() == "up"  # the server runs, its SIGTERM ignored
+        server = int(subprocess.run(["pgrep", "-P", str(ui.pid)], capture_output=True, text=True).stdout.split()[0])
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=120)  # the grace is 1 s: a bound for a loaded box; without the kill it never ends
+    finally:
+        ui.kill()
+    assert ui.returncode == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server, 0)  # the server's whole group is gone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pandas as pd
 import psycopg2
 import pytest
@@ -121,6 +123,28 @@ def test_scancel_midway_then_rerun_leaves_one_finished_run_per_unit(cluster, tmp
     assert len(units) == len(set(units)) == 4  # every (config, seed, fold) once, nothing twice
     assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}  # the cancelled parent reopened
     assert len({p.data.tags["ftsweep.config_key"] for p in parents}) == 2
+
+
+def test_ctrl_c_of_a_slurm_sweep_says_its_jobs_go_on_and_they_finish(cluster, tmp_path):
+    """Hydra's submitit launcher cancels nothing when its sweep is interrupted: Ctrl-C gives one line
+    that says the jobs go on (and how to stop them), exit 130; the jobs then finish every fold on the
+    server, and nothing is marked KILLED by the interrupted sweep (their processes are alive)."""
+    experiment = unique("ctrl-c")
+    proc = cluster.popen("ftsweep", *LONG, f"tracking.experiment={experiment}", *cluster.launcher(),
+                         f"paths.output_root={tmp_path}", cwd=tmp_path)
+    wait_midway(cluster.uri, experiment, proc)
+    proc.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches the sweep's process; the jobs are SLURM's
+    output = proc.communicate(timeout=600)[0]  # a bound for a loaded box: it leaves in seconds
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1] == (
+        f"ftsweep: interrupted; the sweep's SLURM jobs go on running and logging to MLflow experiment "
+        f"{experiment!r} (scancel stops them; their ids are in the job folders under hydra.sweep.dir). Rerun the "
+        f"same command for the rest and the table (finished folds are reused).")
+    # left midway, the jobs finish what the sweep's process no longer waits for
+    states = cluster.job_states(sweep_dir(tmp_path))  # waits for the queue to drain
+    assert len(states) == 2 and set(states.values()) == {"COMPLETED"}, states
+    parents, folds = experiment_runs(cluster.uri, experiment)
+    assert len(parents) == 2 and len(folds) == 4 and {r.info.status for r in parents + folds} == {"FINISHED"}
 
 
 def test_one_configs_folds_as_slurm_array_tasks_write_one_parent_equal_to_the_local_run(cluster, tmp_path):
