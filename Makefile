@@ -40,7 +40,7 @@ table:  ## results table of a sweep: make table EXPERIMENT=table1
 
 # Two workers, one test file each at a time (module fixtures stay whole): most tests wait on CLI
 # children with one torch thread, so one worker alone leaves a core idle. The 15 slowest are printed.
-test:  ## the whole test suite, slow end-to-end tests included (about 13 minutes on 2 CPU cores)
+test:  ## the whole test suite, slow end-to-end tests included (about 11 minutes on 2 CPU cores)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast:  ## unit tests only (skips the end-to-end CLI runs)
