@@ -5,22 +5,36 @@ ftsweep keeps what it makes once per machine (its cache folder)."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 
-def cache_dir() -> Path:
-    """$FTSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/ftsweep, else ~/.cache/ftsweep. What is there can be
-    deleted at any time: it is made again when needed."""
-    if os.environ.get("FTSWEEP_CACHE_DIR"):
-        return Path(os.environ["FTSWEEP_CACHE_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ftsweep"
+def cache_dir() -> Path | None:
+    """$FTSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/ftsweep, else ~/.cache/ftsweep; None where none is
+    known (no home). A relative value is ignored, as the XDG spec says: it would depend on the
+    folder a job runs in. What is there can be deleted at any time: it is made again when needed."""
+    for name, below in (("FTSWEEP_CACHE_DIR", ""), ("XDG_CACHE_HOME", "ftsweep")):
+        value = os.environ.get(name, "")
+        if value and Path(value).expanduser().is_absolute():
+            return Path(value).expanduser() / below
+    try:
+        return Path.home() / ".cache" / "ftsweep"
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry for this user
+        return None
+
+
+def part_path(target: Path) -> Path:
+    """A name beside `target` for writing it before a rename, unique across hosts and containers
+    that share the folder (their process ids can be equal)."""
+    return target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
 def copy_into_place(source: Path, target: Path) -> None:
     """Copy, then rename: a reader of `target` (a parallel job) sees the whole file or none."""
-    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    part = part_path(target)
     try:
         shutil.copyfile(source, part)
         part.replace(target)

@@ -173,12 +173,14 @@ def _leave_now(signum, frame):
     """After the command the process is only leaving (joblib's and MLflow's exit hooks): a signal
     then ends it at once, with the interrupt's exit code 130 (a second Ctrl-C used to end it by
     SIGINT, after its one line had promised 130); nothing is left half-done by a raised exception."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(130)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except BaseException:  # noqa: BLE001 (a closed or full pipe, a second signal mid-flush: leave anyway)
+        pass
+    finally:
+        os._exit(130)
 
 
 def exit_interrupted(what: str = "Rerun the same command to go on (finished folds are reused).") -> NoReturn:

@@ -68,7 +68,11 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | 
     (read at start-up), with `own_process=True`, or for every call when FTSWEEP_TEST_SUBPROCESS=1."""
     if _in_this_process(module, args, env, own_process):
         return in_process.run(module, list(args), cwd, cli_env(env))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(env), capture_output=True,
+    return _in_own_process(module, args, cwd, timeout, cli_env(env))
+
+
+def _in_own_process(module: str, args, cwd: Path, timeout: int, full_env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -85,11 +89,15 @@ def at_once(most: int = 8):
     `most` at a time, so start those first. Leaving the block waits for every one."""
     with ThreadPoolExecutor(max_workers=most) as pool:
         def start(fn, *args, **kwargs) -> Future:
-            if fn is run_cli and _in_this_process(args[0], args[1:], kwargs.get("env"), kwargs.get("own_process")):
+            if fn is not run_cli:
+                return pool.submit(fn, *args, **kwargs)
+            if _in_this_process(args[0], args[1:], kwargs.get("env"), kwargs.get("own_process")):
                 done: Future = Future()
                 done.set_result(run_cli(*args, **kwargs))
                 return done
-            return pool.submit(fn, *args, **kwargs)
+            # the environment is read here: an in-process call changes os.environ while it runs
+            return pool.submit(_in_own_process, args[0], args[1:], kwargs["cwd"], kwargs.get("timeout", 240),
+                               cli_env(kwargs.get("env")))
 
         yield start
 

@@ -6,7 +6,7 @@ and its exit code. Everything it changes in this process is put back afterwards.
 Why: every new process spends 5-10 s importing torch, transformers and MLflow, the larger part of
 a tiny run, and the suite runs dozens. What a separate process would add is tested elsewhere, on
 its own: signals, parallel launchers (their workers are processes whatever the driver is), runs
-side by side (at_once). FTSWEEP_TEST_SUBPROCESS=1 sends every call to a process of its own."""
+that must overlap in time (test_resume_safety). FTSWEEP_TEST_SUBPROCESS=1 sends every call to a process of its own."""
 
 from __future__ import annotations
 

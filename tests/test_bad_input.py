@@ -160,7 +160,7 @@ def test_predict_checks_its_arguments_first(tmp_path):
 
 @pytest.mark.slow
 def test_cli_lines_for_missing_values_leave_no_store(tmp_path):
-    with at_once() as start:  # processes that each stop at their first line: side by side
+    with at_once() as start:  # commands that each stop at their first line (in this process: helpers.at_once)
         no_path = start(run_cli, "ftsweep", *TINY, "data=commonlit", f"paths.output_root={tmp_path}", cwd=tmp_path)
         bad_clip = start(run_cli, "ftsweep", *TINY, "trainer.grad_clip=-1", f"paths.output_root={tmp_path}", cwd=tmp_path)
         no_run = start(run_cli, "ftsweep.predict", f"paths.output_root={tmp_path}", cwd=tmp_path)

@@ -74,7 +74,7 @@ def test_tiny_run_logs_parent_and_nested_folds(tmp_path):
 
 def test_folds_do_not_move_with_the_training_seed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with at_once() as start:  # side by side: one store takes two processes at once (test_resume_safety)
+    with at_once() as start:  # one after another in this process (two processes at once: test_resume_safety)
         launched = [start(run_cli, "ftsweep", *TINY, "trainer.max_steps=1", f"trainer.seed={seed}",
                           f"tracking.uri={uri}", f"paths.output_root={tmp_path}", cwd=tmp_path) for seed in (1, 2)]
     for future in launched:

@@ -67,3 +67,12 @@ def test_without_a_usable_cache_the_demo_set_is_generated_in_place(tmp_path, mon
     made = ensure_demo_csv(_demo_cfg(), tmp_path / "out")
     assert made.read_bytes() == generate(60, 12, 3).to_csv(index=False).encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out"]
+
+
+def test_a_damaged_cached_demo_set_is_made_again_not_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    ensure_demo_csv(_demo_cfg(), tmp_path / "a")
+    cached = tmp_path / "cache" / "data" / "demo_v1_n60_w12_s3.csv"
+    cached.write_bytes(cached.read_bytes()[:500])  # cut short (a crash, a full disk) or edited
+    made = ensure_demo_csv(_demo_cfg(), tmp_path / "b")
+    assert made.read_bytes() == cached.read_bytes() == generate(60, 12, 3).to_csv(index=False).encode()

@@ -69,22 +69,34 @@ def test_an_existing_file_is_never_replaced(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no template made, no part file left
 
 
-@pytest.mark.parametrize("cache", ["a file, not a folder", "a garbage template"])
+@pytest.mark.parametrize("cache", ["a file, not a folder", "a garbage template", "an older schema",
+                                   "a table missing"])
 def test_a_broken_cache_still_gives_a_working_store(tmp_path, monkeypatch, cache):
     """A cache folder that cannot be used leaves the store to MLflow's migrations; a template that
-    is not an empty store (a half-written or foreign file) is made again."""
+    is not an empty store at MLflow's latest schema (a foreign file, one from an MLflow build with
+    the same version string) is made again."""
     template = tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty-store.db"
     if cache == "a file, not a folder":
         (tmp_path / "cache").write_text("x")
-    else:
+    elif cache == "a garbage template":
         template.parent.mkdir()
         template.write_bytes(b"SQLite format 3\0 but cut short")
+    else:
+        monkeypatch.setenv("FTSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+        new_store.create_from_template(tmp_path / "first.db")
+        with contextlib.closing(sqlite3.connect(template)) as con, con:
+            con.execute("UPDATE alembic_version SET version_num = 'an_older_one'" if cache == "an older schema"
+                        else "DROP TABLE runs")
+        (tmp_path / "first.db").unlink()
     monkeypatch.setenv("FTSWEEP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
     assert [e.name for e in tracker.client.search_experiments()] == ["e", "Default"]
-    if cache == "a garbage template":
+    if cache != "a file, not a folder":  # made again
         assert _rows(template, "SELECT count(*) FROM experiments") == [(0,)]
+        assert "runs" in {name for (name,) in _rows(template, "SELECT name FROM sqlite_master")}
+        assert _rows(template, "SELECT * FROM alembic_version") == _rows(tmp_path / "mlflow.db",
+                                                                          "SELECT * FROM alembic_version")
     assert not [p for p in tmp_path.rglob("*.part")]
 
 
@@ -97,3 +109,21 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "home" / ".cache" / "ftsweep"
     monkeypatch.setenv("FTSWEEP_CACHE_DIR", "~/elsewhere")
     assert cache_dir() == tmp_path / "home" / "elsewhere"
+    monkeypatch.setenv("FTSWEEP_CACHE_DIR", "relative/cache")  # would move with each job's folder: ignored
+    monkeypatch.setenv("XDG_CACHE_HOME", "also/relative")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ftsweep"
+
+
+def test_a_copy_mlflow_will_not_open_is_replaced_by_the_store_mlflow_builds(tmp_path, monkeypatch):
+    """A template that passes the checks yet is not a store MLflow opens (a damaged cache): the copy
+    is removed, MLflow builds the store, and the run goes on."""
+    monkeypatch.setenv("FTSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    new_store.create_from_template(tmp_path / "first.db")
+    template = tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty-store.db"
+    with contextlib.closing(sqlite3.connect(template)) as con, con:
+        # every table, the latest version, no experiment: the checks pass, but no row goes in
+        con.execute("CREATE TRIGGER damaged BEFORE INSERT ON experiments BEGIN SELECT RAISE(ABORT, 'damaged'); END")
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    assert "damaged" not in {name for (name,) in _rows(tmp_path / "mlflow.db", "SELECT name FROM sqlite_master")}
+    assert tracker.start_run("a run", {})

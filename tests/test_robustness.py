@@ -60,10 +60,10 @@ def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg, one_thread):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     test = generate(10, words_per_passage=12, seed=9)[["id", "excerpt"]]
     test.to_csv(tmp_path / "test.csv", index=False)
-    with at_once() as start:  # one store takes several processes at once (test_resume_safety)
+    with at_once() as start:  # the calls run in this process, one after another (helpers.at_once)
         saved = start(run_cli, "ftsweep", *TINY, "trainer.save_models=true", f"tracking.uri={uri}",
                       f"paths.output_root={tmp_path}", cwd=tmp_path)
-        # meanwhile, in this process: a run saved without models (make_cfg: the same store), and the
+        # then, in this process: a run saved without models (make_cfg: the same store), and the
         # clear line predict gives for it
         parent_id = run_cv(make_cfg("trainer.seed=5")).parent_run_id
         refused = start(run_cli, "ftsweep.predict", f"run_id={parent_id}", f"data.path={tmp_path}/test.csv",

@@ -10,7 +10,6 @@ import csv
 import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 
 from ftsweep.data import demo as demo_data
 from ftsweep.errors import DataError
-from ftsweep.files import cache_dir, copy_into_place
+from ftsweep.files import cache_dir, copy_into_place, part_path
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +38,23 @@ def resolve_path(data_cfg: DictConfig, output_root: str | Path) -> Path:
 
 def ensure_demo_csv(data_cfg: DictConfig, output_root: Path) -> Path:
     """The demo CSV under output_root/data: a copy of the one in ftsweep's cache folder, which is
-    generated once per machine (1-2 s of pure Python for every new output folder before); generated
-    in place when the cache folder cannot be written."""
+    generated once (1-2 s of pure Python for every new output folder before) and kept with its
+    sha256, so a damaged copy there is made again, never used; generated in place when the cache
+    folder cannot be written."""
     name = f"demo_v1_n{data_cfg.n_rows}_w{data_cfg.words_per_passage}_s{data_cfg.generator_seed}.csv"
     path = output_root / "data" / name
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir() / "data" / name
+    folder = cache_dir()
     try:
-        if not cached.exists():
+        if folder is None:
+            raise OSError("no cache folder (no home)")
+        cached = folder / "data" / name
+        if not _whole(cached):
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_demo(data_cfg, cached)
+            _write_atomically(_digest_path(cached), _sha256(cached).encode())
         copy_into_place(cached, path)
     except OSError as exc:
         log.debug("demo data not cached (%s): generated in %s", exc, path.parent)
@@ -58,15 +62,36 @@ def ensure_demo_csv(data_cfg: DictConfig, output_root: Path) -> Path:
     return path
 
 
+def _digest_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _whole(cached: Path) -> bool:
+    """The cached CSV is there and is the file that was written (its recorded sha256)."""
+    try:
+        return _digest_path(cached).read_text().strip() == _sha256(cached)
+    except OSError:
+        return False
+
+
 def _write_demo(data_cfg: DictConfig, path: Path) -> None:
     frame = demo_data.generate(data_cfg.n_rows, data_cfg.words_per_passage, data_cfg.generator_seed)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")  # parallel jobs: write, then rename
+    _write_atomically(path, frame.to_csv(index=False).encode())
+    log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write, then rename: parallel jobs see the whole file or none."""
+    part = part_path(path)
     try:
-        frame.to_csv(part, index=False)
+        part.write_bytes(data)
         part.replace(path)
     finally:
         part.unlink(missing_ok=True)
-    log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
 
 
 def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:

@@ -17,14 +17,13 @@ from typing import TypeVar
 
 from mlflow.entities import Metric, Param, Run, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from ftsweep import interrupts
 from ftsweep.errors import FtsweepError
 from ftsweep.locks import sqlite_path, store_lock
 from ftsweep.tags import CLAIM_PREFIX, ERROR_TAG
 from ftsweep.tracking.addresses import check_server, check_sqlite_file, normalize_uri
-from ftsweep.tracking.new_store import create_from_template
+from ftsweep.tracking.new_store import create_from_template, open_client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,10 +146,9 @@ class Tracker:
         elif uri.startswith("http"):
             check_server(uri)
         with store_lock(uri):
-            if db is not None and create:
-                create_from_template(db)
+            copied = db is not None and create and create_from_template(db)
             try:
-                self.client = MlflowClient(tracking_uri=uri)
+                self.client = open_client(uri, db if copied else None)
             except Exception as exc:  # noqa: BLE001 (MLflow, SQLAlchemy and OS errors: one line each)
                 raise FtsweepError(f"cannot open the MLflow store {uri}: {str(exc).splitlines()[0][:300]}") from None
             if experiment is not None:
