@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -32,11 +31,11 @@ def part_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.part")
 
 
-def copy_into_place(source: Path, target: Path) -> None:
-    """Copy, then rename: a reader of `target` (a parallel job) sees the whole file or none."""
+def write_into_place(target: Path, data: bytes) -> None:
+    """Write, then rename: a reader of `target` (a parallel job) sees the whole file or none."""
     part = part_path(target)
     try:
-        shutil.copyfile(source, part)
+        part.write_bytes(data)
         part.replace(target)
     finally:
         part.unlink(missing_ok=True)

@@ -50,6 +50,7 @@ def test_a_copied_store_is_the_store_mlflow_builds(tmp_path, monkeypatch):
         if db is built:
             MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # MLflow's migrations
         else:
+            assert new_store.create_from_template(db)  # a copy, not MLflow's migrations
             Tracker(f"sqlite:///{db}", None)
         MlflowClient(tracking_uri=f"sqlite:///{db}").create_experiment("x", artifact_location=(folder / "a").as_uri())
     assert (tmp_path / "cache" / f"mlflow-{mlflow.__version__}-empty-store.db").is_file()

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from ftsweep.data import demo as demo_data
 from ftsweep.errors import DataError
-from ftsweep.files import cache_dir, copy_into_place, part_path
+from ftsweep.files import cache_dir, write_into_place
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def ensure_demo_csv(data_cfg: DictConfig, output_root: Path) -> Path:
         if not _whole(cached):
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_demo(data_cfg, cached)
-            _write_atomically(_digest_path(cached), _sha256(cached).encode())
-        copy_into_place(cached, path)
+            write_into_place(_digest_path(cached), _sha256(cached).encode())
+        write_into_place(path, cached.read_bytes())
     except OSError as exc:
         log.debug("demo data not cached (%s): generated in %s", exc, path.parent)
         _write_demo(data_cfg, path)
@@ -80,18 +80,8 @@ def _whole(cached: Path) -> bool:
 
 def _write_demo(data_cfg: DictConfig, path: Path) -> None:
     frame = demo_data.generate(data_cfg.n_rows, data_cfg.words_per_passage, data_cfg.generator_seed)
-    _write_atomically(path, frame.to_csv(index=False).encode())
+    write_into_place(path, frame.to_csv(index=False).encode())
     log.info("generated the synthetic demo data set: %s (%d rows)", path, len(frame))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write, then rename: parallel jobs see the whole file or none."""
-    part = part_path(path)
-    try:
-        part.write_bytes(data)
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def load_frame(data_cfg: DictConfig, path: Path, n_folds: int) -> pd.DataFrame:

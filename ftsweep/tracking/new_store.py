@@ -25,6 +25,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ftsweep.files import cache_dir, folder_problem, part_path
+from ftsweep.locks import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _forget_engine(db: Path) -> None:
     file would go on writing into it."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    for key in [k for k in SqlAlchemyStore._engine_map if k.startswith("sqlite:///") and Path(k[len("sqlite:///"):]) == db]:
+    for key in [k for k in SqlAlchemyStore._engine_map if sqlite_path(k) == db]:
         SqlAlchemyStore._engine_map.pop(key).dispose()
 
 
@@ -94,7 +95,8 @@ def _template() -> Path | None:
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        SqlAlchemyStore(f"sqlite:///{part}", part.parent.as_uri()).engine.dispose()
+        SqlAlchemyStore(f"sqlite:///{part}", part.parent.as_uri())
+        _forget_engine(part)  # the file is renamed next
         with contextlib.closing(sqlite3.connect(part)) as con, con:
             con.execute("DELETE FROM experiment_tags WHERE experiment_id = 0")
             con.execute("DELETE FROM experiments WHERE experiment_id = 0")
