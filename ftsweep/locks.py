@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import threading
 import time
@@ -45,13 +46,19 @@ def _boot_id() -> str:
         return "-"
 
 
-def _start_time(pid: int) -> str:
-    """The process's start (clock ticks since boot): a reused pid has another one."""
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state, ppid, ..., start at [19]); [] where unreadable."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return "-"
+        return []
+
+
+def _start_time(pid: int) -> str:
+    """The process's start (clock ticks since boot): a reused pid has another one."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else "-"
 
 
 @lru_cache(maxsize=1)
@@ -86,8 +93,53 @@ def _pid_alive(pid: int, started: str) -> bool:
         return False
     except PermissionError:  # exists, another user's
         pass
-    now_started = _start_time(pid)
+    fields = _stat(pid)
+    if fields[:1] in (["Z"], ["X"]):  # ended, not yet reaped by its parent: it closes nothing more
+        return False
+    now_started = fields[19] if len(fields) > 19 else "-"
     return started == "-" or now_started == "-" or now_started == started
+
+
+def _descends_from_me(pid: int) -> bool:
+    """Is `pid` a child, grandchild, ... of this process (a launcher's worker, submitit's job)?"""
+    for _ in range(64):
+        fields = _stat(pid)
+        if len(fields) < 2 or not fields[1].isdigit():
+            return False
+        pid = int(fields[1])
+        if pid == os.getpid():
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def end_own_owners(owners: list[dict[str, str]], grace: float) -> None:
+    """Wait up to `grace` seconds for the processes among `owners` (runs' tags) that descend from
+    this one to end, then SIGKILL those left and wait for them to be gone. After a stop, a
+    launcher's workers close their own runs, unless the launcher SIGKILLs them part-way (joblib
+    does, from a thread of its own, on its own time): a run may only be marked KILLED once its
+    process is gone, and a check while the worker still lives would leave the run RUNNING."""
+    mine = {pid: tags for tags in owners if (pid := _own_pid(tags)) is not None}
+    deadline = time.monotonic() + grace
+    while mine and time.monotonic() < deadline:
+        time.sleep(0.2)
+        mine = {pid: tags for pid, tags in mine.items() if owner_alive(tags)}
+    for pid in mine:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0  # a SIGKILLed process is gone within moments
+    while any(owner_alive(tags) for tags in mine.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _own_pid(tags: dict[str, str]) -> int | None:
+    """The owner's pid when it is a live process of this machine that descends from this one."""
+    parts = tags.get(OWNER_TAG, "").rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != _machine():
+        return None
+    pid = int(parts[1])
+    return pid if pid > 1 and owner_alive(tags) and _descends_from_me(pid) else None
 
 
 def owner_tags() -> dict[str, str]:

@@ -55,13 +55,18 @@ class GridSweeper(BasicSweeper):
     def _close_dead_runs(self, experiment: str) -> None:
         """Runs of this sweep's experiment left RUNNING by job processes that are gone -> KILLED, as
         the next run against the store would do (under the store's lock, as a claim does: another
-        sweep may be reopening one of them); a failure here must not hide the sweep's message."""
-        from ftsweep.locks import store_lock
+        sweep may be reopening one of them); a failure here must not hide the sweep's message.
+        This sweep's own job processes that still hold runs are waited for first (they close their
+        runs on the signal, or the launcher kills them part-way; a second Ctrl-C cuts joblib's own
+        wait for that short), and killed after ORPHAN_GRACE."""
+        from ftsweep.jobs import ORPHAN_GRACE
+        from ftsweep.locks import end_own_owners, store_lock
         from ftsweep.tracking.store import Tracker
         from ftsweep.tracking.units import close_orphans
 
         try:
             tracker = Tracker(str(self.config.tracking.uri), experiment, create=False)
+            end_own_owners([run.data.tags for run in tracker.running_runs()], ORPHAN_GRACE)
             with store_lock(tracker.uri):
                 close_orphans(tracker)
         except Exception as exc:  # noqa: BLE001 (a store that went away: the next run closes them)
