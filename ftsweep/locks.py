@@ -114,9 +114,9 @@ def _descends_from_me(pid: int) -> bool:
     return False
 
 
-def end_own_owners(owners: list[dict[str, str]], grace: float) -> None:
+def end_own_owners(owners: list[dict[str, str]], grace: float, kill: bool = True) -> None:
     """Wait up to `grace` seconds for the processes among `owners` (runs' tags) that descend from
-    this one to end, then SIGKILL those left and wait for them to be gone. After a stop, a
+    this one to end; with `kill`, SIGKILL those left and wait for them to be gone. After a stop, a
     launcher's workers close their own runs, unless the launcher SIGKILLs them part-way (joblib
     does, from a thread of its own, on its own time): a run may only be marked KILLED once its
     process is gone, and a check while the worker still lives would leave the run RUNNING."""
@@ -125,6 +125,8 @@ def end_own_owners(owners: list[dict[str, str]], grace: float) -> None:
     while mine and time.monotonic() < deadline:
         time.sleep(0.2)
         mine = {pid: tags for pid, tags in mine.items() if owner_alive(tags)}
+    if not kill:
+        return
     for pid in mine:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

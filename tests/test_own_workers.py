@@ -78,6 +78,14 @@ def test_own_owners_that_end_in_time_are_left_to_end(processes):
     assert proc.wait() == 0  # ended by itself, not killed
 
 
+def test_without_kill_a_live_own_owner_is_waited_for_and_left_running(processes):
+    """A job that died under submitit_local: the sweep's other jobs run on to their end."""
+    mine = subprocess.Popen(["sleep", "300"])
+    processes.append(mine)
+    locks.end_own_owners([_tags(mine.pid)], grace=0.2, kill=False)
+    assert mine.poll() is None
+
+
 def test_own_owners_still_alive_after_the_grace_are_killed_and_others_are_not(processes):
     mine = subprocess.Popen(["sleep", "300"])
     other = subprocess.Popen(["sleep", "300"], start_new_session=True)
@@ -106,7 +114,7 @@ def test_a_stopped_grid_marks_a_worker_s_runs_killed_once_the_worker_is_gone(mig
     # the sweeper's own method on a stand-in (Hydra's plugin scan, run by other tests in this process,
     # imports Hydra's basic sweeper anew, and GridSweeper's constructor then fails its super() check)
     sweeper = SimpleNamespace(config=OmegaConf.create({"tracking": {"uri": migrated_store}}))
-    GridSweeper._close_dead_runs(sweeper, "stop")
+    GridSweeper._close_dead_runs(sweeper, "stop", wait=True, stop_jobs=True)
     status = {run_id: tracker.get_run(run_id).info.status for run_id in (parent, fold, others)}
     assert status == {parent: "KILLED", fold: "KILLED", others: "RUNNING"}
     assert worker.poll() == -signal.SIGKILL  # killed after the grace, and ended before the runs were closed

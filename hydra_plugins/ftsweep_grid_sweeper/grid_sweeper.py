@@ -34,7 +34,8 @@ class GridSweeper(BasicSweeper):
                 raise
             if death.interrupted:  # Ctrl-C ended an idle worker before this process saw its own SIGINT
                 self._interrupted(name, launcher)
-            self._close_dead_runs(name)
+            # joblib kills its other workers (wait for them to be gone); submitit's other jobs run on
+            self._close_dead_runs(name, wait=launcher == "joblib", stop_jobs=False)
             # No results table here: under SLURM the sweep's other jobs may still be running.
             exit_with(f"a job's process {death.how} under the {launcher} launcher, and the sweep "
                   f"stopped there; finished jobs keep their runs in MLflow experiment {name!r}. Rerun the same "
@@ -42,7 +43,7 @@ class GridSweeper(BasicSweeper):
 
     def _interrupted(self, experiment: str, launcher: str) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the clean-up short
-        self._close_dead_runs(experiment)
+        self._close_dead_runs(experiment, wait=True, stop_jobs=True)
         if launcher.startswith("submitit") and "local" not in launcher:  # Hydra's launcher cancels nothing
             print(f"ftsweep: interrupted; the sweep's SLURM jobs go on running and logging to MLflow experiment "
                   f"{experiment!r} (scancel stops them; their ids are in the job folders under hydra.sweep.dir). "
@@ -52,13 +53,13 @@ class GridSweeper(BasicSweeper):
                   f"the same command to run the rest (finished folds are reused).", file=sys.stderr)
         sys.exit(130)
 
-    def _close_dead_runs(self, experiment: str) -> None:
+    def _close_dead_runs(self, experiment: str, wait: bool, stop_jobs: bool) -> None:
         """Runs of this sweep's experiment left RUNNING by job processes that are gone -> KILLED, as
         the next run against the store would do (under the store's lock, as a claim does: another
         sweep may be reopening one of them); a failure here must not hide the sweep's message.
-        This sweep's own job processes that still hold runs are waited for first (they close their
-        runs on the signal, or the launcher kills them part-way; a second Ctrl-C cuts joblib's own
-        wait for that short), and killed after ORPHAN_GRACE."""
+        With `wait`, this sweep's own job processes that still hold runs are waited for first, up to
+        ORPHAN_GRACE (they close their runs on a signal, or the launcher kills them part-way; a
+        second Ctrl-C cuts joblib's own wait for that short); with `stop_jobs`, then killed."""
         from ftsweep.jobs import ORPHAN_GRACE
         from ftsweep.locks import end_own_owners, store_lock
         from ftsweep.tracking.store import Tracker
@@ -66,7 +67,8 @@ class GridSweeper(BasicSweeper):
 
         try:
             tracker = Tracker(str(self.config.tracking.uri), experiment, create=False)
-            end_own_owners([run.data.tags for run in tracker.running_runs()], ORPHAN_GRACE)
+            if wait:
+                end_own_owners([run.data.tags for run in tracker.running_runs()], ORPHAN_GRACE, kill=stop_jobs)
             with store_lock(tracker.uri):
                 close_orphans(tracker)
         except Exception as exc:  # noqa: BLE001 (a store that went away: the next run closes them)
