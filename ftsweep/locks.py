@@ -74,7 +74,7 @@ def owner_token() -> str:
 def owner_alive(tags: dict[str, str]) -> bool:
     """Is the process that holds this run still alive? Runs without an owner count as dead."""
     parts = tags.get(OWNER_TAG, "").rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
+    if len(parts) != 3 or _pid(parts[1]) is None:
         return False
     machine, pid, started = parts[0], int(parts[1]), parts[2]
     if machine == _machine():
@@ -84,6 +84,13 @@ def owner_alive(tags: dict[str, str]) -> bool:
     except ValueError:
         return False
     return clock() - last < LEASE_SECONDS
+
+
+def _pid(text: str) -> int | None:
+    """A pid as an owner token writes it (ASCII digits, within Linux's largest pid_max), else None."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 4194304:
+        return None
+    return int(text)
 
 
 def _pid_alive(pid: int, started: str) -> bool:
@@ -116,10 +123,11 @@ def _descends_from_me(pid: int) -> bool:
 
 def end_own_owners(owners: list[dict[str, str]], grace: float, kill: bool = True) -> None:
     """Wait up to `grace` seconds for the processes among `owners` (runs' tags) that descend from
-    this one to end; with `kill`, SIGKILL those left and wait for them to be gone. After a stop, a
-    launcher's workers close their own runs, unless the launcher SIGKILLs them part-way (joblib
-    does, from a thread of its own, on its own time): a run may only be marked KILLED once its
-    process is gone, and a check while the worker still lives would leave the run RUNNING."""
+    this one to end; with `kill`, SIGKILL those left (each checked again just before) and wait up
+    to 10 s more for them to be gone. After a stop, a launcher's workers close their own runs,
+    unless the launcher SIGKILLs them part-way (joblib does, from a thread of its own, on its own
+    time): a run may only be marked KILLED once its process is gone, and a check while the worker
+    still lived left the run RUNNING."""
     mine = {pid: tags for tags in owners if (pid := _own_pid(tags)) is not None}
     deadline = time.monotonic() + grace
     while mine and time.monotonic() < deadline:
@@ -127,20 +135,21 @@ def end_own_owners(owners: list[dict[str, str]], grace: float, kill: bool = True
         mine = {pid: tags for pid, tags in mine.items() if owner_alive(tags)}
     if not kill:
         return
-    for pid in mine:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    for pid, tags in mine.items():
+        if _own_pid(tags) == pid:  # still that process (start time checked), still ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10.0  # a SIGKILLed process is gone within moments
     while any(owner_alive(tags) for tags in mine.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
 def _own_pid(tags: dict[str, str]) -> int | None:
-    """The owner's pid when it is a live process of this machine that descends from this one."""
+    """The owner's pid when it is a live process of this machine that descends from this one. A
+    token without the start time (no /proc when it was written) cannot tell a reused pid: never."""
     parts = tags.get(OWNER_TAG, "").rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != _machine():
+    if len(parts) != 3 or parts[0] != _machine() or parts[2] == "-" or (pid := _pid(parts[1])) is None:
         return None
-    pid = int(parts[1])
     return pid if pid > 1 and owner_alive(tags) and _descends_from_me(pid) else None
 
 

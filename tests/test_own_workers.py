@@ -6,6 +6,7 @@ zombie) holds nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,16 +40,34 @@ def _until(condition, what: str) -> None:
 
 @pytest.fixture
 def processes():
+    """Popen objects to stop after the test, each with its whole process group (grandchildren too)."""
     started: list[subprocess.Popen] = []
     yield started
     for proc in started:
-        if proc.poll() is None:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
+def _start(*command: str) -> subprocess.Popen:
+    return subprocess.Popen(list(command), start_new_session=True)
+
+
+@pytest.fixture
+def stranger():
+    """A live process of this machine that does not descend from this one (its parent shell exited,
+    so it was handed to init or a subreaper above us): another sweep's worker, say."""
+    out = subprocess.run(["sh", "-c", "sleep 300 > /dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                         start_new_session=True)
+    pid = int(out.stdout)
+    _until(lambda: not locks._descends_from_me(pid), "the stranger stayed a descendant")
+    yield pid
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_an_ended_process_not_yet_reaped_is_not_an_owner(processes):
-    proc = subprocess.Popen(["sleep", "300"])
+    proc = _start("sleep", "300")
     processes.append(proc)
     tags = _tags(proc.pid)
     assert locks.owner_alive(tags)
@@ -57,12 +76,13 @@ def test_an_ended_process_not_yet_reaped_is_not_an_owner(processes):
     assert not locks.owner_alive(tags)  # before: os.kill(pid, 0) succeeds on a zombie, so "alive"
 
 
-def test_descendants_are_told_from_other_processes(processes):
-    child = subprocess.Popen(["sh", "-c", "sleep 300; true"])  # sh stays: sleep is a grandchild
+def test_descendants_are_told_from_other_processes(processes, stranger):
+    child = _start("sh", "-c", "sleep 300; true")  # sh stays: sleep is a grandchild
     processes.append(child)
     _until(lambda: any(locks._stat(pid)[1:2] == [str(child.pid)] for pid in _pids()), "no grandchild")
     grandchild = next(pid for pid in _pids() if locks._stat(pid)[1:2] == [str(child.pid)])
     assert locks._descends_from_me(child.pid) and locks._descends_from_me(grandchild)
+    assert not locks._descends_from_me(stranger)
     assert not locks._descends_from_me(os.getppid()) and not locks._descends_from_me(os.getpid())
     assert not locks._descends_from_me(2 ** 22 + 7)  # no such process
 
@@ -71,45 +91,66 @@ def _pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+@pytest.mark.parametrize("token", ["", "garbage", "a:b", "m:²:1", "m:-5:1", "m:99999999999999999999:1", "m:0:1"])
+def test_malformed_owner_tokens_are_no_owner(token):
+    tags = {OWNER_TAG: token.replace("m:", f"{locks._machine()}:")}
+    assert not locks.owner_alive(tags) and locks._own_pid(tags) is None
+
+
 def test_own_owners_that_end_in_time_are_left_to_end(processes):
-    proc = subprocess.Popen(["sleep", "0.5"])
+    proc = _start("sleep", "0.5")
     processes.append(proc)
     locks.end_own_owners([_tags(proc.pid)], grace=120)
-    assert proc.wait() == 0  # ended by itself, not killed
+    assert proc.poll() == 0  # it returned once the owner had ended, by itself, not killed
 
 
 def test_without_kill_a_live_own_owner_is_waited_for_and_left_running(processes):
-    """A job that died under submitit_local: the sweep's other jobs run on to their end."""
-    mine = subprocess.Popen(["sleep", "300"])
+    """A job that died under joblib: its pool's other workers are waited for, never killed here."""
+    mine = _start("sleep", "300")
     processes.append(mine)
-    locks.end_own_owners([_tags(mine.pid)], grace=0.2, kill=False)
-    assert mine.poll() is None
+    began = time.monotonic()
+    locks.end_own_owners([_tags(mine.pid)], grace=0.5, kill=False)
+    assert time.monotonic() - began >= 0.5 and mine.poll() is None
 
 
-def test_own_owners_still_alive_after_the_grace_are_killed_and_others_are_not(processes):
-    mine = subprocess.Popen(["sleep", "300"])
-    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    processes.extend([mine, other])
-    foreign = {OWNER_TAG: f"another-host/1234:{other.pid}:{locks._start_time(other.pid)}"}
-    locks.end_own_owners([_tags(mine.pid), foreign, {}, {OWNER_TAG: "garbage"}], grace=0.2)
-    assert mine.wait() == -signal.SIGKILL
-    assert other.poll() is None  # another machine's pid: never this process's to kill
-    parent = _tags(os.getppid())
-    locks.end_own_owners([_tags(os.getpid()), parent], grace=0.2)  # not descendants: untouched
-    assert locks.owner_alive(parent)
+def test_own_owners_still_alive_after_the_grace_are_killed_and_others_are_not(processes, stranger):
+    mine, reused, unstarted = _start("sleep", "300"), _start("sleep", "300"), _start("sleep", "300")
+    processes.extend([mine, reused, unstarted])
+    others = [
+        {OWNER_TAG: f"another-host/1234:{mine.pid}:{locks._start_time(mine.pid)}"},  # another machine's pid
+        {OWNER_TAG: f"{locks._machine()}:{reused.pid}:1"},  # the pid now belongs to another process
+        {OWNER_TAG: f"{locks._machine()}:{unstarted.pid}:-"},  # no start time: a reused pid cannot be told
+        _tags(stranger), _tags(os.getpid()), _tags(os.getppid()), {}, {OWNER_TAG: "garbage"},
+    ]
+    locks.end_own_owners(others, grace=0.2)
+    assert [proc.poll() for proc in (mine, reused, unstarted)] == [None, None, None]
+    assert locks.owner_alive(_tags(stranger))
+    locks.end_own_owners([_tags(mine.pid)], grace=0.2)
+    assert mine.poll() == -signal.SIGKILL  # gone (reaped by none but us) before the call returned
 
 
-def test_a_stopped_grid_marks_a_worker_s_runs_killed_once_the_worker_is_gone(migrated_store, monkeypatch, processes):
+@pytest.fixture
+def signals_kept():
+    """The sweeper's clean-up ignores Ctrl-C and SIGTERM from then on (its process only leaves
+    after it): give this test process its handlers back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_a_stopped_grid_marks_a_worker_s_runs_killed_once_the_worker_is_gone(migrated_store, monkeypatch, processes,
+                                                                            stranger, signals_kept):
     """The sweep's clean-up against a worker that is still alive when it starts (as after a second
-    Ctrl-C): it waits, kills the worker after the grace, and only then closes the worker's runs."""
+    Ctrl-C): it waits, kills the worker after the grace, and only then closes the worker's runs;
+    another sweep's live worker and its run are left alone."""
     tracker = Tracker(migrated_store, "stop")
-    worker = subprocess.Popen(["sleep", "300"])
+    worker = _start("sleep", "300")
     processes.append(worker)
-    parent = tracker.start_run("parent", {OWNER_TAG: _tags(worker.pid)[OWNER_TAG]})
-    fold = tracker.start_run("fold 0", {OWNER_TAG: _tags(worker.pid)[OWNER_TAG], "ftsweep.fold": "0"},
-                             parent_id=parent)
-    # another sweep's run, its owner alive and not this process's descendant (PID 1): left alone
-    others = tracker.start_run("other sweep", {OWNER_TAG: f"{locks._machine()}:1:{locks._start_time(1)}"})
+    owner = _tags(worker.pid)
+    parent = tracker.start_run("parent", owner)
+    fold = tracker.start_run("fold 0", {**owner, "ftsweep.fold": "0"}, parent_id=parent)
+    others = tracker.start_run("other sweep", _tags(stranger))
     monkeypatch.setattr(jobs, "ORPHAN_GRACE", 0.2)
     # the sweeper's own method on a stand-in (Hydra's plugin scan, run by other tests in this process,
     # imports Hydra's basic sweeper anew, and GridSweeper's constructor then fails its super() check)
@@ -118,4 +159,6 @@ def test_a_stopped_grid_marks_a_worker_s_runs_killed_once_the_worker_is_gone(mig
     status = {run_id: tracker.get_run(run_id).info.status for run_id in (parent, fold, others)}
     assert status == {parent: "KILLED", fold: "KILLED", others: "RUNNING"}
     assert worker.poll() == -signal.SIGKILL  # killed after the grace, and ended before the runs were closed
-    assert "is gone" in tracker.get_run(fold).data.tags["ftsweep.error"]
+    assert locks.owner_alive(_tags(stranger))
+    assert tracker.get_run(fold).data.tags["ftsweep.error"] == f"its process ({owner[OWNER_TAG]}) is gone; the sweep stopped"
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN

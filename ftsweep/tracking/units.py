@@ -271,7 +271,7 @@ def _kill_stale(tracker: Tracker, previous: PreviousRun, keep: str) -> None:
     close_abandoned(tracker, [r for r in runs if r.info.run_id != keep and r.info.run_id not in live])
 
 
-def close_orphans(tracker: Tracker) -> None:
+def close_orphans(tracker: Tracker, why: str = "the unit was taken over") -> None:
     """Runs of any config that a dead process left RUNNING (kill -9, or a full disk that kept it from
     closing them): owned runs whose process is gone, parents with no live fold run under them, fold
     runs of an older ftsweep (no owner of their own) whose parent is not alive. Runs without ftsweep's
@@ -279,14 +279,15 @@ def close_orphans(tracker: Tracker) -> None:
     running = tracker.running_runs()
     live = alive(running)
     close_abandoned(tracker, [r for r in running if (OWNER_TAG in r.data.tags or FOLD_TAG in r.data.tags)
-                              and r.info.run_id not in live])
+                              and r.info.run_id not in live], why)
 
 
-def close_abandoned(tracker: Tracker, runs: list) -> None:
-    """Mark KILLED the runs that still say RUNNING but whose owner process is gone."""
+def close_abandoned(tracker: Tracker, runs: list, why: str = "the unit was taken over") -> None:
+    """Mark KILLED the runs that still say RUNNING but whose owner process is gone (the reason, in the
+    tag ftsweep.error: "its process (<owner>) is gone; <why>")."""
     stale = [r for r in runs if r.info.status == "RUNNING" and not owner_alive(r.data.tags)]
     for run in stale:
         owner = run.data.tags.get(OWNER_TAG) or "an earlier process"
-        tracker.finish(run.info.run_id, "KILLED", f"its process ({owner}) is gone; the unit was taken over")
+        tracker.finish(run.info.run_id, "KILLED", f"its process ({owner}) is gone; {why}")
     if stale:
         log.info("marked %d run(s) KILLED that a dead process had left RUNNING", len(stale))

@@ -42,7 +42,6 @@ class GridSweeper(BasicSweeper):
                   f"command to run the rest (finished folds are reused); {what_to_do(launcher, death)}.", 1)
 
     def _interrupted(self, experiment: str, launcher: str) -> NoReturn:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the clean-up short
         self._close_dead_runs(experiment, wait=True, stop_jobs=True)
         if launcher.startswith("submitit") and "local" not in launcher:  # Hydra's launcher cancels nothing
             print(f"ftsweep: interrupted; the sweep's SLURM jobs go on running and logging to MLflow experiment "
@@ -59,18 +58,21 @@ class GridSweeper(BasicSweeper):
         sweep may be reopening one of them); a failure here must not hide the sweep's message.
         With `wait`, this sweep's own job processes that still hold runs are waited for first, up to
         ORPHAN_GRACE (they close their runs on a signal, or the launcher kills them part-way; a
-        second Ctrl-C cuts joblib's own wait for that short); with `stop_jobs`, then killed."""
+        second Ctrl-C cuts joblib's own wait for that short); with `stop_jobs`, then killed.
+        Ctrl-C and SIGTERM are ignored from here on: the process only leaves after this."""
         from ftsweep.jobs import ORPHAN_GRACE
         from ftsweep.locks import end_own_owners, store_lock
         from ftsweep.tracking.store import Tracker
         from ftsweep.tracking.units import close_orphans
 
+        for signum in (signal.SIGINT, signal.SIGTERM):  # one more would cut the wait and the clean-up short
+            signal.signal(signum, signal.SIG_IGN)
         try:
             tracker = Tracker(str(self.config.tracking.uri), experiment, create=False)
             if wait:
                 end_own_owners([run.data.tags for run in tracker.running_runs()], ORPHAN_GRACE, kill=stop_jobs)
             with store_lock(tracker.uri):
-                close_orphans(tracker)
+                close_orphans(tracker, why="the sweep stopped")
         except Exception as exc:  # noqa: BLE001 (a store that went away: the next run closes them)
             print(f"ftsweep: could not mark the interrupted runs KILLED ({str(exc).splitlines()[0][:200]}); "
                   f"the next run against this store does.", file=sys.stderr)
