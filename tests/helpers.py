@@ -67,7 +67,7 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 240, env: dict | 
     own for parallel launchers, for calls from other threads, for an `env` with PYTHON* variables
     (read at start-up), with `own_process=True`, or for every call when FTSWEEP_TEST_SUBPROCESS=1."""
     if _in_this_process(module, args, env, own_process):
-        return in_process.run(module, list(args), cwd, cli_env(env))
+        return in_process.run(module, list(args), cwd, cli_env(env), timeout)
     return _in_own_process(module, args, cwd, timeout, cli_env(env))
 
 

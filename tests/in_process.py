@@ -11,6 +11,7 @@ that must overlap in time (test_resume_safety). FTSWEEP_TEST_SUBPROCESS=1 sends 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import logging
 import os
@@ -35,11 +36,19 @@ def fits(module: str, args: tuple[str, ...] | list[str]) -> bool:
             and not any(arg.startswith(OWN_PROCESS_LAUNCHERS) for arg in args))
 
 
-def run(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run(module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """`timeout`: what a process of its own would have been given. A call still running then is a
+    hang (a subprocess would be killed and the test fail): this process prints every thread's
+    stack to its real stderr and exits, which pytest-xdist reports as the test's failure ("worker
+    crashed") and replaces the worker, instead of the suite hanging until CI's limit."""
     out, err = io.StringIO(), io.StringIO()
-    with _as_a_new_process(args, cwd, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            _default_warnings():
-        code = _main(module, err)
+    faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)
+    try:
+        with _as_a_new_process(args, cwd, env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                _default_warnings():
+            code = _main(module, err)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue())
 
 
