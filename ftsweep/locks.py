@@ -1,6 +1,6 @@
 """Who holds what, with no MLflow or Optuna in it: a file lock beside a SQLite store, an owner
-token per process, its liveness, and a heartbeat. Used by tracking (units of work) and by
-search (the study's trials).
+token per process, its liveness, a heartbeat, and the wait for a stopped sweep's own workers.
+Used by tracking (units of work), by search (the study's trials) and by the grid sweeper.
 
 A parent run that is RUNNING belongs to the process named in its owner tag. On the
 same machine liveness is exact (the pid exists and started when the token says);
