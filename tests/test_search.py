@@ -339,24 +339,28 @@ def test_a_trial_whose_joblib_worker_is_killed_runs_again_and_keeps_its_finished
 
 
 def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
-    """n_jobs=2, trials of different lengths: trial 2 starts when the short trial 1 ends, while
-    the long trial 0 still runs (a batch barrier would start it after both)."""
+    """n_jobs=2: trial 2 starts when trial 1 ends, while trial 0 still runs (a batch barrier would
+    start it after both). Trial 0 is held at its start until two other trials have ended
+    (tests/job_gate.py), so the order never rests on one trial being slow enough; with a barrier
+    the hold times out and the order check below fails."""
     words = tiny(readme_search("+sweep=search_llrd hydra/launcher=joblib"))
     assert "hydra.sweeper.n_jobs=2" in words and "hydra/launcher=joblib" in words
-    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "cv.n_folds=2", "trainer.epochs=40",
-                   "trainer.max_steps=choice(6, 150)",  # the long trial: ~10 s more than a job start, even on a busy box
+    done = run_cli("ftsweep", *words, "reinit.n=range(0, 3)", "cv.n_folds=2", "trainer.max_steps=choice(6, 7)",
                    "hydra/sweeper/sampler=random", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3",
-                   f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480)
+                   "+hydra.callbacks.gate._target_=job_gate.HoldJob", f"+hydra.callbacks.gate.folder={tmp_path}/gate",
+                   "+hydra.callbacks.gate.key=trainer.max_steps", "+hydra.callbacks.gate.value=7",
+                   "+hydra.callbacks.gate.others=2", f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480,
+                   env={"PYTHONPATH": str(ROOT / "tests")})
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _study(tmp_path, "search_llrd").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    # the random sampler (seed 42) makes trial 0 the long one; the rest of the test relies on it
-    assert [t.params["trainer.max_steps"] for t in trials] == [150, 6, 6]
-    long, short, later = trials
-    assert short.datetime_complete <= later.datetime_start < long.datetime_complete
+    # the random sampler (seed 42) gives trial 0 the held value; the rest of the test relies on it
+    assert [t.params["trainer.max_steps"] for t in trials] == [7, 6, 6]
+    held, short, later = trials
+    assert short.datetime_complete <= later.datetime_start < held.datetime_complete
     assert all(sorted(t.intermediate_values) == [0, 1] for t in trials)  # reported from the workers
     assert len({t.user_attrs["ftsweep.owner"] for t in trials}) == 1  # held by the sweep, not the workers
-    _, runs = _runs(tmp_path, "search_llrd")  # and so in MLflow: the later trial's run starts before the long one ends
+    _, runs = _runs(tmp_path, "search_llrd")  # and so in MLflow: the later trial's run starts before the held one ends
     parent = {r.data.tags["ftsweep.trial"]: r for r in runs if "ftsweep.fold" not in r.data.tags
               and "ftsweep.trial" in r.data.tags}
     assert parent["2"].info.start_time < parent["0"].info.end_time

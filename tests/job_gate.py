@@ -1,0 +1,39 @@
+"""A Hydra callback that holds one job back until other jobs have ended: a test of job order then
+waits for the event itself instead of making one job long enough (a guess about speed).
+
+Used in a sweep as `+hydra.callbacks.gate._target_=job_gate.HoldJob +hydra.callbacks.gate.folder=...`
+with this folder on PYTHONPATH; callbacks run in the job's own process, so a joblib worker holds."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class HoldJob(Callback):
+    """The job whose `key` equals `value` waits at its start until `others` other jobs have ended,
+    or `seconds` have passed (then it goes on, and the test's order check fails instead of hanging).
+    Every other job leaves a file in `folder` at its end."""
+
+    def __init__(self, folder: str, key: str, value, others: int, seconds: float = 300.0) -> None:
+        self.folder, self.key, self.value, self.others, self.seconds = Path(folder), key, value, others, seconds
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if OmegaConf.select(config, self.key) != self.value:
+            return
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and len(self._ended()) < self.others:
+            time.sleep(0.2)
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if OmegaConf.select(config, self.key) != self.value:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / f"ended-{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+    def _ended(self) -> list[Path]:
+        return list(self.folder.glob("ended-*")) if self.folder.is_dir() else []
