@@ -3,6 +3,7 @@ the UI commands start (a port tried first, the server's process group stopped as
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -45,19 +46,28 @@ def check_command_line(argv: list[str], config_name: str = "config") -> None:
 _job_running = False
 _launcher_worker = False  # this process runs jobs for a parallel local launcher (joblib, submitit_local)
 _received: int | None = None  # the signal that interrupted the job
+_received_at = 0.0  # when (time.monotonic())
+# After the first Ctrl-C or SIGTERM a process is on its way out. A second one (people press Ctrl-C
+# twice) that raised again could land before the first one's clean-up had begun, and skip it:
+# runs left RUNNING, the generic line instead of the sweep's. So it is ignored for this long; after
+# that the clean-up is stuck or a library swallowed the first, and a signal ends the process at once.
+REPEAT_IGNORED_S = ORPHAN_GRACE + 10.0
 
 
 def _interrupt(signum, frame):
     """SIGTERM, and SIGINT in a launcher's worker: while a job runs, the same clean-up as Ctrl-C
     (open runs are marked KILLED); a worker between jobs has nothing open and ends at once, where
-    a KeyboardInterrupt would surface as a traceback in the launcher's own code. A worker already
-    closing its runs ignores the next signal (the orphan watch's grace still bounds it)."""
-    global _received
+    a KeyboardInterrupt would surface as a traceback in the launcher's own code. A process already
+    interrupted ignores the next signal (see REPEAT_IGNORED_S; in a worker, the orphan watch's
+    grace bounds it)."""
+    global _received, _received_at
     if _launcher_worker and not _job_running:
         _die_by(signum)
-    if _launcher_worker and _received is not None:
-        return  # already closing its runs (Ctrl-C, then the orphan watch's SIGTERM): let it finish
-    _received = signum
+    if _received is not None:
+        if _launcher_worker or time.monotonic() - _received_at < REPEAT_IGNORED_S:
+            return
+        _leave_now(signum, frame)
+    _received, _received_at = signum, time.monotonic()
     if not interrupts.deferred(signum):  # else raised when the store call in flight ends
         raise KeyboardInterrupt
 
@@ -154,6 +164,10 @@ def interrupts_handled() -> Iterator[None]:
     """A command's whole life: Ctrl-C and SIGTERM close what is open and end it with one line, exit
     130, wherever they land, even where a library turned the interrupt into another error; after
     the command, they end the process at once, still with 130."""
+    global _ignore_at_teardown
+    if not _ignore_at_teardown:  # registered before the libraries' own exit hooks, so it runs after them
+        atexit.register(_ignore_signals)
+        _ignore_at_teardown = True
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     try:
@@ -167,6 +181,17 @@ def interrupts_handled() -> Iterator[None]:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _leave_now)
+
+
+_ignore_at_teardown = False
+
+
+def _ignore_signals() -> None:
+    """The last exit hook. After the exit hooks the interpreter resets every handler written in
+    Python to the default, then tears its modules down (about a second for a sweep's driver):
+    a Ctrl-C then killed it by SIGINT, not 130. An ignored signal is left ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _leave_now(signum, frame):

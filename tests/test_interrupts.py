@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -60,6 +61,38 @@ def test_errors_without_an_interrupt_keep_their_line_and_code(capsys):
     assert ended.value.code == 2 and _last_line(capsys) == "ftsweep: error: data.path: no such file"
 
 
+def test_a_second_signal_before_the_clean_up_has_begun_does_not_skip_it(capsys):
+    """Ctrl-C twice: the second landed as the first one's handler started (a grid sweep's driver was
+    importing what marks the runs KILLED), raised again, and skipped the clean-up: the generic line,
+    the runs left RUNNING. Now the process, already interrupted, ignores it."""
+    closed = []
+    with pytest.raises(SystemExit) as ended, jobs.interrupts_handled():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, before anything is closed
+            closed.append("the runs")
+            jobs.exit_interrupted("the sweep's own line")
+    assert ended.value.code == 130 and closed == ["the runs"]
+    assert _last_line(capsys) == "ftsweep: interrupted; what finished stays logged. the sweep's own line"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_long_after_an_unheeded_first_one_ends_the_process(monkeypatch, signum):
+    """If the first interrupt was swallowed (a library caught it) or its clean-up hangs, a signal
+    more than REPEAT_IGNORED_S later still ends the process: at once, exit 130."""
+    def leave_now(signum, frame):  # the real one ends the process with os._exit(130)
+        raise SystemExit(f"left at once on signal {signum}")
+
+    monkeypatch.setattr(jobs, "_leave_now", leave_now)
+    monkeypatch.setattr(jobs, "_received", signal.SIGINT)
+    monkeypatch.setattr(jobs, "_received_at", time.monotonic() - jobs.REPEAT_IGNORED_S + 5)
+    assert jobs._interrupt(signum, None) is None  # within the window: ignored
+    monkeypatch.setattr(jobs, "_received_at", time.monotonic() - jobs.REPEAT_IGNORED_S - 1)
+    with pytest.raises(SystemExit, match=f"left at once on signal {int(signum)}"):
+        jobs._interrupt(signum, None)
+
+
 _LEAVING = """
 import atexit, sys, threading, time
 from pathlib import Path
@@ -107,6 +140,35 @@ def test_a_signal_after_the_command_ends_the_process_at_once_with_130(tmp_path, 
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["ftsweep: interrupted; what finished stays logged. Rerun the same command "
                                         "to go on (finished folds are reused)."]
+
+
+_TEARDOWN = """
+import os, signal, sys
+from ftsweep import jobs
+
+class TornDownLast:
+    def __del__(self, kill=os.kill, pid=os.getpid(), signum=int(sys.argv[1])):
+        kill(pid, signum)  # a signal while the interpreter tears its modules down
+
+held = TornDownLast()
+with jobs.interrupts_handled():
+    jobs.exit_interrupted()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_interpreter_tears_down_keeps_exit_130(signum):
+    """The second Ctrl-C of a joblib grid could land after the exit hooks, while the interpreter
+    destroyed its modules with the default handlers back (about a second in a sweep's driver):
+    the process died by SIGINT after its one line had promised 130."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    done = subprocess.run([sys.executable, "-c", _TEARDOWN, str(int(signum))], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
 
 
 def test_a_search_interrupted_between_trials_says_how_to_go_on(capsys, monkeypatch):
