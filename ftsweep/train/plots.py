@@ -1,7 +1,7 @@
 """Matplotlib figures: per-layer learning-rate curves (one line per layer, bottom layers lighter).
 
-Figures are made with matplotlib's Figure class, not pyplot: no global figure registry to close,
-no GUI backend chosen, and pyplot's import (a few tenths of a second in every job) is skipped."""
+Figures are made with matplotlib's Figure class, not pyplot: no global figure registry to close
+(a figure left open in a long search driver is memory held), no GUI backend to rule out."""
 
 from __future__ import annotations
 
