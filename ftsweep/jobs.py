@@ -47,26 +47,24 @@ _job_running = False
 _launcher_worker = False  # this process runs jobs for a parallel local launcher (joblib, submitit_local)
 _received: int | None = None  # the signal that interrupted the job
 _received_at = 0.0  # when (time.monotonic())
-# After the first Ctrl-C or SIGTERM a process is on its way out. A second one (people press Ctrl-C
-# twice) that raised again could land before the first one's clean-up had begun, and skip it:
-# runs left RUNNING, the generic line instead of the sweep's. So it is ignored for this long; after
-# that the clean-up is stuck or a library swallowed the first, and a signal ends the process at once.
+# After a Ctrl-C or SIGTERM a process is on its way out. A second one (people press Ctrl-C twice)
+# that raised again could land before the first one's clean-up had begun, and skip it: runs left
+# RUNNING, the generic line instead of the sweep's. So a signal this soon after the previous one is
+# ignored; a later one is an interrupt of its own (the first was swallowed, or the process goes on).
 REPEAT_IGNORED_S = ORPHAN_GRACE + 10.0
 
 
 def _interrupt(signum, frame):
     """SIGTERM, and SIGINT in a launcher's worker: while a job runs, the same clean-up as Ctrl-C
     (open runs are marked KILLED); a worker between jobs has nothing open and ends at once, where
-    a KeyboardInterrupt would surface as a traceback in the launcher's own code. A process already
-    interrupted ignores the next signal (see REPEAT_IGNORED_S; in a worker, the orphan watch's
-    grace bounds it)."""
+    a KeyboardInterrupt would surface as a traceback in the launcher's own code. A signal within
+    REPEAT_IGNORED_S of the previous one is ignored (a worker already closing its runs ignores
+    every later one: the orphan watch's grace bounds it)."""
     global _received, _received_at
     if _launcher_worker and not _job_running:
         _die_by(signum)
-    if _received is not None:
-        if _launcher_worker or time.monotonic() - _received_at < REPEAT_IGNORED_S:
-            return
-        _leave_now(signum, frame)
+    if _received is not None and (_launcher_worker or time.monotonic() - _received_at < REPEAT_IGNORED_S):
+        return
     _received, _received_at = signum, time.monotonic()
     if not interrupts.deferred(signum):  # else raised when the store call in flight ends
         raise KeyboardInterrupt
@@ -189,9 +187,9 @@ _ignore_at_teardown = False
 def _ignore_signals() -> None:
     """The last exit hook. After the exit hooks the interpreter resets every handler written in
     Python to the default, then tears its modules down (about a second for a sweep's driver):
-    a Ctrl-C then killed it by SIGINT, not 130. An ignored signal is left ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    a second Ctrl-C then killed it by SIGINT, not 130. An ignored signal is left ignored. SIGTERM
+    keeps its default: what stops a service (systemd, SLURM) can still end a teardown that hangs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _leave_now(signum, frame):
@@ -242,6 +240,9 @@ def run_guarded(job: Callable[[], T], failed_value: T) -> T:
     except Exception as exc:
         if DEBUG:
             raise
+        if _received is not None and not _launcher_worker:  # a library made an error of the interrupt
+            print(INTERRUPTED, file=sys.stderr)
+            sys.exit(130)
         if disk_full(exc):
             return _failed(f"the disk is full ({str(exc).splitlines()[0][:200]}); free some space and rerun "
                            f"the same command: finished folds are kept.", 1, failed_value, multirun)

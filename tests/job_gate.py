@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 class HoldJob(Callback):
     """The job whose `key` equals `value` waits at its start until `others` other jobs have ended,
     or `seconds` have passed (then it goes on, and the test's order check fails instead of hanging).
-    Every other job leaves a file in `folder` at its end."""
+    Every other job leaves a file in `folder` at its end; the held job writes `released` there,
+    saying why it went on, so a test can check that the gate held at all (a mistyped key holds
+    nothing)."""
 
     def __init__(self, folder: str, key: str, value, others: int, seconds: float = 300.0) -> None:
         self.folder, self.key, self.value, self.others, self.seconds = Path(folder), key, value, others, seconds
@@ -29,6 +31,9 @@ class HoldJob(Callback):
         deadline = time.monotonic() + self.seconds
         while time.monotonic() < deadline and len(self._ended()) < self.others:
             time.sleep(0.2)
+        ended = len(self._ended())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "released").write_text(f"after {ended} ended" if ended >= self.others else "timed out")
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if OmegaConf.select(config, self.key) != self.value:

@@ -350,8 +350,9 @@ def test_parallel_trials_through_joblib_never_wait_for_a_batch(tmp_path):
                    "+hydra.callbacks.gate._target_=job_gate.HoldJob", f"+hydra.callbacks.gate.folder={tmp_path}/gate",
                    "+hydra.callbacks.gate.key=trainer.max_steps", "+hydra.callbacks.gate.value=7",
                    "+hydra.callbacks.gate.others=2", f"paths.output_root={tmp_path}", cwd=tmp_path, timeout=480,
-                   env={"PYTHONPATH": str(ROOT / "tests")})
+                   env={"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))})
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "gate" / "released").read_text() == "after 2 ended"  # the gate held trial 0
     trials = _study(tmp_path, "search_llrd").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # the random sampler (seed 42) gives trial 0 the held value; the rest of the test relies on it

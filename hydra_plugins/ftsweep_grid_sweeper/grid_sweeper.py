@@ -57,8 +57,8 @@ class GridSweeper(BasicSweeper):
         the next run against the store would do (under the store's lock, as a claim does: another
         sweep may be reopening one of them); a failure here must not hide the sweep's message.
         With `wait`, this sweep's own job processes that still hold runs are waited for first, up to
-        ORPHAN_GRACE (they close their runs on a signal, or the launcher kills them part-way; a
-        second Ctrl-C cuts joblib's own wait for that short); with `stop_jobs`, then killed.
+        ORPHAN_GRACE (they close their runs on a signal, or joblib kills them part-way from a
+        thread of its own, which this process may not have waited for); with `stop_jobs`, then killed.
         Ctrl-C and SIGTERM are ignored from here on: the process only leaves after this."""
         from ftsweep.jobs import ORPHAN_GRACE
         from ftsweep.locks import end_own_owners, store_lock
