@@ -161,7 +161,8 @@ INTERRUPTED = "ftsweep: interrupted; finished folds stay logged, open runs are m
 def interrupts_handled() -> Iterator[None]:
     """A command's whole life: Ctrl-C and SIGTERM close what is open and end it with one line, exit
     130, wherever they land, even where a library turned the interrupt into another error; after
-    the command, they end the process at once, still with 130."""
+    the command, they end the process at once, still with 130 (and once the exit hooks have run,
+    Ctrl-C is ignored: see _ignore_signals)."""
     global _ignore_at_teardown
     if not _ignore_at_teardown:  # registered before the libraries' own exit hooks, so it runs after them
         atexit.register(_ignore_signals)
