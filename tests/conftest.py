@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY, compose_cfg
+# One torch (OpenMP) thread in every test process and every process a test starts, before numpy
+# or torch is imported: two xdist workers with two threads each, beside their CLI children, stall
+# in OpenMP's spin barriers whenever the other core is busy (the trainer tests: 15 s with one
+# thread, 99 s with two, beside one busy process). The tiny model gains nothing from a second.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+from helpers import ROOT, TINY, compose_cfg  # noqa: E402  (after the thread count is set)
 
 
 @pytest.fixture
@@ -20,15 +26,13 @@ def make_cfg(tmp_path):
     return lambda *overrides: compose_cfg([*TINY, *overrides], tmp_path)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread in this process during the test, like the CLI children (cli_env)."""
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread at the start of every test (see OMP_NUM_THREADS above): a test that runs
+    code setting torch's thread count (trainer.num_threads, a SLURM allocation) leaves no more."""
     import torch
 
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session", autouse=True)

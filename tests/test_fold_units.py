@@ -139,7 +139,7 @@ def test_two_jobs_at_once_asked_for_overlapping_folds_train_each_fold_once(tmp_p
 
 
 @pytest.mark.slow
-def test_a_fold_parallel_sweep_equals_the_sequential_run_and_a_plain_rerun_trains_nothing(tmp_path, one_thread):
+def test_a_fold_parallel_sweep_equals_the_sequential_run_and_a_plain_rerun_trains_nothing(tmp_path):
     """The issue's command: `-m 'cv.folds=[0],[1],[2]' hydra/launcher=joblib hydra.launcher.n_jobs=2` gives one
     FINISHED parent whose folds, rmse_mean, sd, OOF and oof.csv equal those of the run that trains the three
     folds in one process (CPU, one thread, same seeds), to the last digit; the table's row is labelled as the

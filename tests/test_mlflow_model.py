@@ -35,7 +35,7 @@ from helpers import CONF, TINY, at_once, cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_the_cv_ensemble_is_an_mlflow_model(tmp_path, make_cfg, one_thread):
+def test_the_cv_ensemble_is_an_mlflow_model(tmp_path, make_cfg):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = [*TINY, "trainer.save_models=true", "tracking.register_as=tiny-ensemble", f"tracking.uri={uri}",
               f"paths.output_root={tmp_path}"]
@@ -110,7 +110,7 @@ def _fold_model_predictions(cfg, checkpoint, texts: list[str]) -> np.ndarray:
                         int(cfg.trainer.pad_to_multiple_of), torch.device("cpu"), None)
 
 
-def test_the_ensemble_averages_each_folds_best_weights(tmp_path, make_cfg, one_thread, monkeypatch):
+def test_the_ensemble_averages_each_folds_best_weights(tmp_path, make_cfg, monkeypatch):
     """Against the trained fold models, not against itself: each fold's saved weights reproduce that
     fold's logged out-of-fold predictions of its best checkpoint (not of its last weights, which this
     run makes differ), and every way in to the ensemble predicts the mean of the fold models."""

@@ -25,16 +25,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A finished 2-fold tiny run with its MLflow model; its model folder; a test CSV."""
-    import torch
-
     root = tmp_path_factory.mktemp("damaged")
     cfg = compose_cfg([*TINY, "trainer.save_models=true"], root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        parent = run_cv(cfg).parent_run_id
-    finally:
-        torch.set_num_threads(threads)
+    parent = run_cv(cfg).parent_run_id
     generate(6, words_per_passage=12, seed=3)[["id", "excerpt"]].to_csv(root / "test.csv", index=False)
     (folder,) = root.glob("artifacts/models/*/artifacts/artifacts/ensemble")
     return cfg, parent, folder, root
@@ -65,7 +58,7 @@ def _predict_line(saved, capsys, *overrides: str) -> tuple[int, str]:
     return stop.value.code, err[-1] if err else ""
 
 
-def test_a_deleted_or_extra_fold_file_is_refused(saved, capsys, one_thread):
+def test_a_deleted_or_extra_fold_file_is_refused(saved, capsys):
     _, parent, folder, _ = saved
     model = f"the model of run {parent}"
     with restored(folder):
@@ -96,7 +89,7 @@ def test_allow_partial_averages_and_counts_the_fold_models_it_has(saved, tmp_pat
     assert out.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'sub.csv'}: 6 rows, mean of 1 fold models"
 
 
-def test_damaged_model_files_are_one_line(saved, capsys, one_thread):
+def test_damaged_model_files_are_one_line(saved, capsys):
     _, parent, folder, root = saved
     model = f"the model of run {parent}"
     with restored(folder):

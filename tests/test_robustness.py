@@ -56,7 +56,7 @@ def test_a_failing_job_does_not_stop_the_multirun(tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg, one_thread):
+def test_predict_averages_the_saved_fold_models(tmp_path, make_cfg):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     test = generate(10, words_per_passage=12, seed=9)[["id", "excerpt"]]
     test.to_csv(tmp_path / "test.csv", index=False)

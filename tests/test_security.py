@@ -42,14 +42,7 @@ def trained(tmp_path_factory):
     """One finished 2-fold tiny run with its MLflow model, under a folder whose name has a space."""
     root = tmp_path_factory.mktemp("security") / "my runs"
     cfg = compose_cfg([*TINY, "trainer.save_models=true", f'tracking.experiment="{EXPERIMENT}"'], root)
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run_cv(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_cv(cfg)
     test = generate(6, words_per_passage=12, seed=3)[["id", "excerpt"]]
     test.to_csv(root / "test.csv", index=False)
     return cfg, result, root
@@ -101,7 +94,7 @@ def _tampered(model_dir: Path, marker: Path):
 
 
 @pytest.mark.slow
-def test_predict_runs_no_code_from_the_artifacts(trained, tmp_path, one_thread, monkeypatch, own_sys_path):
+def test_predict_runs_no_code_from_the_artifacts(trained, tmp_path, monkeypatch, own_sys_path):
     cfg, result, root = trained
     before = _predict(cfg, result, root)
     # from here on predict must take the model's ensemble folder: the fold checkpoints, its
