@@ -13,7 +13,7 @@ from omegaconf import open_dict
 from ftsweep.config.command_line import check, closest
 from ftsweep.errors import ConfigError, FtsweepError
 from ftsweep.hydra_job import SWEEP_ID_ENV
-from ftsweep.search.sweeper import build_space, composer
+from ftsweep.search.sweeper import Composer, build_space
 from ftsweep.sweep.callback import SweepCallback
 from ftsweep.tracking.naming import EXPERIMENT_ENV, SWEPT_ENV
 
@@ -136,16 +136,55 @@ def test_closest_prefers_siblings_and_never_an_ancestor():
 def test_a_search_value_only_some_options_accept_names_them(tmp_path):
     """A preset's searched key that the chosen group option lacks: found by the sweeper (not on the
     command line), said without echoing every override or advising `+`."""
+    loader, master = _loader_and_master(tmp_path, *TINY, f"paths.output_root={tmp_path}")
+    with pytest.raises(FtsweepError) as err:
+        build_space([*TINY, "optimizer=adamw"], {"optimizer.layer_decay": "interval(0.8, 0.95)"}, Composer(loader, master))
+    assert str(err.value) == "optimizer.layer_decay=0.8: optimizer=adamw has no key layer_decay; optimizer=llrd has it."
+
+
+def _loader_and_master(tmp_path, *overrides: str):
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.types import RunMode
 
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(f"file://{CONF}"))  # as @hydra.main's
-    master = loader.load_configuration("config", ["hydra/sweeper=optuna", *TINY, f"paths.output_root={tmp_path}"],
-                                       RunMode.MULTIRUN)
-    with pytest.raises(FtsweepError) as err:
-        build_space([*TINY, "optimizer=adamw"], {"optimizer.layer_decay": "interval(0.8, 0.95)"}, composer(loader, master))
-    assert str(err.value) == "optimizer.layer_decay=0.8: optimizer=adamw has no key layer_decay; optimizer=llrd has it."
+    return loader, loader.load_configuration("config", ["hydra/sweeper=optuna", *overrides], RunMode.MULTIRUN)
+
+
+@pytest.mark.parametrize(("more", "composed"), [
+    (["model.lr=3e-05"], False),  # read by optimizer.lr, head_lr and swa.lr through interpolations
+    (["reinit.n=2", "swa.lr_scale=0.05"], False),
+    (["eval.every_n_batches=40"], False),
+    (["+cv.n_bins=7"], False),  # a key added
+    (["optimizer=grouped_llrd"], True),  # a config group: its file is merged, so composed whole
+    (["scheduler=cosine", "model.lr=1e-4"], True),
+    (["model.lrr=1e-4"], True),  # Hydra refuses it: composed whole, which explains it
+])
+def test_a_search_checks_its_bounds_on_the_shared_config_as_composing_anew_would(tmp_path, more, composed):
+    """A search checks every bound of its space on the job's config. Value overrides are applied to
+    a copy of the config every trial shares, as Hydra applies them after merging the groups'
+    files; the result equals composing the whole command line again, which happens only where a
+    key names a config group (or Hydra refuses the override)."""
+    from omegaconf import OmegaConf
+
+    loader, master = _loader_and_master(tmp_path, *TINY, f"paths.output_root={tmp_path}")
+    fixed = [*TINY, "optimizer=llrd", "swa=on", "reinit=on", "eval=frequent", f"paths.output_root={tmp_path}"]
+    compose = Composer(loader, master)
+    shared = compose(fixed)
+    loads = []
+    real_load = loader.load_sweep_config
+    loader.load_sweep_config = lambda cfg, overrides: loads.append(overrides) or real_load(cfg, overrides)
+    if more == ["model.lrr=1e-4"]:
+        with pytest.raises(FtsweepError, match="unknown key model.lrr"):
+            compose.extended(shared, fixed, more)
+        assert loads  # composed whole (explaining the refusal composes a second time)
+        return
+    fast = compose.extended(shared, fixed, more)
+    assert len(loads) == int(composed)
+    whole = compose(fixed + more)
+    assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(whole, resolve=True)
+    assert OmegaConf.to_container(fast, resolve=True) != OmegaConf.to_container(shared, resolve=True)
+    assert "model.lr" not in more[0] or fast.optimizer.head_lr == pytest.approx(3.6 * 3e-05)
 
 
 def _job_dir_config(tmp_path, key: str, folder: str):

@@ -5,11 +5,13 @@ the data), the study opened and bound to its data, the trials run (loop.py), the
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ftsweep.config.command_line import compose_or_explain
@@ -20,7 +22,6 @@ from ftsweep.search.space import SearchSpace, bounds_and_choices, format_value, 
 from ftsweep.search.study import bind, note_pruner, open_storage, open_study
 
 log = logging.getLogger("ftsweep")
-Compose = Callable[[list[str]], DictConfig]  # overrides -> the job's config (hydra node removed)
 
 
 # Groups whose keys change which rows a trial reads or how they are split into folds: trials scored on
@@ -51,7 +52,7 @@ def warn_selection(searched_keys: list[str], objective: str) -> None:
                     ", ".join(cadence), SELECTION_OPTIMISM)
 
 
-def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[SearchSpace, DictConfig]:
+def build_space(arguments: list[str], params: dict, compose: Composer) -> tuple[SearchSpace, DictConfig]:
     """The space, with every key and the values at its bounds composed and validated as a run
     would be; and the config every trial shares (the fixed overrides applied)."""
     from ftsweep.cv.pipeline import check_config
@@ -64,7 +65,7 @@ def build_space(arguments: list[str], params: dict, compose: Compose) -> tuple[S
     check_config(shared)
     for key, dist in space.params.items():
         for value in bounds_and_choices(dist):
-            job = compose([*space.fixed, *space.overrides({key: value})[len(space.fixed):]])
+            job = compose.extended(shared, space.fixed, space.overrides({key: value})[len(space.fixed):])
             try:
                 check_config(job)
             except FtsweepError as exc:  # the value may be a preset's bound the user never typed
@@ -78,18 +79,39 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def composer(config_loader, sweep_config: DictConfig) -> Compose:
-    """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with
-    the hydra node, whose runtime.choices say which config group options were taken)."""
-    def compose(overrides: list[str], keep_hydra: bool = False) -> DictConfig:
-        cfg = compose_or_explain(lambda these: config_loader.load_sweep_config(sweep_config, these), config_loader,
+class Composer:
+    """A job's config from its overrides, as the launcher will compose it (`keep_hydra`: with the
+    hydra node, whose runtime.choices say which config group options were taken)."""
+
+    def __init__(self, config_loader, sweep_config: DictConfig) -> None:
+        self._loader, self._sweep_config = config_loader, sweep_config
+        self._parser = OverridesParser.create()
+
+    def __call__(self, overrides: list[str], keep_hydra: bool = False) -> DictConfig:
+        cfg = compose_or_explain(lambda these: self._loader.load_sweep_config(self._sweep_config, these), self._loader,
                                  list(overrides), list(overrides))
         if not keep_hydra:
             with open_dict(cfg):
                 del cfg["hydra"]
         return cfg
 
-    return compose
+    def extended(self, base: DictConfig, base_overrides: list[str], more: list[str]) -> DictConfig:
+        """What composing `base_overrides + more` gives, where `base` is `base_overrides` composed.
+        Hydra merges the config groups' files first and then applies every override that names
+        no config group to the merged config, in order; so where `more` are all such value
+        overrides, applying them to a copy of `base` is that compose, without reading every file
+        again (a search checks each bound of its space: composing took 0.2 s apiece). Anything
+        else, or an override Hydra would refuse, is composed whole (and explained there)."""
+        try:
+            parsed = self._parser.parse_overrides(list(more))
+            if any(self._loader.repository.group_exists(o.key_or_group) and not isinstance(o.value(), dict)
+                   for o in parsed):
+                return self(base_overrides + more)
+            cfg = copy.deepcopy(base)
+            ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+            return cfg
+        except Exception:  # noqa: BLE001 (composing whole gives the one line that explains it)
+            return self(base_overrides + more)
 
 
 def report_failures(outcome: Outcome) -> None:
@@ -115,7 +137,7 @@ def search(sweeper: DictConfig, arguments: list[str], config: DictConfig, config
     from ftsweep.data.folds import folds_to_run
     from ftsweep.search.summary import summarize
 
-    compose = composer(config_loader, config)
+    compose = Composer(config_loader, config)
     try:
         space, shared = build_space(arguments, searched(sweeper), compose)
         settings = Settings.read(sweeper, shared, default_study)
