@@ -28,10 +28,13 @@ def make_cfg(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """One torch thread at the start of every test (see OMP_NUM_THREADS above): a test that runs
-    code setting torch's thread count (trainer.num_threads, a SLURM allocation) leaves no more."""
+    """One torch thread (see OMP_NUM_THREADS above) before and after every test: a test that runs
+    code setting torch's thread count (trainer.num_threads, a SLURM allocation) leaves no more to
+    the next test, nor to the module fixtures of the next file."""
     import torch
 
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(1)
 
 

@@ -54,7 +54,9 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     and keeps the folds' sizes within one row of each other. Then, label by label, a
     RandomState(seed) shuffles which of that label's rows go where. Rare labels (fewer rows than
     folds, at the tails of a binned target) simply miss some folds."""
-    if not 1 < n_folds <= len(labels):
+    if n_folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, not {n_folds}")
+    if n_folds > len(labels):
         raise ValueError(f"{len(labels)} row(s) cannot be split into {n_folds} folds")
     _, first_seen, inverse = np.unique(labels, return_index=True, return_inverse=True)
     by_appearance = np.argsort(np.argsort(first_seen))[inverse.ravel()]

@@ -101,11 +101,13 @@ class Composer:
         no config group to the merged config, in order; so where `more` are all such value
         overrides, applying them to a copy of `base` is that compose, without reading every file
         again (a search checks each bound of its space: composing took 0.2 s apiece). Anything
-        else, or an override Hydra would refuse, is composed whole (and explained there)."""
+        else, or an override Hydra would refuse, is composed whole (and explained there): a group
+        found only on a command line's hydra.searchpath, or a hydra.* key (not in `base`), too."""
         try:
             parsed = self._parser.parse_overrides(list(more))
-            if any(self._loader.repository.group_exists(o.key_or_group) and not isinstance(o.value(), dict)
-                   for o in parsed):
+            if self._sweep_config.hydra.get("searchpath") or any(
+                    o.key_or_group.split(".")[0] == "hydra" or (self._loader.repository.group_exists(o.key_or_group)
+                                                               and not isinstance(o.value(), dict)) for o in parsed):
                 return self(base_overrides + more)
             cfg = copy.deepcopy(base)
             ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
